@@ -1,0 +1,149 @@
+"""Saving and loading thinkfast models: safetensors weights + a JSON config, never pickle.
+
+A thinkfast model directory holds
+    config.json        {"format": "thinkfast", "model": ModelConfig, ...extra}
+    model.safetensors  the state dict (the tied LM head is not stored twice)
+    tokenizer files    when a tokenizer was given (transformers' own format)
+Each file is written to a temporary name and renamed, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .config import ConfigError, ModelConfig, atomic_write_text
+from .models.lm import LanguageModel
+from .runtime import UserError
+
+FORMAT = "thinkfast"
+
+
+class CheckpointError(UserError):
+    """A checkpoint that does not fit the model: missing/unexpected keys, shapes, corrupt file."""
+
+
+def is_thinkfast_dir(path: str | os.PathLike) -> bool:
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("format") == FORMAT
+    except (json.JSONDecodeError, OSError, AttributeError):
+        return False
+
+
+def _state_dict_for_saving(model: LanguageModel) -> dict[str, torch.Tensor]:
+    sd = model.state_dict()
+    if model.config.tie_embeddings:
+        sd.pop("lm_head.weight", None)
+    return {k: v.detach().contiguous() for k, v in sd.items()}
+
+
+def save_model(model: LanguageModel, out_dir: str | os.PathLike, tokenizer: Any = None,
+               extra: Optional[dict[str, Any]] = None) -> Path:
+    """Write ``model`` (and ``tokenizer``) to ``out_dir``; returns the directory."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".model.", suffix=".safetensors.tmp")
+    os.close(fd)
+    try:
+        save_file(_state_dict_for_saving(model), tmp, metadata={"format": "pt"})
+        os.replace(tmp, out / "model.safetensors")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    meta = {"format": FORMAT, "model": model.config.to_dict()}
+    if extra:
+        meta.update(extra)
+    atomic_write_text(out / "config.json", json.dumps(meta, indent=2) + "\n")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    return out
+
+
+def load_state_dict_strict(model: LanguageModel, sd: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``sd`` into ``model``; one error naming every missing, unexpected or misshapen key."""
+    own = model.state_dict()
+    optional = {"lm_head.weight"} if model.config.tie_embeddings else set()
+    missing = sorted(k for k in own if k not in sd and k not in optional)
+    unexpected = sorted(k for k in sd if k not in own)
+    shapes = sorted(f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in sd if k in own and sd[k].shape != own[k].shape)
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected}")
+        if shapes:
+            parts.append(f"mismatched shapes [{'; '.join(shapes)}]")
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
+    model.load_state_dict(sd, strict=False)
+    model.tie_weights()
+
+
+def read_config(model_dir: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
+    path = Path(model_dir) / "config.json"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} not found: not a thinkfast model directory") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON (line {e.lineno}: {e.msg})") from None
+    if meta.get("format") != FORMAT or "model" not in meta:
+        raise CheckpointError(f"{path} is not a thinkfast config (no \"format\": \"thinkfast\")")
+    try:
+        return ModelConfig.from_dict(meta["model"]), meta
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu",
+               dtype: Optional[torch.dtype] = None) -> LanguageModel:
+    """Load a thinkfast model directory written by ``save_model``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    cfg, _ = read_config(model_dir)
+    weights = Path(model_dir) / "model.safetensors"
+    try:
+        sd = load_file(str(weights))
+    except FileNotFoundError:
+        raise CheckpointError(f"{weights} not found") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights} is corrupt or not a safetensors file: {e}") from None
+    model = LanguageModel(cfg)
+    load_state_dict_strict(model, sd, str(weights))
+    model = model.to(device)
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval()
+
+
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
+    """The tokenizer saved beside a model (transformers' format), or None when there is none."""
+    p = Path(path)
+    if p.is_dir() and not any((p / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+
+
+def load_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu",
+                    dtype: Optional[torch.dtype] = None, trust_remote_code: bool = False):
+    """(model, tokenizer) from a thinkfast directory, or from anything transformers loads as a
+    Llama (a local HF directory, a hub id when online, a .gguf file); tokenizer may be None."""
+    if is_thinkfast_dir(path):
+        return load_model(path, device, dtype), load_tokenizer(path, trust_remote_code)
+    from .convert.hf import import_hf
+
+    return import_hf(str(path), device=device, dtype=dtype, trust_remote_code=trust_remote_code)

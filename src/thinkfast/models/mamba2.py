@@ -1,0 +1,255 @@
+"""Mamba-2 mixers: the MambaInLlama mixer and the discrete Llamba / MOHAWK mixer.
+
+Glossary: B batch, T length, D d_model, H SSM heads, G x/B groups (the teacher's KV heads),
+P head dim, N state size, K conv kernel, Cd conv channels.
+
+Both mixers reduce to the same scan (see ``ssd.py``) on
+    x_scan (B, T, H, P), log_a (B, T, H), B (B, T, H, N), C (B, T, H, N)
+and share the causal depthwise conv with its decode state and the constant-cost decode step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import ModelConfig
+from .cache import MambaState
+from .layers import repeat_heads
+from .ssd import ssd_chunked, ssd_matrix
+
+try:  # optional CUDA kernels; the PyTorch path below is the reference and the fallback
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined  # type: ignore
+except Exception:  # pragma: no cover - not installable on CPU machines
+    mamba_chunk_scan_combined = None
+
+
+class GatedRMSNorm(nn.Module):
+    """RMSNorm(y * silu(z)) normalised per group of ``group_size`` channels (norm_before_gate=False)."""
+
+    def __init__(self, dim: int, group_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.group_size, self.eps = group_size, eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        dtype = y.dtype
+        y = y.float() * F.silu(z.float())
+        g = y.view(*y.shape[:-1], -1, self.group_size)  # (..., groups, group_size)
+        g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * g.view_as(y).to(dtype)
+
+
+class _MambaBase(nn.Module):
+    """Conv with state, scan dispatch and the decode step shared by both mixers."""
+
+    conv_activation: str = "silu"
+
+    def _conv(self, xbc: torch.Tensor, state: Optional[MambaState], mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Causal depthwise conv over xbc (B, T, Cd); continues from and updates ``state.conv``."""
+        Bsz, T, Cd = xbc.shape
+        K = self.conv1d.kernel_size[0]
+        if mask is not None:
+            xbc = xbc * mask[..., None].to(xbc.dtype)  # padded tokens feed zeros, like a shorter row
+        xt = xbc.transpose(1, 2)  # (B, Cd, T)
+        prev = state.conv.to(xt.dtype) if state is not None else xt.new_zeros(Bsz, Cd, K - 1)
+        full = torch.cat([prev, xt], dim=-1)  # (B, Cd, K-1+T)
+        if state is not None:
+            state.conv.copy_(full[..., -(K - 1):])
+        out = F.conv1d(full, self.conv1d.weight, self.conv1d.bias, groups=Cd).transpose(1, 2)  # (B, T, Cd)
+        return F.silu(out) if self.conv_activation == "silu" else out
+
+    def _conv_step(self, xbc: torch.Tensor, state: MambaState) -> torch.Tensor:
+        """One token: xbc (B, Cd) -> (B, Cd); shifts ``state.conv`` (B, Cd, K-1) in place."""
+        w = self.conv1d.weight[:, 0]  # (Cd, K)
+        full = torch.cat([state.conv, xbc[..., None].to(state.conv.dtype)], dim=-1)  # (B, Cd, K)
+        state.conv.copy_(full[..., 1:])
+        out = torch.einsum("bck,ck->bc", full, w.to(full.dtype))
+        if self.conv1d.bias is not None:
+            out = out + self.conv1d.bias
+        out = out.to(xbc.dtype)
+        return F.silu(out) if self.conv_activation == "silu" else out
+
+    def _scan(self, x_scan, log_a, Bm, Cm, mask, state: Optional[MambaState]) -> torch.Tensor:
+        """Run the chunked scan (B, T, H, P) and store the final state when decoding follows."""
+        if mask is not None:  # pads add nothing to the state
+            x_scan = x_scan * mask[..., None, None].to(x_scan.dtype)
+        init = state.ssm if state is not None and state.seen else None
+        y, final = ssd_chunked(x_scan, log_a, Bm, Cm, chunk_size=self.chunk_size, initial_state=init)
+        if state is not None:
+            state.ssm.copy_(final)
+            state.seen = True
+        return y
+
+    @staticmethod
+    def _ssm_step(state: MambaState, x_scan, log_a, Bm, Cm) -> torch.Tensor:
+        """Constant-cost decode: x_scan (B, H, P), log_a (B, H), Bm/Cm (B, H, N) -> y (B, H, P).
+
+        Decay is one scalar per (batch, head), applied in place; the rank-1 update and the
+        read-out are batched matmuls over (B*H) -- no (B, H, P, N) temporaries.
+        """
+        Bsz, H, P = x_scan.shape
+        N = Bm.shape[-1]
+        s = state.ssm.view(Bsz * H, P, N)
+        s.mul_(log_a.float().exp().view(Bsz * H, 1, 1))
+        s.baddbmm_(x_scan.float().reshape(Bsz * H, P, 1), Bm.float().reshape(Bsz * H, 1, N))
+        y = torch.bmm(s, Cm.float().reshape(Bsz * H, N, 1))  # (B*H, P, 1)
+        state.seen = True
+        return y.view(Bsz, H, P)
+
+
+class Mamba2Mixer(_MambaBase):
+    """The MambaInLlama Mamba-2 mixer.
+
+    in_proj -> z (H*P), x (G*P), B (G*N), C (H*N), dt (H); causal conv (SiLU) over x|B|C at
+    the key/value width; x and B repeated across head groups like GQA; dt = softplus(dt + dt_bias);
+    A = -exp(A_log); y = SSD(x*dt, dt*A, B, C) + D x; gated RMSNorm per head; out_proj.
+    """
+
+    conv_activation = "silu"
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        m = cfg.mamba
+        self.H, self.G, self.P, self.N = m.n_heads, m.n_kv_heads, m.head_dim, m.d_state
+        self.chunk_size = m.chunk_size
+        self.d_inner = self.H * self.P
+        self.splits = [self.d_inner, self.G * self.P, self.G * self.N, self.H * self.N, self.H]  # z x B C dt
+        self.conv_dim = self.G * self.P + self.G * self.N + self.H * self.N
+        self.in_proj = nn.Linear(cfg.d_model, sum(self.splits), bias=False)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, m.conv_kernel, groups=self.conv_dim,
+                                padding=m.conv_kernel - 1, bias=True)
+        self.dt_bias = nn.Parameter(torch.zeros(self.H))
+        self.A_log = nn.Parameter(torch.zeros(self.H))
+        self.D = nn.Parameter(torch.ones(self.H))
+        self.norm = GatedRMSNorm(self.d_inner, group_size=self.P, eps=1e-5)
+        self.out_proj = nn.Linear(self.d_inner, cfg.d_model, bias=False)
+        self.reset_ssm_parameters(m.dt_min, m.dt_max, m.A_init_min, m.A_init_max)
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self, dt_min=1e-3, dt_max=0.1, A_min=1.0, A_max=16.0, generator=None):
+        """dt log-uniform in [dt_min, dt_max] stored as inverse softplus; A uniform in [A_min, A_max]."""
+        u = torch.rand(self.H, generator=generator)
+        dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=1e-4)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log.copy_(torch.empty(self.H).uniform_(A_min, A_max, generator=generator).log())
+        self.D.fill_(1.0)
+
+    def _split(self, u: torch.Tensor):
+        return torch.split(self.in_proj(u), self.splits, dim=-1)
+
+    def _heads(self, xbc: torch.Tensor, dt: torch.Tensor):
+        """xbc (..., Cd), dt (..., H) -> x_scan, log_a, B, C, x per head (GQA-repeated)."""
+        x, Bm, Cm = torch.split(xbc, [self.G * self.P, self.G * self.N, self.H * self.N], dim=-1)
+        rep = self.H // self.G
+        x = repeat_heads(x.unflatten(-1, (self.G, self.P)), rep, dim=-2)  # (..., H, P)
+        Bm = repeat_heads(Bm.unflatten(-1, (self.G, self.N)), rep, dim=-2)  # (..., H, N)
+        Cm = Cm.unflatten(-1, (self.H, self.N))  # (..., H, N)
+        dt = F.softplus(dt.float() + self.dt_bias.float())  # (..., H)
+        log_a = dt * -torch.exp(self.A_log.float())
+        return x.float() * dt[..., None], log_a, Bm, Cm, x
+
+    def _out(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        y = y + self.D.float()[:, None] * x.float()  # (..., H, P)
+        y = y.flatten(-2).to(z.dtype)
+        return self.out_proj(self.norm(y, z))
+
+    def forward(self, u: torch.Tensor, ctx=None, state: Optional[MambaState] = None) -> torch.Tensor:
+        """u (B, T, D) -> (B, T, D). ``ctx.token_mask`` (B, T) marks real tokens (False = left
+        padding), None when every token is real."""
+        mask = getattr(ctx, "token_mask", None)
+        if state is not None and u.shape[1] == 1 and mask is None:
+            return self.step(u, state)
+        z, x, Bm, Cm, dt = self._split(u)
+        xbc = self._conv(torch.cat([x, Bm, Cm], dim=-1), state, mask)
+        x_scan, log_a, Bh, Ch, xh = self._heads(xbc, dt)
+        y = self._scan(x_scan, log_a, Bh, Ch, mask, state)
+        return self._out(y, xh, z)
+
+    def step(self, u: torch.Tensor, state: MambaState) -> torch.Tensor:
+        """u (B, 1, D) -> (B, 1, D), constant cost in the context length."""
+        z, x, Bm, Cm, dt = self._split(u[:, 0])
+        xbc = self._conv_step(torch.cat([x, Bm, Cm], dim=-1), state)
+        x_scan, log_a, Bh, Ch, xh = self._heads(xbc, dt)
+        y = self._ssm_step(state, x_scan, log_a, Bh, Ch)
+        return self._out(y, xh, z)[:, None]
+
+    def mixing_matrix(self, u: torch.Tensor) -> torch.Tensor:
+        """Materialised (B, H, T, T) mixing matrix on input u (B, T, D) -- MOHAWK stage 1."""
+        z, x, Bm, Cm, dt = self._split(u)
+        xbc = self._conv(torch.cat([x, Bm, Cm], dim=-1), None, None)
+        _, log_a, Bh, Ch, _ = self._heads(xbc, dt)
+        # y_t = sum_s M[t,s] dt_s x_s: fold dt_s into the columns so M maps x itself.
+        dt_s = F.softplus(dt.float() + self.dt_bias.float()).transpose(1, 2)  # (B, H, T)
+        return ssd_matrix(log_a, Bh, Ch) * dt_s[:, :, None, :]
+
+
+class DiscreteMamba2Mixer(_MambaBase):
+    """The discrete Mamba-2 mixer of Llamba / MOHAWK.
+
+    in_proj -> x (H*P), B (H*N), C (H*N), z (H*P), a (H); identity causal conv over x|B|C;
+    alpha_t = exp(-softplus(a_t)) and no dt on the input; y = SSD(x, log alpha, B, C) + D x;
+    y * silu(z + z_bias); out_proj. Heads are independent (n_qk_heads = n_v_heads = H).
+    """
+
+    conv_activation = "identity"
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        m = cfg.mamba
+        self.H, self.P, self.N = m.n_heads, m.head_dim, m.d_state
+        self.chunk_size = m.chunk_size
+        self.d_inner = self.H * self.P
+        self.conv_dim = self.d_inner + 2 * self.H * self.N
+        self.splits = [self.conv_dim, self.d_inner, self.H]  # xBC z a
+        self.in_proj = nn.Linear(cfg.d_model, sum(self.splits), bias=False)
+        self.z_bias = nn.Parameter(torch.zeros(self.d_inner))
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, m.conv_kernel, groups=self.conv_dim,
+                                padding=m.conv_kernel - 1, bias=True)
+        self.D = nn.Parameter(torch.ones(self.H))
+        self.out_proj = nn.Linear(self.d_inner, cfg.d_model, bias=False)
+
+    def _heads(self, xbc: torch.Tensor, a: torch.Tensor):
+        x, Bm, Cm = torch.split(xbc, [self.d_inner, self.H * self.N, self.H * self.N], dim=-1)
+        x = x.unflatten(-1, (self.H, self.P))
+        Bm = Bm.unflatten(-1, (self.H, self.N))
+        Cm = Cm.unflatten(-1, (self.H, self.N))
+        log_a = -F.softplus(a.float())  # (..., H)
+        return x.float(), log_a, Bm, Cm, x
+
+    def _out(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        y = (y + self.D.float()[:, None] * x.float()).flatten(-2)
+        y = y * F.silu(z.float() + self.z_bias.float())
+        return self.out_proj(y.to(z.dtype))
+
+    def forward(self, u: torch.Tensor, ctx=None, state: Optional[MambaState] = None) -> torch.Tensor:
+        mask = getattr(ctx, "token_mask", None)
+        if state is not None and u.shape[1] == 1 and mask is None:
+            return self.step(u, state)
+        xbc, z, a = torch.split(self.in_proj(u), self.splits, dim=-1)
+        xbc = self._conv(xbc, state, mask)
+        x_scan, log_a, Bh, Ch, xh = self._heads(xbc, a)
+        y = self._scan(x_scan, log_a, Bh, Ch, mask, state)
+        return self._out(y, xh, z)
+
+    def step(self, u: torch.Tensor, state: MambaState) -> torch.Tensor:
+        xbc, z, a = torch.split(self.in_proj(u[:, 0]), self.splits, dim=-1)
+        xbc = self._conv_step(xbc, state)
+        x_scan, log_a, Bh, Ch, xh = self._heads(xbc, a)
+        y = self._ssm_step(state, x_scan, log_a, Bh, Ch)
+        return self._out(y, xh, z)[:, None]
+
+    def mixing_matrix(self, u: torch.Tensor) -> torch.Tensor:
+        """Materialised (B, H, T, T) mixing matrix on input u (B, T, D) -- MOHAWK stage 1."""
+        xbc, z, a = torch.split(self.in_proj(u), self.splits, dim=-1)
+        xbc = self._conv(xbc, None, None)
+        _, log_a, Bh, Ch, _ = self._heads(xbc, a)
+        return ssd_matrix(log_a, Bh, Ch)
+
+
+def build_mixer(cfg: ModelConfig) -> _MambaBase:
+    return Mamba2Mixer(cfg) if cfg.mamba.kind == "mamba2" else DiscreteMamba2Mixer(cfg)
