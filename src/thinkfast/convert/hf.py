@@ -1,0 +1,162 @@
+"""Hugging Face Llama <-> thinkfast.
+
+``import_hf`` loads anything transformers loads as a Llama (a local directory with config.json
+and safetensors, a hub id when online, a GGUF file) and copies its weights into a thinkfast
+``LanguageModel`` with the same logits. The converter users run is the one the parity tests check.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import torch
+
+from ..config import ModelConfig, RopeScaling
+from ..models.lm import LanguageModel
+from ..runtime import UserError
+
+# thinkfast name -> HF name, per layer ({i} is the layer index)
+_LAYER_KEYS = {
+    "layers.{i}.input_norm.weight": "model.layers.{i}.input_layernorm.weight",
+    "layers.{i}.post_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
+    "layers.{i}.mixer.q_proj.weight": "model.layers.{i}.self_attn.q_proj.weight",
+    "layers.{i}.mixer.k_proj.weight": "model.layers.{i}.self_attn.k_proj.weight",
+    "layers.{i}.mixer.v_proj.weight": "model.layers.{i}.self_attn.v_proj.weight",
+    "layers.{i}.mixer.o_proj.weight": "model.layers.{i}.self_attn.o_proj.weight",
+    "layers.{i}.mlp.gate_proj.weight": "model.layers.{i}.mlp.gate_proj.weight",
+    "layers.{i}.mlp.up_proj.weight": "model.layers.{i}.mlp.up_proj.weight",
+    "layers.{i}.mlp.down_proj.weight": "model.layers.{i}.mlp.down_proj.weight",
+}
+_BIAS_KEYS = {
+    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mlp": ["gate_proj", "up_proj", "down_proj"],
+}
+_TOP_KEYS = {"embed_tokens.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+             "lm_head.weight": "lm_head.weight"}
+
+
+def config_from_hf(hf_cfg: Any) -> ModelConfig:
+    """ModelConfig from a transformers LlamaConfig (v4 ``rope_scaling`` or v5 ``rope_parameters``)."""
+    if getattr(hf_cfg, "model_type", "llama") not in ("llama",):
+        raise UserError(f"only Llama checkpoints can be imported, got model_type={hf_cfg.model_type!r}")
+    if getattr(hf_cfg, "hidden_act", "silu") != "silu":
+        raise UserError(f"unsupported hidden_act {hf_cfg.hidden_act!r} (Llama uses silu)")
+    rope = getattr(hf_cfg, "rope_parameters", None) or {}
+    theta = rope.get("rope_theta", getattr(hf_cfg, "rope_theta", 10000.0))
+    scaling_src = getattr(hf_cfg, "rope_scaling", None) or rope
+    rtype = (scaling_src or {}).get("rope_type", (scaling_src or {}).get("type", "default"))
+    scaling = None
+    if rtype == "llama3":
+        scaling = RopeScaling(
+            rope_type="llama3", factor=float(scaling_src["factor"]),
+            low_freq_factor=float(scaling_src["low_freq_factor"]),
+            high_freq_factor=float(scaling_src["high_freq_factor"]),
+            original_max_position_embeddings=int(scaling_src["original_max_position_embeddings"]),
+        )
+    elif rtype == "linear":
+        scaling = RopeScaling(rope_type="linear", factor=float(scaling_src["factor"]))
+    elif rtype not in ("default", None):
+        raise UserError(f"unsupported rope scaling {rtype!r} (supported: llama3, linear)")
+    n_heads = hf_cfg.num_attention_heads
+    return ModelConfig(
+        vocab_size=hf_cfg.vocab_size,
+        d_model=hf_cfg.hidden_size,
+        n_layers=hf_cfg.num_hidden_layers,
+        n_heads=n_heads,
+        n_kv_heads=getattr(hf_cfg, "num_key_value_heads", None) or n_heads,
+        head_dim=getattr(hf_cfg, "head_dim", None) or hf_cfg.hidden_size // n_heads,
+        d_ff=hf_cfg.intermediate_size,
+        norm_eps=hf_cfg.rms_norm_eps,
+        rope_theta=float(theta),
+        rope_scaling=scaling,
+        max_seq_len=hf_cfg.max_position_embeddings,
+        tie_embeddings=bool(getattr(hf_cfg, "tie_word_embeddings", False)),
+        attention_bias=bool(getattr(hf_cfg, "attention_bias", False)),
+        mlp_bias=bool(getattr(hf_cfg, "mlp_bias", False)),
+    )
+
+
+def _key_map(cfg: ModelConfig) -> dict[str, str]:
+    """thinkfast key -> HF key for a Llama of this config."""
+    m = {k: v for k, v in _TOP_KEYS.items() if not (k == "lm_head.weight" and cfg.tie_embeddings)}
+    for i in range(cfg.n_layers):
+        for k, v in _LAYER_KEYS.items():
+            m[k.format(i=i)] = v.format(i=i)
+        if cfg.attention_bias:
+            for p in _BIAS_KEYS["attention"]:
+                m[f"layers.{i}.mixer.{p}.bias"] = f"model.layers.{i}.self_attn.{p}.bias"
+        if cfg.mlp_bias:
+            for p in _BIAS_KEYS["mlp"]:
+                m[f"layers.{i}.mlp.{p}.bias"] = f"model.layers.{i}.mlp.{p}.bias"
+    return m
+
+
+def llama_from_hf_state_dict(cfg: ModelConfig, hf_sd: dict[str, torch.Tensor], source: str = "checkpoint") -> LanguageModel:
+    from ..checkpoint import load_state_dict_strict
+
+    kmap = _key_map(cfg)
+    missing = sorted(v for v in kmap.values() if v not in hf_sd)
+    ignorable = {"lm_head.weight"} if cfg.tie_embeddings else set()
+    unexpected = sorted(k for k in hf_sd if k not in set(kmap.values()) | ignorable
+                        and not k.endswith("rotary_emb.inv_freq"))
+    if missing or unexpected:
+        raise UserError(f"{source} is not a Llama checkpoint of this config: "
+                        f"missing keys {missing}; unexpected keys {unexpected}")
+    model = LanguageModel(cfg)
+    load_state_dict_strict(model, {k: hf_sd[v] for k, v in kmap.items()}, source)
+    return model
+
+
+def to_hf_state_dict(model: LanguageModel) -> dict[str, torch.Tensor]:
+    """HF Llama state dict of an all-attention thinkfast model (for export and tests)."""
+    if model.config.kind != "llama":
+        raise UserError(f"only all-attention models map to LlamaForCausalLM, this is a {model.config.kind}")
+    sd = model.state_dict()
+    return {v: sd[k].detach().clone().contiguous() for k, v in _key_map(model.config).items()}
+
+
+def import_hf(path: str, device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None,
+              trust_remote_code: bool = False):
+    """(thinkfast model, tokenizer or None) from a HF Llama directory, hub id or .gguf file."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    src = path
+    if str(path).endswith(".gguf"):
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: no such GGUF file")
+        src, kwargs["gguf_file"] = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    try:
+        hf_cfg = AutoConfig.from_pretrained(src, **kwargs)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read a transformers config from {path}: {e}") from None
+    cfg = config_from_hf(hf_cfg)
+    kwargs["output_loading_info"] = True
+    try:
+        try:
+            hf_model, info = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, **kwargs)
+        except TypeError:  # transformers < 4.56 spells it torch_dtype
+            hf_model, info = AutoModelForCausalLM.from_pretrained(src, torch_dtype=torch.float32, **kwargs)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"cannot load the checkpoint at {path}: {e}") from None
+    # transformers re-initialises missing weights with a warning; for an import that is an error.
+    bad = {k: sorted(map(str, info.get(k) or [])) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    bad["missing_keys"] = [k for k in bad["missing_keys"] if not (cfg.tie_embeddings and k == "lm_head.weight")]
+    if any(bad.values()):
+        raise UserError(f"{path} does not fit a Llama of its own config: "
+                        + "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in bad.items() if v))
+    kwargs.pop("output_loading_info")
+    model = llama_from_hf_state_dict(cfg, hf_model.state_dict(), str(path))
+    del hf_model
+    model = model.to(device)
+    if dtype is not None:
+        model = model.to(dtype)
+    tokenizer = None
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(src, **kwargs)
+    except (OSError, ValueError, TypeError):
+        tokenizer = None  # weights without a tokenizer are still useful (benchmarks, tests)
+    return model.eval(), tokenizer

@@ -1,0 +1,83 @@
+"""JSONL in and out for the evaluation pipeline.
+
+Every step (sample -> grade -> score -> evaluate -> report) reads and writes JSONL, so metrics
+can be recomputed without a model. Two rules hold everywhere:
+
+- a malformed row is a ``UserError`` naming the file and the line, never a bare traceback;
+- a results file is replaced whole (temp file + rename), never half-overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from ..config import atomic_write_text
+from ..runtime import UserError
+
+
+def _parse_line(line: str, path: Path, lineno: int) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{lineno}: malformed JSON row ({e.msg} at column {e.colno})") from None
+    if not isinstance(row, dict):
+        raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+def iter_jsonl(path: str | os.PathLike, allow_truncated_tail: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, row)`` for each non-blank line of ``path``.
+
+    With ``allow_truncated_tail`` a last line that has no newline and does not parse (a crash
+    mid-write) is skipped silently; anywhere else a bad line is an error with file and line.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    lines = text.split("\n")
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        is_tail = i == len(lines)  # no newline after it: the writer may have died mid-line
+        try:
+            yield i, _parse_line(line, path, i)
+        except UserError:
+            if allow_truncated_tail and is_tail:
+                return
+            raise
+
+
+def read_jsonl(path: str | os.PathLike, allow_truncated_tail: bool = False) -> list[dict[str, Any]]:
+    """All rows of a JSONL file (see ``iter_jsonl``)."""
+    return [row for _, row in iter_jsonl(path, allow_truncated_tail)]
+
+
+def dumps_row(row: dict[str, Any]) -> str:
+    """One JSONL line (with its newline). ``ensure_ascii=False`` keeps LaTeX and text readable."""
+    return json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:
+    """Replace ``path`` with ``rows`` in one rename: readers see the old file or the new one."""
+    atomic_write_text(path, "".join(dumps_row(r) for r in rows))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None

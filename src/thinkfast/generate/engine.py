@@ -1,0 +1,278 @@
+"""The sampling engine: batched, left-padded, n samples per prompt from one prefill.
+
+One batch of prompts goes through
+  1. left padding to a common length and one prefill of the whole batch;
+  2. the prefilled state copied n ways (``InferenceCache.select`` with repeat_interleave);
+  3. a decode loop, one token per row per step, with rows that finished dropped from the
+     batch once enough of them have (so a long straggler does not drag dead rows along).
+
+Randomness is counter-based: the noise for (sample, step, token) is a hash of the sample's key,
+the step and the token id, and a sample's key is derived from ``seed + sample index`` and the
+prompt's tokens. So a sample does not depend on which other prompts or samples share its batch:
+sample j of a run with seed s equals the single sample of a run with seed s + j, and a prompt
+sampled alone equals the same prompt in a left-padded batch. Sampling is Gumbel-max on the
+tempered, top-k / top-p filtered logits, which draws exactly from that distribution.
+
+Glossary: P prompts in a batch, R = P * n rows, V vocab, Lp padded prompt length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence, Union
+
+import torch
+
+from ..models.lm import LanguageModel
+
+_MASK32 = 0xFFFFFFFF
+
+
+@dataclass
+class SamplingParams:
+    n: int = 1
+    """Samples per prompt, all from one prefill."""
+    temperature: float = 1.0
+    """0 means greedy."""
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 means no top-k filter."""
+    max_new_tokens: int = 256
+    stop: Sequence[str] = ()
+    """Generation stops when the text ends with one of these; the text is cut before it."""
+    seed: int = 0
+    eos_token_ids: Optional[Sequence[int]] = None
+    """Defaults to the tokenizer's eos token; empty means never stop on a token."""
+    compact_fraction: float = 0.25
+    """Drop finished rows from the batch once this fraction of it has finished (speed only)."""
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError("n must be >= 1")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.top_k < 0 or self.max_new_tokens < 0:
+            raise ValueError("top_k and max_new_tokens must be >= 0")
+        self.stop = tuple(self.stop)
+
+
+@dataclass
+class Sample:
+    text: str
+    token_ids: list[int]
+    """Generated ids, including the EOS or stop-completing token when there is one."""
+    logprobs: list[float]
+    """The model's log-probability of each generated token (temperature 1, unfiltered)."""
+    finish_reason: str
+    """'eos', 'stop' or 'length'."""
+
+
+@dataclass
+class GenerationOutput:
+    prompt_ids: list[int]
+    samples: list[Sample]
+    timing: dict[str, Any] = field(default_factory=dict)
+    """The batch this prompt was in: prefill_s, decode_s, batch_prompts, batch_rows, new_tokens."""
+
+
+# --- counter-based randomness ----------------------------------------------------------------
+
+def _fmix32(x: torch.Tensor) -> torch.Tensor:
+    """MurmurHash3's 32-bit finaliser on int64 tensors holding 32-bit values."""
+    x = x ^ (x >> 16)
+    x = (x * 0x85EBCA6B) & _MASK32
+    x = x ^ (x >> 13)
+    x = (x * 0xC2B2AE35) & _MASK32
+    return x ^ (x >> 16)
+
+
+def _row_key(seed: int, prompt_ids: Sequence[int]) -> int:
+    h = hashlib.blake2b(repr((int(seed), list(prompt_ids))).encode(), digest_size=4).digest()
+    return int.from_bytes(h, "little")
+
+
+def gumbel_noise(keys: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
+    """Standard Gumbel noise (R, V) that depends only on (key, step, token id)."""
+    base = _fmix32((keys * 0x9E3779B1 + step * 0x7FEB352D) & _MASK32)[:, None]  # (R, 1)
+    ids = torch.arange(vocab, device=keys.device, dtype=torch.int64)[None]  # (1, V)
+    bits = _fmix32(_fmix32(base ^ ((ids * 0x27D4EB2F) & _MASK32)) + 0x165667B1 & _MASK32)
+    u = (bits.double() + 0.5) / 2.0**32  # in (0, 1)
+    return -torch.log(-torch.log(u)).float()
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Tempered logits with everything outside top-k / the top-p nucleus set to -inf. (R, V)."""
+    z = logits.float() / temperature
+    if top_k and top_k < z.shape[-1]:
+        keep = torch.zeros_like(z, dtype=torch.bool).scatter(-1, torch.topk(z, top_k, dim=-1).indices, True)
+        z = z.masked_fill(~keep, float("-inf"))  # exactly k tokens survive, ties included
+    if top_p < 1.0:
+        sorted_z, order = torch.sort(z, dim=-1, descending=True)
+        probs = sorted_z.softmax(-1)
+        # drop a token when the mass before it already reaches top_p (the first is always kept)
+        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        z = z.masked_fill(drop, float("-inf"))
+    return z
+
+
+def sample_next(logits: torch.Tensor, params: SamplingParams, keys: torch.Tensor, step: int) -> torch.Tensor:
+    """logits (R, V) -> token ids (R,)."""
+    if params.temperature == 0:
+        return logits.argmax(-1)
+    z = filter_logits(logits, params.temperature, params.top_k, params.top_p)
+    return (z + gumbel_noise(keys, step, z.shape[-1])).argmax(-1)
+
+
+# --- the engine ------------------------------------------------------------------------------
+
+def _encode(prompts, tokenizer, add_special_tokens: bool) -> list[list[int]]:
+    out = []
+    for p in prompts:
+        if isinstance(p, str):
+            if tokenizer is None:
+                raise ValueError("text prompts need a tokenizer")
+            out.append(list(tokenizer.encode(p, add_special_tokens=add_special_tokens)))
+        else:
+            out.append([int(t) for t in p])
+        if not out[-1]:
+            raise ValueError("empty prompt")
+    return out
+
+
+def _default_eos(tokenizer) -> tuple[int, ...]:
+    if tokenizer is None or tokenizer.eos_token_id is None:
+        return ()
+    return (int(tokenizer.eos_token_id),)
+
+
+class _StopChecker:
+    """Finds stop strings at the end of each row's text by decoding only a short tail."""
+
+    def __init__(self, stops: Sequence[str], tokenizer):
+        self.stops = tuple(s for s in stops if s)
+        if self.stops and tokenizer is None:
+            raise ValueError("stop strings need a tokenizer")
+        self.tok = tokenizer
+        self.window = max((len(s) for s in self.stops), default=0) + 2
+
+    def hit(self, ids: list[int]) -> bool:
+        if not self.stops:
+            return False
+        tail = self.tok.decode(ids[-self.window:], skip_special_tokens=True)
+        return any(s in tail for s in self.stops)
+
+    def cut(self, text: str) -> str:
+        cuts = [text.find(s) for s in self.stops if s in text]
+        return text[: min(cuts)] if cuts else text
+
+
+@torch.inference_mode()
+def _generate_batch(model: LanguageModel, prompt_ids: list[list[int]], params: SamplingParams,
+                    tokenizer, eos: set[int], stopper: _StopChecker) -> list[GenerationOutput]:
+    device = model.device
+    P, n = len(prompt_ids), params.n
+    Lp = max(len(p) for p in prompt_ids)
+    ctx = model.config.max_seq_len
+    for p in prompt_ids:
+        if len(p) > ctx:
+            raise ValueError(f"prompt of {len(p)} tokens is longer than the model's context ({ctx})")
+    max_new = min(params.max_new_tokens, ctx - Lp)
+    ids = torch.zeros(P, Lp, dtype=torch.long)
+    mask = torch.zeros(P, Lp, dtype=torch.bool)
+    for i, p in enumerate(prompt_ids):
+        ids[i, Lp - len(p):] = torch.tensor(p)
+        mask[i, Lp - len(p):] = True
+    ids, mask = ids.to(device), mask.to(device)
+    prompt_keys = [[_row_key(params.seed + j, p) for j in range(n)] for p in prompt_ids]
+
+    t0 = time.perf_counter()
+    cache = model.allocate_cache(P, Lp + max(max_new, 1))
+    logits = model(ids, attention_mask=None if bool(mask.all()) else mask, cache=cache, logits_to_keep=1).logits[:, -1]
+    t1 = time.perf_counter()
+
+    R = P * n
+    expand = torch.arange(P, device=device).repeat_interleave(n)
+    cache.select(expand)
+    logits = logits.index_select(0, expand)
+    keys = torch.tensor([k for ks in prompt_keys for k in ks], dtype=torch.int64, device=device)
+    rows = list(range(R))  # original row id of each live batch row
+    gen: list[list[int]] = [[] for _ in range(R)]
+    lps: list[list[float]] = [[] for _ in range(R)]
+    reason = ["length"] * R
+    done = [False] * R
+    n_done_live = 0
+    for step in range(max_new):
+        tok = sample_next(logits, params, keys, step)
+        lp = torch.log_softmax(logits.float(), -1).gather(-1, tok[:, None])[:, 0]
+        for b, (t, l) in enumerate(zip(tok.tolist(), lp.tolist())):
+            r = rows[b]
+            if done[r]:
+                continue
+            gen[r].append(t)
+            lps[r].append(l)
+            if t in eos:
+                reason[r], done[r] = "eos", True
+            elif stopper.hit(gen[r]):
+                reason[r], done[r] = "stop", True
+            n_done_live += done[r]
+        if n_done_live == len(rows) or step == max_new - 1:
+            break
+        if n_done_live and n_done_live >= params.compact_fraction * len(rows):
+            keep = [b for b, r in enumerate(rows) if not done[r]]
+            index = torch.tensor(keep, device=device)
+            cache.select(index)
+            keys = keys.index_select(0, index)
+            tok = tok.index_select(0, index)
+            rows = [rows[b] for b in keep]
+            n_done_live = 0
+        logits = model(tok[:, None], cache=cache).logits[:, -1]
+    t2 = time.perf_counter()
+
+    timing = dict(prefill_s=t1 - t0, decode_s=t2 - t1, batch_prompts=P, batch_rows=R,
+                  new_tokens=sum(len(g) for g in gen), prompt_tokens=sum(len(p) for p in prompt_ids))
+    outs = []
+    for i, p in enumerate(prompt_ids):
+        samples = []
+        for j in range(n):
+            r = i * n + j
+            text = tokenizer.decode(gen[r], skip_special_tokens=True) if tokenizer is not None else ""
+            if reason[r] == "stop":
+                text = stopper.cut(text)
+            samples.append(Sample(text, gen[r], lps[r], reason[r]))
+        outs.append(GenerationOutput(p, samples, dict(timing)))
+    return outs
+
+
+def generate(
+    model: LanguageModel,
+    prompts: Sequence[Union[str, Sequence[int]]],
+    params: Optional[SamplingParams] = None,
+    tokenizer: Any = None,
+    batch_size: Optional[int] = None,
+    add_special_tokens: bool = True,
+) -> list[GenerationOutput]:
+    """Sample ``params.n`` completions for each prompt.
+
+    prompts: texts (needs ``tokenizer``) or token-id lists. ``batch_size`` prompts are prefilled
+    together (default: all); each batch decodes ``batch_size * n`` rows at once.
+    Returns one GenerationOutput per prompt, in order.
+    """
+    params = params or SamplingParams()
+    ids = _encode(prompts, tokenizer, add_special_tokens)
+    eos = set(params.eos_token_ids) if params.eos_token_ids is not None else set(_default_eos(tokenizer))
+    stopper = _StopChecker(params.stop, tokenizer)
+    bs = batch_size or len(ids)
+    was_training = model.training
+    model.eval()
+    try:
+        outs: list[GenerationOutput] = []
+        for s in range(0, len(ids), bs):
+            outs.extend(_generate_batch(model, ids[s:s + bs], params, tokenizer, eos, stopper))
+        return outs
+    finally:
+        model.train(was_training)

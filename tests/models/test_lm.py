@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from thinkfast.config import ConfigError, ModelConfig
+from thinkfast.models.lm import LanguageModel
+
+KINDS = [("AAAA", "mamba2"), ("MMMM", "mamba2"), ("AMMA", "mamba2"), ("MMMM", "discrete"), ("MAMA", "discrete")]
+
+
+def _model(pattern, kind, seed=0, **over):
+    torch.manual_seed(seed)
+    cfg = ModelConfig.from_name("tiny", layer_pattern=pattern, mamba=dict(kind=kind, chunk_size=8), **over)
+    return LanguageModel(cfg).eval()
+
+
+@pytest.mark.parametrize("pattern,kind", KINDS)
+def test_token_by_token_decoding_matches_parallel_forward(pattern, kind):
+    model = _model(pattern, kind)
+    ids = torch.randint(0, 256, (3, 29), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = model.allocate_cache(3, 40)
+        steps = [model(ids[:, :7], cache=cache).logits]  # a prefill, then one token at a time
+        steps += [model(ids[:, t:t + 1], cache=cache).logits for t in range(7, 29)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("pattern,kind", KINDS)
+def test_left_padding_does_not_change_real_tokens(pattern, kind):
+    model = _model(pattern, kind)
+    g = torch.Generator().manual_seed(1)
+    short = torch.randint(0, 256, (1, 9), generator=g)
+    padded = torch.cat([torch.zeros(1, 6, dtype=torch.long), short], 1)
+    mask = torch.cat([torch.zeros(1, 6), torch.ones(1, 9)], 1).long()
+    with torch.no_grad():
+        alone = model(short).logits
+        batched = model(padded, attention_mask=mask).logits[:, 6:]
+        cache = model.allocate_cache(1, 20)
+        model(padded, attention_mask=mask, cache=cache)
+        nxt = torch.tensor([[5]])
+        step = model(nxt, cache=cache).logits
+        ref = model(torch.cat([short, nxt], 1)).logits[:, -1:]
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(step, ref, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("pattern,kind", [("AMAM", "mamba2"), ("MMMM", "discrete")])
+def test_bf16_decoding_tracks_fp32(pattern, kind):
+    model = _model(pattern, kind)
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = model(ids).logits
+        m16 = model.to(torch.bfloat16)
+        cache = m16.allocate_cache(2, 16)
+        out = torch.cat([m16(ids[:, :8], cache=cache).logits]
+                        + [m16(ids[:, t:t + 1], cache=cache).logits for t in range(8, 16)], 1)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.05)
+
+
+def test_one_class_for_every_kind():
+    kinds = {_model(p, k).config.kind for p, k in KINDS}
+    assert kinds == {"llama", "mamba", "hybrid"}
+    m = _model("AMMA", "mamba2")
+    assert m.mamba_layers == [1, 2]
+
+
+def test_mamba_state_does_not_grow_with_context():
+    model = _model("MMMM", "mamba2")
+    short, long = model.allocate_cache(2, 16), model.allocate_cache(2, 512)
+    assert short.nbytes() == long.nbytes()
+    attn = _model("AAAA", "mamba2")
+    assert attn.allocate_cache(2, 512).nbytes() == 32 * attn.allocate_cache(2, 16).nbytes()
+
+
+def test_prompt_longer_than_context_is_an_error():
+    model = _model("AMAM", "mamba2", max_seq_len=16)
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_unknown_and_bad_config_keys_are_errors():
+    with pytest.raises(ConfigError, match="unknown config key"):
+        ModelConfig.from_dict({"d_model": 64, "n_layer": 3})
+    with pytest.raises(ConfigError, match="unknown config key"):
+        ModelConfig.from_dict({"mamba": {"kind": "mamba2", "dstate": 4}})
+    with pytest.raises(ConfigError, match="layer_pattern"):
+        ModelConfig.from_name("tiny", layer_pattern="AMX")
+    with pytest.raises(ConfigError, match="n_kv_heads"):
+        ModelConfig.from_name("tiny", n_kv_heads=3)

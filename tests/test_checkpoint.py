@@ -1,0 +1,56 @@
+import json
+
+import pytest
+import torch
+
+from thinkfast.checkpoint import CheckpointError, load_model, load_pretrained, save_model
+from thinkfast.config import ModelConfig
+from thinkfast.models.lm import LanguageModel
+
+
+@pytest.mark.parametrize("pattern,kind,tie", [("AAAA", "mamba2", True), ("AMAM", "mamba2", False),
+                                              ("MMMM", "discrete", True)])
+def test_save_load_round_trips_exactly(tmp_path, pattern, kind, tie):
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig.from_name("tiny", layer_pattern=pattern, tie_embeddings=tie,
+                                                mamba=dict(kind=kind))).eval()
+    save_model(model, tmp_path / "m")
+    loaded, tok = load_pretrained(tmp_path / "m")
+    assert tok is None
+    assert loaded.config == model.config
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    ids = torch.randint(0, 256, (2, 11))
+    assert torch.equal(model(ids).logits, loaded(ids).logits)
+    assert not list((tmp_path / "m").glob("*.tmp"))
+
+
+def test_mismatched_checkpoint_names_every_problem(tmp_path):
+    model = LanguageModel(ModelConfig.from_name("tiny"))
+    save_model(model, tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    meta["model"]["d_ff"] = 96
+    meta["model"]["layer_pattern"] = "AAAM"
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError) as e:
+        load_model(tmp_path)
+    msg = str(e.value)
+    assert "missing keys" in msg and "layers.3.mixer.in_proj.weight" in msg
+    assert "unexpected keys" in msg and "layers.3.mixer.q_proj.weight" in msg
+    assert "mismatched shapes" in msg and "gate_proj" in msg
+
+
+def test_corrupt_files_give_clear_errors(tmp_path):
+    model = LanguageModel(ModelConfig.from_name("tiny"))
+    save_model(model, tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_model(tmp_path)
+    bad = tmp_path / "cfg2"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"format": "thinkfast", "model": {"d_modle": 3}}))
+    with pytest.raises(CheckpointError, match="unknown config key"):
+        load_model(bad)
