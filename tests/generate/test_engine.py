@@ -122,3 +122,27 @@ def test_prompt_over_context_is_an_error_and_generation_stops_at_context():
         generate(model, [list(range(17))], SamplingParams(max_new_tokens=2))
     out = generate(model, [list(range(10))], SamplingParams(max_new_tokens=50))[0]
     assert len(out.samples[0].token_ids) == 6 and out.samples[0].finish_reason == "length"
+
+
+def test_stop_strings_and_eos_with_a_tokenizer():
+    from thinkfast.data.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(texts=["Question: a b c . Answer: x y z #### 1 2 \n\n"])
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig.from_name("tiny", vocab_size=len(tok), layer_pattern="AMAM")).eval()
+    stop_tok = tok.convert_tokens_to_ids("\n\n")
+    # Make the stop token overwhelmingly likely after a few steps: bias the LM head towards it.
+    with torch.no_grad():
+        model.lm_head.weight[stop_tok] += 0.3
+    sp = SamplingParams(n=4, seed=0, temperature=1.0, max_new_tokens=40, stop=["\n\n"], eos_token_ids=[])
+    outs = generate(model, ["Question: a b c . Answer:"], sp, tokenizer=tok)
+    for s in outs[0].samples:
+        assert "\n\n" not in s.text
+        if s.finish_reason == "stop":
+            assert s.token_ids[-1] == stop_tok
+    assert any(s.finish_reason == "stop" for s in outs[0].samples)
+    eos = generate(model, ["Question: a b c . Answer:"],
+                   SamplingParams(n=4, seed=0, max_new_tokens=40, eos_token_ids=[stop_tok]), tokenizer=tok)
+    for a, b in zip(outs[0].samples, eos[0].samples):
+        assert a.token_ids == b.token_ids  # stopping on the string == stopping on its only token
+        assert b.finish_reason == ("eos" if a.finish_reason == "stop" else "length")

@@ -200,50 +200,54 @@ def _generate_batch(model: LanguageModel, prompt_ids: list[list[int]], params: S
     cache.select(expand)
     logits = logits.index_select(0, expand)
     keys = torch.tensor([k for ks in prompt_keys for k in ks], dtype=torch.int64, device=device)
-    rows = list(range(R))  # original row id of each live batch row
-    gen: list[list[int]] = [[] for _ in range(R)]
-    lps: list[list[float]] = [[] for _ in range(R)]
-    reason = ["length"] * R
-    done = [False] * R
-    n_done_live = 0
+    eos_ids = torch.tensor(sorted(eos), dtype=torch.long, device=device)
+    # Row r of the outputs is (prompt r // n, sample r % n); `live` maps batch rows to r.
+    out_tok = torch.zeros(R, max(max_new, 1), dtype=torch.long, device=device)
+    out_lp = torch.zeros(R, max(max_new, 1), dtype=torch.float32, device=device)
+    length = torch.zeros(R, dtype=torch.long, device=device)
+    reason = torch.zeros(R, dtype=torch.long, device=device)  # 0 length, 1 eos, 2 stop
+    finished = torch.zeros(R, dtype=torch.bool, device=device)
+    live = torch.arange(R, device=device)
     for step in range(max_new):
-        tok = sample_next(logits, params, keys, step)
+        tok = sample_next(logits, params, keys, step)  # (L,)
         lp = torch.log_softmax(logits.float(), -1).gather(-1, tok[:, None])[:, 0]
-        for b, (t, l) in enumerate(zip(tok.tolist(), lp.tolist())):
-            r = rows[b]
-            if done[r]:
-                continue
-            gen[r].append(t)
-            lps[r].append(l)
-            if t in eos:
-                reason[r], done[r] = "eos", True
-            elif stopper.hit(gen[r]):
-                reason[r], done[r] = "stop", True
-            n_done_live += done[r]
-        if n_done_live == len(rows) or step == max_new - 1:
+        active = ~finished[live]  # rows finished earlier but not yet dropped are ignored
+        rows = live[active]
+        out_tok[rows, step] = tok[active]
+        out_lp[rows, step] = lp[active]
+        length[rows] += 1
+        hit_eos = torch.isin(tok, eos_ids) & active
+        reason[live[hit_eos]] = 1
+        finished[live[hit_eos]] = True
+        if stopper.stops:
+            for r in live[active & ~hit_eos].tolist():
+                if stopper.hit(out_tok[r, : int(length[r])].tolist()):
+                    reason[r], finished[r] = 2, True
+        n_open = int((~finished[live]).sum())
+        if n_open == 0 or step == max_new - 1:
             break
-        if n_done_live and n_done_live >= params.compact_fraction * len(rows):
-            keep = [b for b, r in enumerate(rows) if not done[r]]
-            index = torch.tensor(keep, device=device)
-            cache.select(index)
-            keys = keys.index_select(0, index)
-            tok = tok.index_select(0, index)
-            rows = [rows[b] for b in keep]
-            n_done_live = 0
+        if len(live) - n_open >= max(1.0, params.compact_fraction * len(live)):
+            keep = (~finished[live]).nonzero()[:, 0]
+            cache.select(keep)
+            keys, tok, live = keys[keep], tok[keep], live[keep]
         logits = model(tok[:, None], cache=cache).logits[:, -1]
     t2 = time.perf_counter()
 
+    lengths, reasons = length.tolist(), reason.tolist()
+    toks, lps = out_tok.tolist(), out_lp.tolist()
+    gen = [toks[r][: lengths[r]] for r in range(R)]
     timing = dict(prefill_s=t1 - t0, decode_s=t2 - t1, batch_prompts=P, batch_rows=R,
-                  new_tokens=sum(len(g) for g in gen), prompt_tokens=sum(len(p) for p in prompt_ids))
+                  new_tokens=sum(lengths), prompt_tokens=sum(len(p) for p in prompt_ids))
+    names = ("length", "eos", "stop")
     outs = []
     for i, p in enumerate(prompt_ids):
         samples = []
         for j in range(n):
             r = i * n + j
             text = tokenizer.decode(gen[r], skip_special_tokens=True) if tokenizer is not None else ""
-            if reason[r] == "stop":
+            if reasons[r] == 2:
                 text = stopper.cut(text)
-            samples.append(Sample(text, gen[r], lps[r], reason[r]))
+            samples.append(Sample(text, gen[r], lps[r][: lengths[r]], names[reasons[r]]))
         outs.append(GenerationOutput(p, samples, dict(timing)))
     return outs
 

@@ -167,8 +167,24 @@ class Mamba2Mixer(_MambaBase):
         z, x, Bm, Cm, dt = self._split(u)
         xbc = self._conv(torch.cat([x, Bm, Cm], dim=-1), state, mask)
         x_scan, log_a, Bh, Ch, xh = self._heads(xbc, dt)
-        y = self._scan(x_scan, log_a, Bh, Ch, mask, state)
+        if u.is_cuda and mamba_chunk_scan_combined is not None and mask is None:
+            y = self._scan_kernel(xh, dt, Bh, Ch, state)
+        else:
+            y = self._scan(x_scan, log_a, Bh, Ch, mask, state)
         return self._out(y, xh, z)
+
+    def _scan_kernel(self, xh, dt, Bh, Ch, state: Optional[MambaState]) -> torch.Tensor:
+        """mamba_ssm's fused chunked scan (CUDA); same maths as ``ssd_chunked`` on (x*dt, dt*A)."""
+        init = state.ssm if state is not None and state.seen else None
+        y, final = mamba_chunk_scan_combined(
+            xh.contiguous(), dt.contiguous(), -torch.exp(self.A_log.float()), Bh.contiguous(), Ch.contiguous(),
+            chunk_size=self.chunk_size, dt_bias=self.dt_bias, dt_softplus=True,
+            initial_states=init, return_final_states=True,
+        )
+        if state is not None:
+            state.ssm.copy_(final)
+            state.seen = True
+        return y.float()
 
     def step(self, u: torch.Tensor, state: MambaState) -> torch.Tensor:
         """u (B, 1, D) -> (B, 1, D), constant cost in the context length."""

@@ -10,6 +10,15 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """One grading decision. A timeout or an error in the checker counts as incorrect."""
+
+    correct: bool
+    timeout: bool = False
+    error: bool = False
+
+
 @dataclass
 class Example:
     id: str
@@ -44,6 +53,20 @@ class Task:
     stop: tuple[str, ...] = ()
     """Stop strings for sampling (e.g. the start of the next few-shot question)."""
 
+    # --- defaults built on the four methods above; tasks may override them ---------------------
+    def gold_answer(self, gold: str) -> str:
+        """The canonical final answer inside a dataset gold field (rows carry only ``gold``)."""
+        answer = self.extract(gold)
+        return answer if answer is not None else gold.strip()
+
+    def judge(self, pred: Optional[str], example: Example) -> Verdict:
+        """``is_correct`` with the checker's timeouts and errors reported, not raised."""
+        return Verdict(bool(self.is_correct(pred, example)))
+
+    def same_answer(self, a: str, b: str) -> bool:
+        """Whether two predicted answers are the same; majority voting groups answers with it."""
+        return self.judge(b, Example(id="", question="", gold=a, answer=a)).correct
+
 
 TASKS: dict[str, type[Task]] = {}
 
@@ -54,8 +77,16 @@ def register(cls: type[Task]) -> type[Task]:
 
 
 def get_task(name: str) -> Task:
-    # Importing the modules fills TASKS.
-    from . import gsm8k, math500, synthetic  # noqa: F401
+    # Importing the modules fills TASKS. A task module that does not exist (yet) must not take
+    # the others down with it; an import error inside an existing module still surfaces.
+    import importlib
+
+    for module in ("gsm8k", "math500", "synthetic"):
+        try:
+            importlib.import_module(f"{__package__}.{module}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.{module}":
+                raise
 
     if name not in TASKS:
         raise KeyError(f"unknown task {name!r}; known: {sorted(TASKS)}")

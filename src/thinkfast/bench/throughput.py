@@ -1,0 +1,181 @@
+"""Decode throughput and peak memory: thinkfast's engine side by side with transformers.
+
+Each measurement runs in a fresh subprocess (``python -m thinkfast.bench.throughput ONE.json``),
+so peak memory (max RSS on CPU, max allocated on CUDA) belongs to that run alone and no run
+warms another's caches. Weights are random but seeded, and transformers' Llama gets exactly the
+thinkfast Llama's weights through the exporter.
+
+Decode tokens/s = batch * (gen - 1) / (T(gen) - T(1)): the time of a generate() with ``gen``
+new tokens minus one with a single new token (the prefill), measured the same way for every
+engine, greedy, no early stopping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+import torch
+
+KIND_PATTERN = {"llama": "A", "mamba": "M", "hybrid": "AM"}
+
+
+@dataclass
+class BenchCase:
+    engine: str  # "thinkfast" | "hf"
+    kind: str  # "llama" | "mamba" | "hybrid"
+    preset: str
+    batch: int
+    prompt: int
+    gen: int
+    threads: int
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 0
+    repeats: int = 1
+
+
+def _pattern(kind: str, n_layers: int) -> str:
+    unit = KIND_PATTERN[kind]
+    return (unit * n_layers)[:n_layers]
+
+
+def _build_thinkfast(case: BenchCase):
+    from ..config import ModelConfig
+    from ..models.lm import LanguageModel
+
+    cfg = ModelConfig.from_name(case.preset)
+    cfg = cfg.with_pattern(_pattern(case.kind, cfg.n_layers))
+    torch.manual_seed(case.seed)
+    return LanguageModel(cfg).eval()
+
+
+def _build_hf(case: BenchCase):
+    """transformers' model for the case: Llama with the same weights, or a Mamba2 of the same
+    width, depth, heads and state (transformers' Mamba2 blocks have no MLP, so it does less work)."""
+    dtype = getattr(torch, case.dtype)
+    if case.kind == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        from ..convert.hf import to_hf_state_dict
+
+        ours = _build_thinkfast(case)
+        c = ours.config
+        hf_cfg = LlamaConfig(
+            vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.d_ff,
+            num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads, num_key_value_heads=c.n_kv_heads,
+            head_dim=c.head_dim, max_position_embeddings=c.max_seq_len, rms_norm_eps=c.norm_eps,
+            rope_theta=c.rope_theta, tie_word_embeddings=c.tie_embeddings,
+        )
+        model = LlamaForCausalLM(hf_cfg)
+        model.load_state_dict(to_hf_state_dict(ours), strict=False)
+        model.tie_weights()
+        return model.eval().to(dtype)
+    if case.kind == "mamba":
+        from transformers import Mamba2Config, Mamba2ForCausalLM
+
+        from ..config import ModelConfig
+
+        c = ModelConfig.from_name(case.preset)
+        hf_cfg = Mamba2Config(
+            vocab_size=c.vocab_size, hidden_size=c.d_model, num_hidden_layers=c.n_layers,
+            num_heads=c.n_heads, head_dim=c.head_dim, state_size=c.head_dim, n_groups=c.n_heads,
+            expand=max(1, c.n_heads * c.head_dim // c.d_model), conv_kernel=4, chunk_size=64,
+            tie_word_embeddings=c.tie_embeddings,
+        )
+        torch.manual_seed(case.seed)
+        return Mamba2ForCausalLM(hf_cfg).eval().to(dtype)
+    raise ValueError(f"transformers has no architecture for a thinkfast {case.kind}")
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def measure(case: BenchCase) -> dict[str, Any]:
+    """Run one case in this process; returns its figures."""
+    torch.set_num_threads(case.threads)
+    dev = torch.device(case.device)
+    dtype = getattr(torch, case.dtype)
+    g = torch.Generator().manual_seed(case.seed + 1)
+    if case.engine == "thinkfast":
+        from ..generate.engine import SamplingParams, generate
+
+        model = _build_thinkfast(case).to(dev, dtype)
+        vocab = model.config.vocab_size
+        prompts = torch.randint(0, vocab, (case.batch, case.prompt), generator=g).tolist()
+
+        def run(n):
+            generate(model, prompts, SamplingParams(temperature=0, max_new_tokens=n, eos_token_ids=[]))
+    else:
+        model = _build_hf(case).to(dev)
+        vocab = model.config.vocab_size
+        ids = torch.randint(0, vocab, (case.batch, case.prompt), generator=g).to(dev)
+        mask = torch.ones_like(ids)
+
+        def run(n):
+            with torch.inference_mode():
+                model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                               eos_token_id=None, pad_token_id=0, use_cache=True)
+    n_params = sum(p.numel() for p in model.parameters())
+    run(2)  # warm-up
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t_prefill = min(_timed(lambda: run(1)) for _ in range(case.repeats))
+    t_total = min(_timed(lambda: run(case.gen)) for _ in range(case.repeats))
+    decode_s = max(t_total - t_prefill, 1e-9)
+    out = dict(asdict(case), params=n_params, prefill_s=t_prefill, total_s=t_total, decode_s=decode_s,
+               decode_tokens_per_s=case.batch * (case.gen - 1) / decode_s)
+    if dev.type == "cuda":
+        out["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        import resource
+
+        out["peak_mem_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return out
+
+
+def run_in_subprocess(case: BenchCase, timeout: Optional[float] = None) -> dict[str, Any]:
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env["OMP_NUM_THREADS"] = str(case.threads)
+    proc = subprocess.run([sys.executable, "-m", "thinkfast.bench.throughput", json.dumps(asdict(case))],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+    if proc.returncode != 0:
+        return dict(asdict(case), error=proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def hardware() -> dict[str, Any]:
+    info = dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
+                cpu_count=os.cpu_count(), torch=torch.__version__)
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Decode-throughput ratios named after the two things compared."""
+    tps = {(r["engine"], r["kind"]): r["decode_tokens_per_s"] for r in results if "decode_tokens_per_s" in r}
+    out = {}
+    for kind, name in (("llama", "llama"), ("mamba", "mamba"), ("hybrid", "hybrid")):
+        if ("thinkfast", kind) in tps and ("hf", kind) in tps:
+            out[f"{name}_vs_hf_ratio"] = tps[("thinkfast", kind)] / tps[("hf", kind)]
+    for kind in ("mamba", "hybrid"):
+        if ("thinkfast", kind) in tps and ("thinkfast", "llama") in tps:
+            out[f"{kind}_vs_llama_ratio"] = tps[("thinkfast", kind)] / tps[("thinkfast", "llama")]
+    return out
+
+
+if __name__ == "__main__":
+    case = BenchCase(**json.loads(sys.argv[1]))
+    print(json.dumps(measure(case)))

@@ -1,0 +1,54 @@
+"""thinkfast bench: decode tokens/s and peak memory, thinkfast vs transformers, one table + JSON.
+
+    thinkfast bench --preset smollm2-135m --batch 16 --prompt 64 --gen 256 --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="smollm2-135m", help="named model size (random weights)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--prompt", type=int, default=64, help="prompt tokens")
+    p.add_argument("--gen", type=int, default=256, help="new tokens")
+    p.add_argument("--kinds", default="llama,mamba,hybrid")
+    p.add_argument("--engines", default="thinkfast,hf", help="thinkfast and/or hf (transformers generate)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--repeats", type=int, default=1, help="best of N timings")
+    p.add_argument("--json", dest="json_out", default=None, help="write every figure and the ratios here")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench.throughput import BenchCase, hardware, ratios, run_in_subprocess
+    from ..config import atomic_write_text
+
+    threads = args.threads or os.cpu_count() or 1
+    results = []
+    for kind in args.kinds.split(","):
+        for engine in args.engines.split(","):
+            if engine == "hf" and kind == "hybrid":
+                continue  # transformers has no architecture for our hybrid
+            case = BenchCase(engine=engine, kind=kind, preset=args.preset, batch=args.batch, prompt=args.prompt,
+                             gen=args.gen, threads=threads, device=args.device, dtype=args.dtype,
+                             repeats=args.repeats)
+            r = run_in_subprocess(case)
+            results.append(r)
+            if "error" in r:
+                print(f"{engine:9s} {kind:7s} failed: {r['error']}", flush=True)
+            else:
+                print(f"{engine:9s} {kind:7s} decode {r['decode_tokens_per_s']:9.1f} tok/s  "
+                      f"prefill {r['prefill_s']:6.2f}s  total {r['total_s']:7.2f}s  "
+                      f"peak {r['peak_mem_mb']:7.0f} MB", flush=True)
+    rat = ratios(results)
+    for k, v in rat.items():
+        print(f"{k:24s} {v:6.2f}x")
+    if args.json_out:
+        atomic_write_text(args.json_out, json.dumps(dict(settings=vars(args), hardware=hardware(),
+                                                         results=results, ratios=rat), indent=2) + "\n")
+    return 0

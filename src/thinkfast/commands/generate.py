@@ -1,0 +1,44 @@
+"""thinkfast generate --model PATH "prompt" ...: sample completions and print them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="thinkfast model dir or HF Llama")
+    p.add_argument("prompts", nargs="+")
+    p.add_argument("--n", type=int, default=1)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop", action="append", default=[])
+    p.add_argument("--json", action="store_true", help="print one JSON object per sample")
+    p.add_argument("--threads", type=int, default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_pretrained
+    from ..generate.engine import SamplingParams, generate
+    from ..runtime import UserError
+
+    model, tok = load_pretrained(args.model)
+    if tok is None:
+        raise UserError(f"{args.model} has no tokenizer: text prompts need one")
+    sp = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                        max_new_tokens=args.max_new_tokens, seed=args.seed, stop=args.stop)
+    try:
+        outs = generate(model, args.prompts, sp, tokenizer=tok)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    for i, o in enumerate(outs):
+        for j, s in enumerate(o.samples):
+            if args.json:
+                print(json.dumps(dict(prompt=i, sample=j, text=s.text, tokens=len(s.token_ids),
+                                      finish_reason=s.finish_reason, **o.timing)))
+            else:
+                print(f"--- prompt {i} sample {j} ({len(s.token_ids)} tokens, {s.finish_reason})\n{s.text}")
+    return 0

@@ -1,0 +1,68 @@
+"""``thinkfast sample``: n completions per problem of a task to JSONL (resumable)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..runtime import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="thinkfast model dir, or a HF Llama (dir / hub id / .gguf)")
+    parser.add_argument("--task", required=True, help="gsm8k, math500, synthetic")
+    parser.add_argument("--n", type=int, default=64, help="samples per problem (default 64)")
+    parser.add_argument("--out", required=True, help="samples JSONL; an existing file is resumed")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0, help="0 = off")
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-problems", type=int, default=1, help="problems per engine call (default 1)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N problems")
+    parser.add_argument("--data", default=None, help="local JSONL (or a directory of them); default: HF datasets")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--prompt-style", choices=("auto", "chat", "fewshot"), default="auto",
+                        help="auto = chat when the tokenizer has a chat template, else few-shot")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..checkpoint import load_pretrained
+    from ..eval.budget import hardware_string
+    from ..eval.io import write_jsonl_atomic
+    from ..eval.sampling import (SampleSettings, context_length, encode_prompts, engine_generate_fn,
+                                 run_sampling)
+    from ..eval.tasks.common import task_by_name
+
+    if args.n < 1 or args.batch_problems < 1:
+        raise UserError("--n and --batch-problems must be at least 1")
+    task = task_by_name(args.task)
+    examples = task.load(split=args.split, path=args.data, limit=args.limit)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tok = load_pretrained(args.model, device=device)
+    if tok is None:
+        raise UserError(f"{args.model}: no tokenizer beside the model")
+    style = args.prompt_style
+    if style == "auto":
+        style = "chat" if getattr(tok, "chat_template", None) else "fewshot"
+    settings = SampleSettings(task=task.name, model=str(args.model), n=args.n, temperature=args.temperature,
+                              top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
+                              seed=args.seed, prompt_style=style)
+    prompts = encode_prompts(task, examples, tok, style)
+    report = run_sampling(examples, prompts, engine_generate_fn(model, tok, settings, task.stop), args.out,
+                          settings, batch_problems=args.batch_problems, context_len=context_length(model),
+                          hardware=hardware_string(device), log=lambda s: print(s, file=sys.stderr))
+    errors = Path(f"{args.out}.errors.jsonl")
+    if report.failed:
+        write_jsonl_atomic(errors, [{"problem_id": pid, "error": why} for pid, why in report.failed])
+    elif errors.exists():
+        errors.unlink()  # from an earlier run: nothing failed this time
+    print(json.dumps({"written": report.written, "skipped": report.skipped, "failed": len(report.failed),
+                      "dropped_rows": report.dropped_rows, "out": args.out}), file=sys.stderr)
+    return 0

@@ -1,0 +1,48 @@
+"""``thinkfast score``: add reward-model scores to a samples file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..runtime import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="samples JSONL (rows need 'question' and 'completion')")
+    parser.add_argument("--rm", required=True, help="ORM directory (thinkfast train-rm) or a causal LM used as a PRM")
+    parser.add_argument("--kind", choices=("auto", "orm", "prm"), default="auto",
+                        help="auto = orm when the directory has orm.json, else prm")
+    parser.add_argument("--aggregate", choices=("last", "min", "mean", "prod"), default="min",
+                        help="PRM step-score aggregation (default min)")
+    parser.add_argument("--backbone-kind", choices=("thinkfast", "hf"), default="thinkfast",
+                        help="how a PRM is loaded: thinkfast (its dirs and HF Llamas) or any HF causal LM")
+    parser.add_argument("--key", default="reward", help="row field to write (default reward)")
+    parser.add_argument("--out", default=None, help="output JSONL (default: rewrite the input atomically)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..eval.io import read_jsonl, write_jsonl_atomic
+    from ..eval.rewards import ProcessRewardModel, aggregate_steps, load_scorer
+
+    rows = read_jsonl(args.input)
+    for i, r in enumerate(rows, start=1):
+        if not isinstance(r.get("question"), str) or not isinstance(r.get("completion"), str):
+            raise UserError(f"{args.input}: row {i} needs string 'question' and 'completion' fields")
+    scorer = load_scorer(args.rm, args.kind, args.aggregate, args.device, args.backbone_kind)
+    out = []
+    for start in range(0, len(rows), args.batch_size):
+        batch = rows[start:start + args.batch_size]
+        qs, cs = [r["question"] for r in batch], [r["completion"] for r in batch]
+        if isinstance(scorer, ProcessRewardModel):
+            steps = [scorer.step_scores(q, c) for q, c in zip(qs, cs)]
+            for r, st in zip(batch, steps):
+                out.append({**r, args.key: aggregate_steps(st, scorer.aggregate), f"{args.key}_steps": st})
+        else:
+            out += [{**r, args.key: s} for r, s in zip(batch, scorer.score(qs, cs))]
+        print(f"{len(out)}/{len(rows)} scored", file=sys.stderr)
+    write_jsonl_atomic(args.out or args.input, out)
+    return 0

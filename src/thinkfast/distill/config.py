@@ -1,0 +1,294 @@
+"""Typed, strict recipe configs for ``thinkfast distill``.
+
+A recipe is one YAML file: the teacher, how the student starts, the data, shared training
+settings, and a list of stages run in order (MOHAWK is three: matrix -> hidden -> kd). Each
+stage may override any training setting. Unknown keys and wrongly typed values are errors;
+``key.sub=value`` overrides from the command line are applied to the YAML before building
+(``stages.0.train.steps=10`` or ``stages.kd.train.steps=10``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ..config import ConfigError, from_dict, to_dict
+from ..data.dataset import DataConfig
+
+OBJECTIVES = ("lm", "matrix", "hidden", "kd")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training loop (shared by the stages unless a stage overrides them)."""
+
+    steps: int = 100
+    batch_size: int = 8
+    """Global batch: sequences per optimizer step, summed over processes and accumulation."""
+    micro_batch_size: Optional[int] = None
+    """Sequences per forward pass per process (default: batch_size / processes)."""
+    lr: float = 3e-4
+    schedule: str = "wsd"
+    """wsd (warmup-stable-decay) | cosine | constant"""
+    warmup_steps: int = 0
+    decay_fraction: float = 0.2
+    """wsd: the final fraction of steps over which the rate decays linearly to min_lr_ratio*lr."""
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    clip_grad: float = 1.0
+    """Max gradient norm (per layer in stages 1-2, which train layers independently); 0 = off."""
+    bf16: bool = False
+    """bf16 autocast for the forward passes (weights and optimizer stay fp32)."""
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 0
+    """Steps between held-out evaluations (0: only at the end)."""
+    eval_batches: int = 16
+    """Micro-batches of held-out data per evaluation, at most."""
+    save_every: int = 100
+    """Steps between checkpoints (0: only at the end)."""
+    keep_checkpoints: int = 2
+    progress: bool = True
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "thinkfast"
+    distributed: str = "ddp"
+    """Under torchrun: ddp | fsdp (PyTorch's own FSDP2, fully_shard)."""
+    device: str = "auto"
+    threads: Optional[int] = None
+    stop_after: Optional[int] = None
+    """Testing aid: stop after this many steps of this invocation as if killed (no checkpoint)."""
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("wsd", "cosine", "constant"):
+            raise ConfigError(f"train.schedule must be wsd, cosine or constant, got {self.schedule!r}")
+        if self.distributed not in ("ddp", "fsdp"):
+            raise ConfigError(f"train.distributed must be ddp or fsdp, got {self.distributed!r}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError("train.steps and train.batch_size must be >= 1")
+        if not 0.0 <= self.decay_fraction <= 1.0 or not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError("train.decay_fraction and train.min_lr_ratio must be in [0, 1]")
+        if len(self.betas) != 2:
+            raise ConfigError("train.betas must be two numbers")
+
+
+@dataclass
+class LossConfig:
+    """End-to-end distillation loss (objective kd): kl_weight*KL + ce_weight*CE + hidden_weight*MSE."""
+
+    kind: str = "forward"
+    """KL direction: forward = KL(teacher || student), reverse = KL(student || teacher)."""
+    temperature: float = 1.0
+    kl_weight: float = 1.0
+    ce_weight: float = 0.0
+    hidden_weight: float = 0.0
+    """Weight of the MSE between student and teacher hidden states (every block output)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("forward", "reverse"):
+            raise ConfigError(f"loss.kind must be forward or reverse, got {self.kind!r}")
+        if self.temperature <= 0:
+            raise ConfigError("loss.temperature must be > 0")
+
+
+@dataclass
+class StageConfig:
+    name: str = "train"
+    objective: str = "kd"
+    """lm (cross-entropy) | matrix (MOHAWK 1) | hidden (MOHAWK 2) | kd (end-to-end distillation)"""
+    train: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the recipe's ``train`` settings for this stage."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    trainable: str = "auto"
+    """auto | all | mixers (Mamba mixers only) | mamba_layers (whole Mamba blocks) | no_mlp"""
+    seq_len: Optional[int] = None
+    """Override of data.seq_len (stage 1 materialises T x T matrices: keep it short)."""
+    hybrid_schedule: list[list[Any]] = field(default_factory=list)
+    """Stepwise hybrid schedule: [[step, keep], ...]; at each step the student keeps only
+    ``keep`` attention layers (a fraction or list), the others becoming attention-initialised Mamba."""
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"stage {self.name!r}: objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.trainable not in ("auto", "all", "mixers", "mamba_layers", "no_mlp"):
+            raise ConfigError(f"stage {self.name!r}: trainable {self.trainable!r} is not one of "
+                              f"auto, all, mixers, mamba_layers, no_mlp")
+        for entry in self.hybrid_schedule:
+            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], int)):
+                raise ConfigError(f"stage {self.name!r}: hybrid_schedule entries are [step, keep], got {entry!r}")
+        if self.hybrid_schedule and self.objective not in ("kd", "lm"):
+            raise ConfigError(f"stage {self.name!r}: hybrid_schedule needs objective kd or lm")
+
+
+@dataclass
+class StudentConfig:
+    init: str = "teacher"
+    """teacher (attention-initialised from the teacher) | new (fresh weights, for pretraining) |
+    a path to a thinkfast model directory."""
+    keep: Any = 0.0
+    """Attention layers kept: a fraction (0 = pure Mamba), a list, a pattern "MAMA" or layers.json."""
+    kind: str = "discrete"
+    """discrete (Llamba) | mamba2 (MambaInLlama)"""
+    seed: int = 0
+    mamba: dict[str, Any] = field(default_factory=dict)
+    """MambaConfig overrides (e.g. chunk_size)."""
+    model: Any = None
+    """init=new: a ModelConfig mapping, or a preset name ("tiny")."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("discrete", "mamba2"):
+            raise ConfigError(f"student.kind must be discrete or mamba2, got {self.kind!r}")
+
+
+@dataclass
+class DistillConfig:
+    out_dir: str = "runs/distill"
+    teacher: Optional[str] = None
+    """A thinkfast model directory (``thinkfast convert`` or an earlier pretraining run)."""
+    tokenizer: Optional[str] = None
+    """Directory of the tokenizer (default: the teacher's, else the student's init directory)."""
+    student: StudentConfig = field(default_factory=StudentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    stages: list[StageConfig] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.stages = [s if isinstance(s, StageConfig) else from_dict(StageConfig, s, where=f"stages[{i}]")
+                       for i, s in enumerate(self.stages)]
+        if not self.stages:
+            raise ConfigError("a recipe needs at least one stage")
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"stage names must be unique, got {names}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+# --- strict typing ---------------------------------------------------------------------------
+def _type_ok(value: Any, tp: Any) -> bool:
+    if tp is Any:
+        return True
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union:
+        return any(_type_ok(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value) if args else isinstance(value, list)
+    if origin is dict:
+        return isinstance(value, dict)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, tp)
+    return isinstance(value, tp)
+
+
+def check_types(obj: Any, where: str) -> None:
+    """Every field of dataclass ``obj`` (recursively) has its annotated type; ints become floats."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, tp = getattr(obj, f.name), hints[f.name]
+        if not _type_ok(value, tp):
+            raise ConfigError(f"{where}.{f.name}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+        if tp is float and isinstance(value, int):
+            setattr(obj, f.name, float(value))
+        if dataclasses.is_dataclass(value):
+            check_types(value, f"{where}.{f.name}")
+        if isinstance(value, list):
+            for i, v in enumerate(value):
+                if dataclasses.is_dataclass(v):
+                    check_types(v, f"{where}.{f.name}[{i}]")
+
+
+def build_config(data: dict[str, Any]) -> DistillConfig:
+    cfg = from_dict(DistillConfig, data, where="config")
+    check_types(cfg, "config")
+    for i, s in enumerate(cfg.stages):
+        resolve_train(cfg, i)  # stage overrides must be valid too
+    return cfg
+
+
+def resolve_train(cfg: DistillConfig, index: int) -> TrainConfig:
+    """The recipe's train settings with stage ``index``'s overrides applied."""
+    stage = cfg.stages[index]
+    merged = {**to_dict(cfg.train), **stage.train}
+    tc = from_dict(TrainConfig, merged, where=f"stages[{index}] ({stage.name}).train")
+    check_types(tc, f"stages[{index}].train")
+    return tc
+
+
+# --- files and overrides ------------------------------------------------------------------------
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node: Any = data
+    for i, k in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            node = node[_list_index(node, k, ".".join(keys[:i + 1]))]
+            continue
+        if node.get(k) is None:
+            node[k] = {}
+        node = node[k]
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"override {dotted}: {'.'.join(keys[:i + 1])} is a value, not a section")
+    last = keys[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, dotted)] = value
+    else:
+        node[last] = value
+
+
+def _list_index(items: list, key: str, where: str) -> int:
+    if key.isdigit():
+        if int(key) >= len(items):
+            raise ConfigError(f"override {where}: index {key} out of range ({len(items)} entries)")
+        return int(key)
+    for i, item in enumerate(items):  # stages by name
+        if isinstance(item, dict) and item.get("name") == key:
+            return i
+    raise ConfigError(f"override {where}: no entry named {key!r}")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings (values parsed as YAML: 3, 0.5, true, [1, 3], null)."""
+    import yaml
+
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_path(data, key.strip(), value)
+    return data
+
+
+def load_config(path: str | Path, overrides: Optional[list[str]] = None) -> DistillConfig:
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping at the top level")
+    return build_config(apply_overrides(data, overrides or []))
+
+
+def config_to_yaml(cfg: DistillConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

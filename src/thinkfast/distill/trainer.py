@@ -1,0 +1,500 @@
+"""One training loop for every stage: pretraining, SFT, MOHAWK 1-2-3 and KD.
+
+It owns AdamW with a warmup-stable-decay or cosine schedule, gradient accumulation and
+clipping, bf16 autocast, DDP/FSDP, checkpoints, metrics and the progress bar; an ``Objective``
+(``stages.py``) says what the loss is.
+
+A stage's directory:
+    checkpoints/step_00000100/   model/ (a thinkfast model dir + run_config.yaml), optimizer.pt,
+                                 trainer_state.json, rng_rank{r}.pt, run_config.yaml
+    latest                       the name of the newest complete checkpoint
+    metrics.jsonl                one JSON object per logged step / evaluation
+    model/                       the final student (thinkfast model dir) + run_config.yaml
+    result.json                  tokens, wall time, losses: written last, marks the stage done
+
+Checkpoints are written to a temporary directory and renamed, then ``latest`` is replaced
+atomically, so a kill at any moment leaves the previous checkpoint intact. Weights are
+safetensors; optimizer and RNG state go through ``torch.save`` and come back with
+``torch.load(weights_only=True)`` (tensors and plain containers only, never pickled code).
+A resumed run restores weights, optimizer, RNG and the data position (= the step: the batch
+order is a function of it) and continues bit-for-bit where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ..checkpoint import CheckpointError, load_model, save_model
+from ..config import atomic_write_text
+from ..data.dataset import BatchSchedule, DataBundle
+from ..data.packing import TokenBlocks
+from ..runtime import UserError
+from . import distributed as D
+from .config import TrainConfig
+from .schedule import lr_factor
+from .stages import Objective
+
+VOLATILE_TRAIN_KEYS = ("steps", "micro_batch_size", "log_every", "eval_every", "eval_batches", "save_every",
+                       "keep_checkpoints", "progress", "tensorboard", "wandb", "wandb_project", "distributed",
+                       "device", "threads", "stop_after")
+"""Train settings that may change between a run and its resumption (they do not change what the
+next step computes, except ``steps``, which moves the end of the schedule)."""
+
+
+class NonFiniteLossError(UserError):
+    """The loss or gradient became NaN/inf; a checkpoint of the last good state was written."""
+
+
+class _Snapshot:
+    """Just enough of a LanguageModel for ``save_model``: a config and a state dict (the full
+    state dict gathered from DDP/FSDP), without building the model a second time."""
+
+    def __init__(self, config, state_dict: dict[str, torch.Tensor]):
+        self.config, self._sd = config, state_dict
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._sd
+
+
+def _yaml(data: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy as np
+
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]) + [random.getstate()[0]],
+        "python_gauss": random.getstate()[2],
+        "numpy": torch.from_numpy(np_state[1].astype("int64")),
+        "numpy_pos": int(np_state[2]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[-1], tuple(py[:-1]), state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype("uint32"), state["numpy_pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete") from None
+    except Exception as e:  # unpickling errors come in many types
+        raise CheckpointError(f"{path} is corrupt or not a thinkfast checkpoint file: {e}") from None
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += _diff(old.get(k, "<unset>"), new.get(k, "<unset>"), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: checkpoint {old!r} vs now {new!r}"]
+
+
+class Trainer:
+    """Run ``objective`` on ``data`` for ``cfg.steps`` optimizer steps in ``out_dir``.
+
+    run_config: the resolved config, saved beside every checkpoint. fingerprint: the part of it
+    a checkpoint must agree with to be resumed (the rest, e.g. logging, may change).
+    """
+
+    def __init__(self, objective: Objective, data: DataBundle, cfg: TrainConfig, out_dir: str | os.PathLike,
+                 env: Optional[D.DistEnv] = None, run_config: Optional[dict[str, Any]] = None,
+                 fingerprint: Optional[dict[str, Any]] = None, tokenizer: Any = None, name: str = "train"):
+        self.obj, self.data, self.cfg = objective, data, cfg
+        self.out = Path(out_dir)
+        self.env = env or D.DistEnv()
+        self.run_config = run_config or {"train": cfg.__dict__}
+        self.fingerprint = fingerprint if fingerprint is not None else self._default_fingerprint()
+        self.tokenizer, self.name = tokenizer, name
+        W = self.env.world_size
+        self.micro = cfg.micro_batch_size or max(1, cfg.batch_size // W)
+        if cfg.batch_size % (self.micro * W):
+            raise UserError(f"train.batch_size {cfg.batch_size} is not a multiple of micro_batch_size "
+                            f"{self.micro} x {W} processes")
+        self.accum = cfg.batch_size // (self.micro * W)
+        self.batches = BatchSchedule(len(data.train), cfg.batch_size, cfg.seed)
+        self.step, self.tokens, self.prev_wall = 0, 0, 0.0
+        self.history: list[dict[str, Any]] = []
+        self.model: Any = None
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self._writers: list[Any] = []
+
+    def _default_fingerprint(self) -> dict[str, Any]:
+        return {k: v for k, v in self.cfg.__dict__.items() if k not in VOLATILE_TRAIN_KEYS}
+
+    # --- set-up ------------------------------------------------------------------------------
+    def _build(self) -> None:
+        """(Re)wrap the objective and build a fresh optimizer over its trainable parameters."""
+        self.obj.to(self.env.device)
+        self.model = D.wrap(self.obj, self.env, self.cfg.distributed, self.obj.fsdp_units())
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.cfg.lr,
+                                           betas=tuple(self.cfg.betas), eps=self.cfg.eps)
+
+    def _ckpt_dir(self, step: int) -> Path:
+        return self.out / "checkpoints" / f"step_{step:08d}"
+
+    def _latest(self) -> Optional[Path]:
+        pointer = self.out / "latest"
+        if not pointer.exists():
+            return None
+        path = self.out / "checkpoints" / pointer.read_text().strip()
+        if not path.is_dir():
+            raise CheckpointError(f"{pointer} names {path}, which does not exist; move {self.out} aside "
+                                  f"or restore the checkpoint")
+        return path
+
+    def _load_resume(self, ckpt: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+        """Read and validate everything a resume needs before anything is written."""
+        try:
+            state = json.loads((ckpt / "trainer_state.json").read_text())
+            step = int(state["step"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{ckpt}/trainer_state.json is missing or corrupt: {e}") from None
+        saved_fp = state.get("fingerprint")
+        diffs = _diff(saved_fp, json.loads(json.dumps(self.fingerprint)))
+        if diffs:
+            raise CheckpointError(f"{ckpt} was written by an incompatible configuration; refusing to resume "
+                                  f"(use another out_dir, or restore the settings): " + "; ".join(diffs))
+        if step > self.cfg.steps:
+            raise CheckpointError(f"{ckpt} is at step {step}, beyond train.steps={self.cfg.steps}")
+        model = load_model(ckpt / "model")  # CheckpointError when corrupt
+        have, want = model.config.to_dict(), self.obj.student.config.to_dict()
+        have_p, want_p = have.pop("layer_pattern"), want.pop("layer_pattern")
+        diffs = _diff(have, want)
+        if diffs or (have_p != want_p and not getattr(self.obj, "schedule", None)):
+            raise CheckpointError(f"{ckpt}/model does not fit the student: "
+                                  + "; ".join(diffs or [f"layer_pattern {have_p} vs {want_p}"]))
+        optim = _torch_load(ckpt / "optimizer.pt")
+        rng_path = ckpt / f"rng_rank{self.env.rank}.pt"
+        rng = _torch_load(rng_path if rng_path.exists() else ckpt / "rng_rank0.pt")
+        return state, (model, optim), rng
+
+    def _resume(self, ckpt: Path) -> None:
+        state, (model, optim), rng = self._load_resume(ckpt)
+        if model.config.layer_pattern != self.obj.student.config.layer_pattern:
+            self.obj.student = model  # a stepwise hybrid schedule had converted more layers
+            self.obj.set_trainable()
+        else:
+            self.obj.student.load_state_dict(model.state_dict())
+        self._build()
+        try:
+            D.load_optimizer_state(self.model, self.optimizer, optim)
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{ckpt}/optimizer.pt does not fit this model's parameters: {e}") from None
+        _set_rng_state(rng)
+        self.step, self.tokens = int(state["step"]), int(state.get("tokens", 0))
+        self.prev_wall = float(state.get("wall_s", 0.0))
+        self.history = [h for h in state.get("history", [])]
+        if state.get("samples_consumed") != self.step * self.cfg.batch_size:
+            raise CheckpointError(f"{ckpt}: data position {state.get('samples_consumed')} does not match "
+                                  f"step {self.step} x batch {self.cfg.batch_size}")
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def _student_state(self) -> Optional[dict[str, torch.Tensor]]:
+        msd, osd = D.full_state_dicts(self.model, self.optimizer)
+        if not self.env.is_main:
+            return None
+        prefix = "student."
+        return {"model": {k[len(prefix):]: v for k, v in msd.items() if k.startswith(prefix)}, "optim": osd}
+
+    def save_checkpoint(self, wall_s: float) -> Path:
+        """Collective: every rank calls it. Returns the checkpoint directory."""
+        final = self._ckpt_dir(self.step)
+        state = self._student_state()
+        tmp = None
+        if self.env.is_main:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        tmp = Path(D.broadcast_object(str(tmp), self.env))
+        torch.save(_rng_state(), tmp / f"rng_rank{self.env.rank}.pt")
+        D.barrier(self.env)
+        if self.env.is_main:
+            snap = _Snapshot(self.obj.student.config, state["model"])
+            save_model(snap, tmp / "model", self.tokenizer, extra={"trained_by": f"thinkfast distill ({self.name})",
+                                                                     "step": self.step})
+            atomic_write_text(tmp / "model" / "run_config.yaml", _yaml(self.run_config))
+            torch.save(state["optim"], tmp / "optimizer.pt")
+            trainer_state = {"step": self.step, "samples_consumed": self.step * self.cfg.batch_size,
+                             "tokens": self.tokens, "wall_s": wall_s, "world_size": self.env.world_size,
+                             "fingerprint": self.fingerprint, "history": self.history[-50:]}
+            atomic_write_text(tmp / "trainer_state.json", json.dumps(trainer_state, indent=1) + "\n")
+            atomic_write_text(tmp / "run_config.yaml", _yaml(self.run_config))
+            if final.exists():  # same step saved before (e.g. NaN right after a save): keep the old one
+                shutil.rmtree(tmp)
+            else:
+                os.replace(tmp, final)
+            atomic_write_text(self.out / "latest", final.name + "\n")
+            self._prune()
+        D.barrier(self.env)
+        return final
+
+    def _prune(self) -> None:
+        keep = max(1, self.cfg.keep_checkpoints)
+        done = sorted(p for p in (self.out / "checkpoints").glob("step_*") if p.is_dir())
+        for old in done[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    # --- metrics -----------------------------------------------------------------------------------
+    def _log(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        if not self.env.is_main:
+            return
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for w in self._writers:
+            w(record)
+
+    def _open_writers(self) -> None:
+        if not self.env.is_main:
+            return
+        if self.cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("train.tensorboard=true needs the tensorboard package") from None
+            tb = SummaryWriter(str(self.out / "tensorboard"))
+            self._writers.append(lambda r: [tb.add_scalar(k, v, r["step"]) for k, v in r.items()
+                                            if isinstance(v, (int, float)) and k != "step"])
+        if self.cfg.wandb:
+            try:
+                import wandb
+            except ImportError:
+                raise UserError("train.wandb=true needs the wandb package") from None
+            run = wandb.init(project=self.cfg.wandb_project, name=f"{self.out.name}", config=self.run_config,
+                             resume="allow", id=self.out.name)
+            self._writers.append(lambda r: run.log(r, step=r["step"]))
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric lines past the resumed step (written after the last checkpoint)."""
+        path = self.out / "metrics.jsonl"
+        if self.env.is_main and path.exists():
+            kept = []
+            for ln in path.read_text().splitlines():
+                try:
+                    if json.loads(ln)["step"] <= self.step:
+                        kept.append(ln)
+                except (ValueError, KeyError, TypeError):  # a line cut short by the kill
+                    continue
+            atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+
+    # --- one step ----------------------------------------------------------------------------------
+    def _autocast(self):
+        if not self.cfg.bf16:
+            return nullcontext()
+        return torch.autocast(self.env.device.type, dtype=torch.bfloat16)
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.env.device, non_blocking=True) for k, v in batch.items()}
+
+    def _forward_weighted(self, blocks: TokenBlocks, micro: list[list[int]], train: bool):
+        """Sum over micro-batches of (loss * units, units, metrics * units, tokens), backward when
+        training, each micro-batch's loss weighted by its share of the global units."""
+        # An empty slice (eval, uneven shards) still runs one forward -- FSDP ranks move in
+        # lockstep -- on block 0 with weight 0.
+        batches = [blocks.batch(ix or [0]) for ix in micro]
+        units = [self.obj.units(b) if ix else 0 for b, ix in zip(batches, micro)]
+        tokens = sum(int(b["valid"].sum()) for b, ix in zip(batches, micro) if ix)
+        total_units, tokens = D.all_reduce_sum([sum(units), tokens], self.env)
+        loss_sum, metric_sums = 0.0, {}
+        for j, (b, n) in enumerate(zip(batches, units)):
+            b = self._to_device(b)
+            sync = j == len(batches) - 1
+            ctx = D.no_sync(self.model, sync) if train else torch.no_grad()
+            with ctx, self._autocast():
+                loss, metrics = self.model(b)
+            if train:
+                # DDP/FSDP average gradients over W processes; the factor W makes it a sum.
+                (loss * (n / max(total_units, 1)) * self.env.world_size).backward()
+            loss_sum += float(loss.detach()) * n
+            for k, v in metrics.items():
+                metric_sums[k] = metric_sums.get(k, 0.0) + float(v) * n
+        keys = sorted(metric_sums)
+        sums = D.all_reduce_sum([loss_sum] + [metric_sums[k] for k in keys], self.env)
+        denom = max(total_units, 1)
+        return sums[0] / denom, {k: s / denom for k, s in zip(keys, sums[1:])}, int(tokens)
+
+    def _clip(self) -> float:
+        sq = 0.0
+        for group in self.obj.clip_groups():  # per layer in stages 1-2: layers stay independent
+            n = torch.nn.utils.clip_grad_norm_(group, self.cfg.clip_grad or float("inf"))
+            n = n.full_tensor() if hasattr(n, "full_tensor") else n
+            sq += float(n) ** 2
+        return math.sqrt(sq)
+
+    def train_step(self) -> dict[str, Any]:
+        c = self.cfg
+        if self.obj.on_step(self.step):
+            self._build()
+        self.model.train()
+        micro = self.batches.micro_batches(self.step, self.env.rank, self.env.world_size, self.micro)
+        loss, metrics, tokens = self._forward_weighted(self.data.train, micro, train=True)
+        gnorm = self._clip()
+        if not (math.isfinite(loss) and math.isfinite(gnorm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            what = "loss" if not math.isfinite(loss) else "gradient norm"
+            path = self.save_checkpoint(self.prev_wall)
+            raise NonFiniteLossError(
+                f"{self.name}: the {what} is {loss if what == 'loss' else gnorm} at step {self.step + 1}; "
+                f"the weights before that step are saved in {path}. Lower train.lr, check the data, or "
+                f"set train.clip_grad")
+        lr = c.lr * lr_factor(self.step, c.steps, c.schedule, c.warmup_steps, c.decay_fraction, c.min_lr_ratio)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens += tokens
+        return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": gnorm, "tokens": self.tokens, **metrics}
+
+    @torch.no_grad()
+    def evaluate(self) -> Optional[float]:
+        blocks = self.data.eval
+        if blocks is None or len(blocks) == 0:
+            return None
+        self.model.eval()
+        W, r = self.env.world_size, self.env.rank
+        n = min(len(blocks), self.cfg.eval_batches * self.micro * W)
+        mine = list(range(n))[r::W]
+        iters = -(-(-(-n // W)) // self.micro)  # the same count on every rank (FSDP needs lockstep)
+        micro = [mine[i * self.micro:(i + 1) * self.micro] for i in range(iters)]
+        loss, _, _ = self._forward_weighted(blocks, micro, train=False)
+        return loss
+
+    # --- the loop ----------------------------------------------------------------------------------
+    def _finished(self) -> Optional[dict[str, Any]]:
+        path = self.out / "result.json"
+        if not path.exists():
+            return None
+        result = json.loads(path.read_text())
+        if _diff(result.get("fingerprint"), json.loads(json.dumps(self.fingerprint))):
+            raise UserError(f"{self.out} holds a finished run of another configuration; refusing to overwrite it "
+                            f"(choose another out_dir)")
+        return result if result.get("steps", 0) >= self.cfg.steps else None
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``cfg.steps`` (resuming from the latest checkpoint) and return the result."""
+        done = self._finished()
+        if done is not None:
+            return done
+        ckpt = self._latest()
+        fp_path = self.out / "fingerprint.json"
+        if fp_path.exists() and _diff(json.loads(fp_path.read_text()), json.loads(json.dumps(self.fingerprint))):
+            raise UserError(f"{self.out} belongs to a run of another configuration; refusing to touch it "
+                            f"(choose another out_dir): "
+                            + "; ".join(_diff(json.loads(fp_path.read_text()), json.loads(json.dumps(self.fingerprint)))))
+        if ckpt is not None:
+            self._resume(ckpt)
+        else:
+            self._build()
+        if self.env.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(fp_path, json.dumps(self.fingerprint, indent=1) + "\n")
+            for stale in (self.out / "checkpoints").glob(".tmp-*"):  # left by a killed save
+                shutil.rmtree(stale, ignore_errors=True)
+            atomic_write_text(self.out / "run_config.yaml", _yaml(self.run_config))
+        self._truncate_metrics()
+        self._open_writers()
+        return self._loop()
+
+    def _progress(self):
+        if not (self.cfg.progress and self.env.is_main):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.cfg.steps, initial=self.step, desc=self.name, unit="step", dynamic_ncols=True)
+
+    def _loop(self) -> dict[str, Any]:
+        c = self.cfg
+        bar, t0 = self._progress(), time.perf_counter()
+        start_step, start_tokens, ran = self.step, self.tokens, 0
+        eval_loss = None
+        try:
+            while self.step < c.steps:
+                rec = self.train_step()
+                ran += 1
+                elapsed = time.perf_counter() - t0
+                rec["tokens_per_s"] = (self.tokens - start_tokens) / max(elapsed, 1e-9)
+                rec["wall_s"] = self.prev_wall + elapsed
+                last = self.step == c.steps
+                if c.eval_every and self.step % c.eval_every == 0 and not last:
+                    rec["eval_loss"] = eval_loss = self.evaluate()
+                if self.step % max(1, c.log_every) == 0 or last or "eval_loss" in rec:
+                    self._log(rec)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{rec['loss']:.4g}", tok_s=f"{rec['tokens_per_s']:.0f}")
+                if c.save_every and self.step % c.save_every == 0 and not last:
+                    self.save_checkpoint(rec["wall_s"])
+                if c.stop_after is not None and ran >= c.stop_after and not last:
+                    return {"interrupted": True, "steps": self.step, "history": self.history}
+        except KeyboardInterrupt:
+            if self.step > start_step:
+                self.save_checkpoint(self.prev_wall + time.perf_counter() - t0)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        wall = self.prev_wall + time.perf_counter() - t0
+        eval_loss = self.evaluate()
+        if eval_loss is not None:
+            self._log({"step": self.step, "eval_loss": eval_loss})
+        if self.step > 0 and not self._ckpt_dir(self.step).exists():
+            self.save_checkpoint(wall)
+        return self._finish(wall, eval_loss)
+
+    def _finish(self, wall: float, eval_loss: Optional[float]) -> dict[str, Any]:
+        train_recs = [h for h in self.history if "loss" in h]
+        result = {
+            "stage": self.name, "steps": self.step, "tokens": self.tokens, "wall_s": wall,
+            "final_loss": train_recs[-1]["loss"] if train_recs else None,
+            "eval_loss": eval_loss, "model_dir": str(self.out / "model"),
+            "fingerprint": self.fingerprint,
+        }
+        if self.env.is_main:
+            final = self._ckpt_dir(self.step) / "model"
+            tmp = self.out / f".tmp-model-{os.getpid()}"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            shutil.copytree(final, tmp)
+            if (self.out / "model").exists():  # an earlier, shorter run of this same config
+                shutil.rmtree(self.out / "model")
+            os.replace(tmp, self.out / "model")
+            atomic_write_text(self.out / "result.json", json.dumps(result, indent=2) + "\n")
+        D.barrier(self.env)
+        result["history"] = self.history
+        return result

@@ -1,0 +1,153 @@
+"""From samples files to one metrics JSON: coverage, voting metrics, budgets, Pareto fronts.
+
+Input rows (one per sample): ``problem_id``, ``sample_index``, ``gold``, ``completion`` and,
+once graded, ``pred``/``correct``; optionally a reward (``thinkfast score``) and the engine's
+timings (``thinkfast sample``). Ungraded files are graded here with the task's grader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from ..runtime import UserError
+from . import metrics as M
+from .budget import Point, pareto_front, timing_from_rows
+from .grading import grade_rows, normalize_answer, summarize
+from .io import read_jsonl
+
+METHODS = ("coverage", "majority", "best_of_n", "weighted_best_of_n")
+SELECTION_METHODS = ("majority", "best_of_n", "weighted_best_of_n")
+
+
+@dataclass
+class EvalSettings:
+    n_boot: int = 1000
+    """Bootstrap resamples of problems for every confidence interval."""
+    max_subsets: int = 256
+    """k-subsets per problem for voting metrics; all of them when there are at most this many."""
+    seed: int = 0
+    reward_key: str = "reward"
+
+
+@dataclass
+class ProblemSamples:
+    """One problem's samples in sample-index order."""
+
+    problem_id: str
+    preds: list[Optional[str]]
+    correct: list[bool]
+    rewards: Optional[list[float]]
+
+
+def group_by_problem(rows: Sequence[dict[str, Any]], reward_key: str, source: str) -> list[ProblemSamples]:
+    """Problems in order of first appearance; rewards only when every row has a numeric one."""
+    by_pid: dict[str, list[dict[str, Any]]] = {}
+    for i, r in enumerate(rows, start=1):
+        for f in ("problem_id", "correct"):
+            if f not in r:
+                raise UserError(f"{source}: row {i} has no {f!r}")
+        by_pid.setdefault(str(r["problem_id"]), []).append(r)
+    has_rewards = all(isinstance(r.get(reward_key), (int, float)) for r in rows)
+    out = []
+    for pid, rs in by_pid.items():
+        rs = sorted(rs, key=lambda r: r.get("sample_index", 0))
+        out.append(ProblemSamples(pid, [r.get("pred") for r in rs], [bool(r["correct"]) for r in rs],
+                                  [float(r[reward_key]) for r in rs] if has_rewards else None))
+    return out
+
+
+def problem_values(p: ProblemSamples, n: int, ks: Sequence[int], same: Callable[[str, str], bool],
+                   settings: EvalSettings, seed: int) -> dict[str, list[float]]:
+    """Per-method values at each k for one problem (its first n samples)."""
+    preds, correct = p.preds[:n], p.correct[:n]
+    groups = M.group_answers(preds, key=normalize_answer, same=same)
+    c = sum(correct)
+    out = {"coverage": [M.pass_at_k(n, c, k) for k in ks],
+           "majority": [M.majority_at_k(groups, correct, k, settings.max_subsets, seed) for k in ks]}
+    if p.rewards is not None:
+        rewards = p.rewards[:n]
+        out["best_of_n"] = [M.best_of_n_at_k(rewards, correct, k) for k in ks]
+        out["weighted_best_of_n"] = [M.weighted_best_of_n_at_k(groups, rewards, correct, k,
+                                                                settings.max_subsets, seed) for k in ks]
+    return out
+
+
+def evaluate_run(rows: list[dict[str, Any]], task: Any, name: str, source: str,
+                 settings: EvalSettings) -> dict[str, Any]:
+    """Every metric of one samples file, as a JSON-ready dict."""
+    if rows and any("correct" not in r for r in rows):
+        rows = grade_rows(task, rows, source)
+    problems = group_by_problem(rows, settings.reward_key, source)
+    if not problems:
+        raise UserError(f"{source}: no samples")
+    sizes = [len(p.preds) for p in problems]
+    n = min(sizes)  # problems with more samples use their first n (samples are i.i.d.)
+    ks = M.k_values(n)
+    per_problem = [problem_values(p, n, ks, task.same_answer, settings, settings.seed * 1_000_003 + i)
+                   for i, p in enumerate(problems)]
+    timing = timing_from_rows(rows)
+    result: dict[str, Any] = {}
+    for method in METHODS:
+        if method not in per_problem[0]:
+            continue
+        result[method] = []
+        for j, k in enumerate(ks):
+            stats = M.mean_ci([v[method][j] for v in per_problem], settings.n_boot, settings.seed)
+            seconds = timing.seconds_per_problem(k) if timing else None
+            result[method].append({"k": k, **stats, "seconds": seconds})
+    first = rows[0]
+    return {
+        "name": name, "path": source, "model": first.get("model"), "task": getattr(task, "name", None),
+        "settings": first.get("settings"), "n": n, "n_max": max(sizes), "problems": len(problems), "ks": ks,
+        "has_rewards": problems[0].rewards is not None, "grading": summarize(rows).to_dict(),
+        "timing": timing.to_dict() if timing else None, "hardware": timing.hardware if timing else None,
+        "metrics": result,
+    }
+
+
+def run_points(run: dict[str, Any], methods: Sequence[str]) -> list[Point]:
+    pts = []
+    for method in methods:
+        for e in run["metrics"].get(method, []):
+            if e.get("seconds") is not None:
+                pts.append(Point(run["name"], method, e["k"], e["seconds"], e["mean"], e["lo"], e["hi"]))
+    return pts
+
+
+def pareto_by_task(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Per task: the front of accuracy (any selection method) and of coverage vs seconds."""
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for task in sorted({str(r["task"]) for r in runs}):
+        same_task = [r for r in runs if str(r["task"]) == task]
+        acc = [p for r in same_task for p in run_points(r, SELECTION_METHODS)]
+        cov = [p for r in same_task for p in run_points(r, ("coverage",))]
+        out[task] = {"accuracy": [p.to_dict() for p in pareto_front(acc)],
+                     "coverage": [p.to_dict() for p in pareto_front(cov)]}
+    return out
+
+
+def unique_names(paths: Sequence[str]) -> list[str]:
+    """Run names from file stems, suffixed where two files share a stem."""
+    stems = [Path(p).stem for p in paths]
+    return [s if stems.count(s) == 1 else f"{s}-{i}" for i, s in enumerate(stems)]
+
+
+def evaluate_files(paths: Sequence[str], task_name: Optional[str], settings: EvalSettings,
+                   log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    from .tasks.base import get_task
+
+    runs = []
+    for path, name in zip(paths, unique_names(paths)):
+        rows = read_jsonl(path)
+        tname = task_name or (rows[0].get("task") if rows else None)
+        if not tname:
+            raise UserError(f"{path}: rows name no task; pass --task")
+        try:
+            task = get_task(tname)
+        except KeyError as e:
+            raise UserError(str(e.args[0])) from None
+        runs.append(evaluate_run(rows, task, name, str(path), settings))
+        log(f"{path}: {runs[-1]['problems']} problems x {runs[-1]['n']} samples")
+    return {"version": 1, "settings": asdict(settings), "runs": runs, "pareto": pareto_by_task(runs)}

@@ -1,0 +1,52 @@
+"""Shared fixtures for the evaluation tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# The repo's sibling shared/data (original-release JSONL files); tests using it skip without it.
+DATA = (Path(__file__).parents[2] / "../shared/data").resolve()
+
+
+def data_file(name: str) -> Path:
+    path = DATA / name
+    if not path.is_file():
+        pytest.skip(f"{path} not available")
+    return path
+
+
+# --- a tiny model and tokenizer, built in-test (no downloads) -----------------------------------------
+
+WORDS = ["<unk>", "<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|end|>", "+", "-", "=",
+         "step", "one", "two", "so", "the", "answer", "is", "question", ".", ":", "?", "#"] + [str(d) for d in range(10)]
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+
+
+def make_tokenizer(chat: bool = True):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                 pre_tokenizers.Punctuation(), pre_tokenizers.Digits(True)])
+    tok.add_special_tokens(["<unk>", "<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|end|>"])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>")
+    if chat:
+        fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def make_model(seed: int = 0, pattern: str = "AM"):
+    import torch
+
+    from thinkfast.config import ModelConfig
+    from thinkfast.models.lm import LanguageModel
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=len(WORDS), d_model=32, n_layers=len(pattern), n_heads=2, n_kv_heads=1,
+                      d_ff=64, max_seq_len=256, layer_pattern=pattern, init_std=0.5)
+    return LanguageModel(cfg).eval()

@@ -1,0 +1,120 @@
+"""Metrics against brute force over subsets, and deterministic tie-breaking."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import pytest
+
+from thinkfast.eval import metrics as M
+
+
+def test_pass_at_k_matches_enumeration_over_subsets():
+    for n in range(1, 9):
+        for c in range(n + 1):
+            correct = [True] * c + [False] * (n - c)
+            for k in range(1, n + 1):
+                subs = list(itertools.combinations(range(n), k))
+                brute = sum(any(correct[i] for i in s) for s in subs) / len(subs)
+                assert M.pass_at_k(n, c, k) == pytest.approx(brute, abs=1e-12)
+
+
+def test_pass_at_k_is_stable_for_large_n():
+    # C(1024, 512) overflows a float; the product form does not.
+    n, c, k = 1024, 3, 512
+    exact = 1 - math.comb(n - c, k) / math.comb(n, k)  # exact integers, then one division
+    assert M.pass_at_k(n, c, k) == pytest.approx(exact, rel=1e-9)
+    with pytest.raises(ValueError):
+        M.pass_at_k(4, 5, 1)
+
+
+def test_k_values():
+    assert M.k_values(1) == [1]
+    assert M.k_values(8) == [1, 2, 4, 8]
+    assert M.k_values(12) == [1, 2, 4, 8, 12]
+
+
+def test_group_answers_uses_equivalence_not_strings():
+    calls = []
+
+    def same(a, b):
+        calls.append((a, b))
+        return a.replace(" ", "") == b.replace(" ", "")
+
+    groups = M.group_answers(["1/2", "3", None, "1 / 2", "3", "1/2"], key=lambda s: s, same=same)
+    assert groups == [0, 1, None, 0, 1, 0]
+    # equal keys never reach ``same``: "3" and "1/2" are compared once each, on first sight
+    assert all(b != "3" or a != "3" for a, b in calls)
+    assert len(calls) == 2
+
+
+def test_majority_ties_are_deterministic():
+    groups = [0, 1, 1, 0, 2]
+    # 0 and 1 both have two votes in the full set: the answer seen first (sample 0) wins
+    assert M.select_majority(groups, range(5)) == 0
+    # on the subset {1, 2, 3, 4}: group 1 has two votes -> its first sample in the subset
+    assert M.select_majority(groups, (1, 2, 3, 4)) == 1
+    # a 1-1 tie inside a subset goes to the lower sample index, regardless of subset order
+    assert M.select_majority(groups, (3, 2)) == M.select_majority(groups, (2, 3)) == 2
+    assert M.select_majority([None, None], (0, 1)) is None
+
+
+def test_weighted_and_best_selection():
+    groups = [0, 1, 1, 2]
+    rewards = [0.9, 0.5, 0.5, 0.9]
+    assert M.select_weighted(groups, rewards, range(4)) == 1  # 1.0 beats 0.9
+    # equal sums (0.9 vs 0.9): more votes breaks nothing here (1 vs 1) -> first seen
+    assert M.select_weighted(groups, rewards, (0, 3)) == 0
+    assert M.select_best(rewards, range(4)) == 0  # reward tie -> lowest index
+    assert M.select_best(rewards, (1, 2, 3)) == 3
+
+
+def _brute(select, correct, k):
+    subs = list(itertools.combinations(range(len(correct)), k))
+    return sum(bool(select(s) is not None and correct[select(s)]) for s in subs) / len(subs)
+
+
+def test_voting_metrics_match_enumeration():
+    rng = random.Random(0)
+    for _ in range(20):
+        n = rng.randint(1, 7)
+        groups = [rng.choice([None, 0, 1, 2]) for _ in range(n)]
+        correct = [g == 1 for g in groups]
+        rewards = [round(rng.random(), 1) for _ in range(n)]  # rounding makes ties happen
+        for k in range(1, n + 1):
+            assert M.majority_at_k(groups, correct, k) == pytest.approx(
+                _brute(lambda s: M.select_majority(groups, s), correct, k))
+            assert M.weighted_best_of_n_at_k(groups, rewards, correct, k) == pytest.approx(
+                _brute(lambda s: M.select_weighted(groups, rewards, s), correct, k))
+            # the closed form for Best-of-N equals the enumeration, ties included
+            assert M.best_of_n_at_k(rewards, correct, k) == pytest.approx(
+                _brute(lambda s: M.select_best(rewards, s), correct, k))
+
+
+def test_voting_at_k_uses_random_subsets_not_the_first_k():
+    # The first two samples are wrong, the rest right: first-k majority@2 would be 0.
+    groups = [0, 0, 1, 1, 1, 1]
+    correct = [False, False, True, True, True, True]
+    # Over all 15 pairs: 6 pairs of right answers win; 8 mixed pairs tie and go to the lower
+    # index (a wrong one); 1 pair is wrong/wrong.
+    assert M.majority_at_k(groups, correct, 2) == pytest.approx(6 / 15)
+
+
+def test_sampled_subsets_are_seeded():
+    n, k = 30, 10  # C(30, 10) is far above max_subsets: sampled
+    a = M.subsets(n, k, max_subsets=50, seed=3)
+    assert a == M.subsets(n, k, max_subsets=50, seed=3)
+    assert a != M.subsets(n, k, max_subsets=50, seed=4)
+    assert len(a) == 50 and all(len(set(s)) == k and list(s) == sorted(s) for s in a)
+    assert len(M.subsets(6, 3, max_subsets=50, seed=0)) == 20  # all of them when cheap
+
+
+def test_bootstrap_ci_is_seeded_and_brackets_the_mean():
+    values = [0.0, 1.0, 1.0, 0.5, 0.25, 1.0, 0.0, 0.75]
+    lo, hi = M.bootstrap_ci(values, n_boot=500, seed=1)
+    assert (lo, hi) == M.bootstrap_ci(values, n_boot=500, seed=1)
+    mean = sum(values) / len(values)
+    assert lo < mean < hi
+    assert M.bootstrap_ci([0.5] * 5) == (0.5, 0.5)
