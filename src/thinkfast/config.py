@@ -157,6 +157,10 @@ class ModelConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
+        if isinstance(self.mamba, dict):  # ModelConfig(mamba={...}) from Python code
+            self.mamba = from_dict(MambaConfig, self.mamba, "ModelConfig.mamba")
+        if isinstance(self.rope_scaling, dict):
+            self.rope_scaling = from_dict(RopeScaling, self.rope_scaling, "ModelConfig.rope_scaling")
         if self.head_dim is None:
             if self.d_model % self.n_heads:
                 raise ConfigError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 
-from thinkfast.checkpoint import save_model
 from thinkfast.config import ModelConfig
 from thinkfast.models.lm import LanguageModel
 

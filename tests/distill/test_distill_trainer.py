@@ -41,7 +41,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, teacher_dir, toke
         d["stages"][1]["train"] = hidden_train
         return build_config(d)
 
-    full = run_recipe(cfg("full"))
+    assert not run_recipe(cfg("full")).get("interrupted")
     # Killed in stage 2 after step 3 (its last checkpoint is step 2), then the same command again.
     first = run_recipe(cfg("resumed", stop_after=3))
     assert first.get("interrupted") and (tmp_path / "resumed/2-hidden/latest").read_text().strip() == "step_00000002"
@@ -121,3 +121,18 @@ def test_schedules():
     assert lr_factor(10, 100, "cosine", warmup=10, min_ratio=0.0) == pytest.approx(1.0)
     assert lr_factor(55, 100, "cosine", warmup=10, min_ratio=0.0) == pytest.approx(0.5)
     assert lr_factor(100, 100, "cosine", warmup=10, min_ratio=0.2) == pytest.approx(0.2)
+
+
+def test_rng_state_round_trips_through_weights_only_load(tmp_path):
+    import random
+
+    import numpy as np
+
+    from thinkfast.distill.trainer import _rng_state, _set_rng_state
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    np.random.randn()  # leaves a cached Gaussian in numpy's state
+    torch.save(_rng_state(), tmp_path / "rng.pt")
+    expected = (random.random(), float(np.random.randn()), torch.rand(2).tolist())
+    _set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (random.random(), float(np.random.randn()), torch.rand(2).tolist()) == expected

@@ -20,7 +20,8 @@ def data_file(name: str) -> Path:
 # --- a tiny model and tokenizer, built in-test (no downloads) -----------------------------------------
 
 WORDS = ["<unk>", "<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|end|>", "+", "-", "=",
-         "step", "one", "two", "so", "the", "answer", "is", "question", ".", ":", "?", "#"] + [str(d) for d in range(10)]
+         "step", "one", "two", "so", "the", "answer", "is", "question", ".", ":", "?", "#"]
+WORDS += [str(d) for d in range(10)]
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|> {% endif %}")
 

@@ -173,7 +173,8 @@ def _gold_rows(task_name: str, file: str, completion_field: str):
     ("gsm8k", "gsm8k_test.jsonl", "answer"),        # the full worked answer, ending "#### N"
     ("math500", "math500_test.jsonl", "solution"),  # the reference solution, read through its \boxed{}
 ])
-@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "math-verify-only"])
+@pytest.mark.parametrize("fast_path", [True, pytest.param(False, marks=pytest.mark.slow)],
+                         ids=["fast-path", "math-verify-only"])
 def test_gold_graded_against_itself(task_name, file, completion_field, fast_path, monkeypatch):
     import thinkfast.eval.grading as grading
 
@@ -183,3 +184,21 @@ def test_gold_graded_against_itself(task_name, file, completion_field, fast_path
         s = summarize(grade_rows(task, rows))
     assert s.rows == len(rows) > 0
     assert s.correct / s.rows >= 0.995, s.to_dict()
+
+
+@pytest.mark.parametrize("task_name, file, completion_field", [
+    ("gsm8k", "gsm8k_test.jsonl", "answer"),
+    pytest.param("math500", "math500_test.jsonl", "solution", marks=pytest.mark.slow),  # ~200 Math-Verify calls
+])
+def test_a_neighbour_gold_is_wrong_unless_the_answers_coincide(task_name, file, completion_field, monkeypatch):
+    """The negative control: each problem graded against the next problem's reference."""
+    import thinkfast.eval.grading as grading
+
+    task, rows = _gold_rows(task_name, file, completion_field)
+    shifted = [{"gold": a["gold"], "completion": b["completion"]} for a, b in zip(rows, rows[1:] + rows[:1])]
+    with Grader(timeout_s=10.0) as g:
+        monkeypatch.setattr(grading, "_DEFAULT", g)
+        graded = grade_rows(task, shifted)
+    for r in graded:
+        same = normalize_answer(task.gold_answer(r["gold"])) == normalize_answer(r["pred"])
+        assert r["correct"] == same, (r["gold"][-40:], r["pred"])

@@ -105,10 +105,31 @@ def test_voting_at_k_uses_random_subsets_not_the_first_k():
 def test_sampled_subsets_are_seeded():
     n, k = 30, 10  # C(30, 10) is far above max_subsets: sampled
     a = M.subsets(n, k, max_subsets=50, seed=3)
-    assert a == M.subsets(n, k, max_subsets=50, seed=3)
-    assert a != M.subsets(n, k, max_subsets=50, seed=4)
-    assert len(a) == 50 and all(len(set(s)) == k and list(s) == sorted(s) for s in a)
-    assert len(M.subsets(6, 3, max_subsets=50, seed=0)) == 20  # all of them when cheap
+    assert (a == M.subsets(n, k, max_subsets=50, seed=3)).all()
+    assert (a != M.subsets(n, k, max_subsets=50, seed=4)).any()
+    assert a.shape == (50, k) and all(len(set(s)) == k and list(s) == sorted(s) for s in a.tolist())
+    assert len({tuple(s) for s in M.subsets(6, 3, max_subsets=50, seed=0).tolist()}) == 20  # all, when cheap
+
+
+def test_sampled_subsets_are_uniform():
+    # every sample index is equally likely to be in a random 3-subset of 12: 3/12 each
+    a = M.subsets(12, 3, max_subsets=20000, seed=0)  # C(12, 3) = 220 < 20000 -> enumerated
+    b = M.subsets(40, 3, max_subsets=20000, seed=0)  # sampled
+    assert a.shape == (220, 3)
+    freq = (b[:, :, None] == range(40)).any(1).mean(0)  # (40,)
+    assert abs(freq - 3 / 40).max() < 0.01
+
+
+def test_vectorised_voting_equals_the_reference_rules_on_sampled_subsets():
+    rng = random.Random(1)
+    n, k = 40, 8  # C(40, 8) subsets: sampled, the same ones for both computations
+    groups = [rng.choice([None, 0, 1, 2]) for _ in range(n)]
+    correct = [g == 2 for g in groups]
+    rewards = [round(rng.random(), 1) for _ in range(n)]
+    assert M.majority_at_k(groups, correct, k, 64, seed=5) == M.expected_correct(
+        lambda s: M.select_majority(groups, s), correct, k, 64, seed=5)
+    assert M.weighted_best_of_n_at_k(groups, rewards, correct, k, 64, seed=5) == M.expected_correct(
+        lambda s: M.select_weighted(groups, rewards, s), correct, k, 64, seed=5)
 
 
 def test_bootstrap_ci_is_seeded_and_brackets_the_mean():

@@ -164,3 +164,29 @@ def test_sample_command_with_an_injected_engine(tmp_path, monkeypatch):
     errors = read_jsonl(f"{few}.errors.jsonl")
     assert [e["problem_id"] for e in errors] == ["test/0", "test/1", "test/2"]
     assert "context of 256" in errors[0]["error"]
+
+
+def test_sample_command_with_the_real_engine(tmp_path):
+    """Tiny model, real engine: rows are complete, and batching does not change the samples."""
+    pytest.importorskip("thinkfast.generate.engine")
+    from thinkfast.checkpoint import save_model
+    from thinkfast.cli import main
+
+    from .conftest import make_model, make_tokenizer
+
+    model_dir = tmp_path / "tiny"
+    save_model(make_model(), model_dir, tokenizer=make_tokenizer(chat=True))
+    data = tmp_path / "gsm8k_test.jsonl"
+    data.write_text("".join(json.dumps({"question": f"question {i} + 1 ?", "answer": f"so\n#### {i + 1}"}) + "\n"
+                            for i in range(3)))
+    base = ["sample", "--model", str(model_dir), "--task", "gsm8k", "--n", "2", "--data", str(data),
+            "--max-new-tokens", "4", "--temperature", "1.0", "--seed", "7", "--threads", "1", "--device", "cpu"]
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert main(base + ["--out", str(a), "--batch-problems", "3"]) == 0
+    assert main(base + ["--out", str(b), "--batch-problems", "1"]) == 0
+    rows_a, rows_b = read_jsonl(a), read_jsonl(b)
+    assert len(rows_a) == 6
+    r = rows_a[0]
+    assert 1 <= r["num_tokens"] <= 4 and r["logprob_sum"] <= 0 and r["finish_reason"] in ("eos", "stop", "length")
+    assert r["decode_s"] > 0 and (r["batch_problems"], r["batch_rows"]) == (3, 6)
+    assert [x["completion"] for x in rows_a] == [x["completion"] for x in rows_b]

@@ -24,8 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N problems")
     parser.add_argument("--data", default=None, help="local JSONL (or a directory of them); default: HF datasets")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--prompt-style", choices=("auto", "chat", "fewshot"), default="auto",
-                        help="auto = chat when the tokenizer has a chat template, else few-shot")
+    parser.add_argument("--prompt-style", default="auto",
+                        help="chat, fewshot (or a task's own style); auto = chat when the task and the "
+                             "tokenizer support it, else the task's default")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
 
@@ -43,14 +44,18 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1 or args.batch_problems < 1:
         raise UserError("--n and --batch-problems must be at least 1")
     task = task_by_name(args.task)
-    examples = task.load(split=args.split, path=args.data, limit=args.limit)
+    try:
+        examples = task.load(split=args.split, path=args.data, limit=args.limit)
+    except ValueError as e:  # a task's own complaint about its split or data
+        raise UserError(f"{args.task}: {e}") from None
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tok = load_pretrained(args.model, device=device)
     if tok is None:
         raise UserError(f"{args.model}: no tokenizer beside the model")
     style = args.prompt_style
     if style == "auto":
-        style = "chat" if getattr(tok, "chat_template", None) else "fewshot"
+        chat = getattr(tok, "chat_template", None) and "chat" in task.prompt_styles
+        style = "chat" if chat else task.prompt_styles[0]
     settings = SampleSettings(task=task.name, model=str(args.model), n=args.n, temperature=args.temperature,
                               top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
                               seed=args.seed, prompt_style=style)

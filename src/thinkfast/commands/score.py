@@ -26,23 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..eval.io import read_jsonl, write_jsonl_atomic
-    from ..eval.rewards import ProcessRewardModel, aggregate_steps, load_scorer
+    from ..eval.rewards import load_scorer, score_rows
 
     rows = read_jsonl(args.input)
     for i, r in enumerate(rows, start=1):
         if not isinstance(r.get("question"), str) or not isinstance(r.get("completion"), str):
             raise UserError(f"{args.input}: row {i} needs string 'question' and 'completion' fields")
     scorer = load_scorer(args.rm, args.kind, args.aggregate, args.device, args.backbone_kind)
-    out = []
-    for start in range(0, len(rows), args.batch_size):
-        batch = rows[start:start + args.batch_size]
-        qs, cs = [r["question"] for r in batch], [r["completion"] for r in batch]
-        if isinstance(scorer, ProcessRewardModel):
-            steps = [scorer.step_scores(q, c) for q, c in zip(qs, cs)]
-            for r, st in zip(batch, steps):
-                out.append({**r, args.key: aggregate_steps(st, scorer.aggregate), f"{args.key}_steps": st})
-        else:
-            out += [{**r, args.key: s} for r, s in zip(batch, scorer.score(qs, cs))]
-        print(f"{len(out)}/{len(rows)} scored", file=sys.stderr)
+    out, failed = score_rows(scorer, rows, args.key, args.batch_size, log=lambda m: print(m, file=sys.stderr))
     write_jsonl_atomic(args.out or args.input, out)
+    if failed:
+        print(f"{failed} rows could not be scored (reward 0, see '{args.key}_error')", file=sys.stderr)
     return 0

@@ -151,7 +151,7 @@ def init_mamba2_from_attention(mixer: Mamba2Mixer, attn: Attention, g: torch.Gen
     """MambaInLlama: in_proj rows [z | x <- W_V | B <- W_K | C <- W_Q | dt], out_proj <- W_O."""
     _check_mixer_shapes(mixer, attn)
     D = attn.q_proj.weight.shape[1]
-    H, G, P, N = mixer.H, mixer.G, mixer.P, mixer.N
+    H, G, P = mixer.H, mixer.G, mixer.P
     rows = [
         _normal((H * P, D), std, g),                                   # z
         _groups(attn.v_proj.weight, attn.n_kv_heads, G, "value"),      # x (G*P)

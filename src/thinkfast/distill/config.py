@@ -209,7 +209,29 @@ def check_types(obj: Any, where: str) -> None:
                     check_types(v, f"{where}.{f.name}[{i}]")
 
 
+def precheck(cls: type, data: Any, where: str) -> None:
+    """Type-check a raw mapping against dataclass ``cls`` before building it (so validation in
+    ``__post_init__`` never sees a string where a number belongs). Unknown keys are left to
+    ``from_dict``, which names them."""
+    if not isinstance(data, dict):
+        return
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if key not in hints:
+            continue
+        tp = hints[key]
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if dataclasses.is_dataclass(tp) or (len(inner) == 1 and dataclasses.is_dataclass(inner[0])):
+            precheck(tp if dataclasses.is_dataclass(tp) else inner[0], value, f"{where}.{key}")
+        elif cls is DistillConfig and key == "stages" and isinstance(value, list):
+            for i, st in enumerate(value):
+                precheck(StageConfig, st, f"{where}.stages[{i}]")
+        elif not _type_ok(value, tp):
+            raise ConfigError(f"{where}.{key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
 def build_config(data: dict[str, Any]) -> DistillConfig:
+    precheck(DistillConfig, data, "config")
     cfg = from_dict(DistillConfig, data, where="config")
     check_types(cfg, "config")
     for i, s in enumerate(cfg.stages):
@@ -221,6 +243,7 @@ def resolve_train(cfg: DistillConfig, index: int) -> TrainConfig:
     """The recipe's train settings with stage ``index``'s overrides applied."""
     stage = cfg.stages[index]
     merged = {**to_dict(cfg.train), **stage.train}
+    precheck(TrainConfig, merged, f"stages[{index}] ({stage.name}).train")
     tc = from_dict(TrainConfig, merged, where=f"stages[{index}] ({stage.name}).train")
     check_types(tc, f"stages[{index}].train")
     return tc

@@ -92,7 +92,6 @@ def run_recipe(cfg: DistillConfig, env: Optional[D.DistEnv] = None) -> dict[str,
     out = Path(cfg.out_dir)
     teacher = load_model(cfg.teacher, device=env.device) if cfg.teacher else None
     tokenizer = _tokenizer(cfg)
-    vocab = teacher.config.vocab_size if teacher is not None else None
     bundles: dict[int, DataBundle] = {}
     results, prev = [], None
     for i, stage in enumerate(cfg.stages):

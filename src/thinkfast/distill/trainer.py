@@ -82,6 +82,7 @@ def _rng_state() -> dict[str, Any]:
         "python_gauss": random.getstate()[2],
         "numpy": torch.from_numpy(np_state[1].astype("int64")),
         "numpy_pos": int(np_state[2]),
+        "numpy_gauss": [int(np_state[3]), float(np_state[4])],
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -94,7 +95,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     py = state["python"]
     random.setstate((py[-1], tuple(py[:-1]), state["python_gauss"]))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype("uint32"), state["numpy_pos"], 0, 0.0))
+    has_gauss, gauss = state["numpy_gauss"]
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype("uint32"), state["numpy_pos"], has_gauss, gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -152,6 +154,10 @@ class Trainer:
     # --- set-up ------------------------------------------------------------------------------
     def _build(self) -> None:
         """(Re)wrap the objective and build a fresh optimizer over its trainable parameters."""
+        if self.model is not None and self.env.enabled and self.cfg.distributed == "fsdp":
+            # fully_shard cannot be re-applied to a root it already sharded.
+            raise UserError("a hybrid_schedule conversion under FSDP is not supported; use "
+                            "train.distributed=ddp, or one stage per step of the schedule")
         self.obj.to(self.env.device)
         self.model = D.wrap(self.obj, self.env, self.cfg.distributed, self.obj.fsdp_units())
         params = [p for p in self.model.parameters() if p.requires_grad]

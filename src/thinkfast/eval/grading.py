@@ -170,6 +170,17 @@ def _canonical_number(s: str) -> str:
     return "0" if out == "0" else sign + out
 
 
+def _unwrap_whole_box(s: str) -> str:
+    """'\\boxed{\\boxed{7}}' -> '7'; a box that is only part of the string stays."""
+    while True:
+        t = s.strip()
+        m = _BOX_RE.match(t)
+        j = t.find("{", m.end()) if m else -1
+        if j < 0 or t[m.end() : j].strip() or match_brace(t, j) != len(t) - 1:
+            return s
+        s = t[j + 1 : -1]
+
+
 def canonical_latex(ans: str) -> str:
     """Normalise an extracted answer, keeping spaces (they can separate LaTeX commands)."""
     s = ans.strip()
@@ -177,12 +188,7 @@ def canonical_latex(ans: str) -> str:
     for left, right in (("\\(", "\\)"), ("\\[", "\\]")):
         if s.startswith(left) and s.endswith(right):
             s = s[len(left) : -len(right)]
-    while (m := _BOX_RE.match(s.strip())) and s.strip()[m.end() :].lstrip().startswith("{"):
-        t = s.strip()
-        j = t.index("{", m.end())
-        if match_brace(t, j) != len(t) - 1:
-            break
-        s = t[j + 1 : -1]
+    s = _unwrap_whole_box(s)
     s = re.sub(r"\\left\b|\\right\b", "", s)
     s = re.sub(r"(?<=\d)\\,(?=\d{3})", "", s)  # 10\,000
     # Spacing commands go; a LaTeX line break "\\" (matrices) must survive, hence the pairs.
@@ -198,7 +204,7 @@ def canonical_latex(ans: str) -> str:
         s = m.group("rhs").strip()
     s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\frac(\{[^{}]*\})(\d)", r"\\frac\1{\2}", s)
-    s = re.sub(r"\\sqrt(\d+)", r"\\sqrt{\1}", s)
+    s = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", s)  # \sqrt23 is sqrt(2) * 3 in LaTeX
     return _canonical_number(s.strip())
 
 

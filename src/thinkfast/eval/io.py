@@ -48,9 +48,12 @@ def iter_jsonl(path: str | os.PathLike, allow_truncated_tail: bool = False) -> I
         is_tail = i == len(lines)  # no newline after it: the writer may have died mid-line
         try:
             yield i, _parse_line(line, path, i)
-        except UserError:
+        except UserError as e:
             if allow_truncated_tail and is_tail:
                 return
+            if is_tail:  # the usual cause: a writer killed mid-line
+                raise UserError(f"{e} -- the last line is cut off; if this is a samples file, re-run "
+                                "`thinkfast sample` with the same arguments to repair and finish it") from None
             raise
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import random
 from typing import Callable, Hashable, Optional, Sequence
 
 import numpy as np
@@ -118,13 +117,15 @@ def select_best(rewards: Sequence[float], subset: Sequence[int]) -> Optional[int
 # --- expectations over k-subsets -----------------------------------------------------------------
 
 
-def subsets(n: int, k: int, max_subsets: int, seed: int) -> list[tuple[int, ...]]:
-    """All k-subsets of range(n) when there are at most ``max_subsets``, else that many drawn
-    uniformly at random with ``seed`` (each sorted, so index-based tie-breaks see one order)."""
+def subsets(n: int, k: int, max_subsets: int, seed: int) -> np.ndarray:
+    """(m, k) sorted sample indices: all k-subsets of range(n) when there are at most
+    ``max_subsets``, else that many drawn uniformly at random with ``seed`` (sorted rows, so
+    index-based tie-breaks see one order)."""
     if math.comb(n, k) <= max_subsets:
-        return list(itertools.combinations(range(n), k))
-    rng = random.Random(seed)
-    return [tuple(sorted(rng.sample(range(n), k))) for _ in range(max_subsets)]
+        return np.array(list(itertools.combinations(range(n), k)), dtype=np.int64).reshape(-1, k)
+    rng = np.random.default_rng(seed)
+    # The k smallest of n i.i.d. uniforms sit at a uniformly random k-subset of positions.
+    return np.sort(np.argsort(rng.random((max_subsets, n)), axis=1)[:, :k], axis=1)
 
 
 def expected_correct(select: Callable[[Sequence[int]], Optional[int]], correct: Sequence[bool],
@@ -132,20 +133,66 @@ def expected_correct(select: Callable[[Sequence[int]], Optional[int]], correct: 
     """Mean over k-subsets of ``correct[select(subset)]`` (0 when nothing is selected)."""
     subs = subsets(len(correct), k, max_subsets, seed)
     hits = 0
-    for s in subs:
+    for s in subs.tolist():
         i = select(s)
         hits += bool(i is not None and correct[i])
     return hits / len(subs)
 
 
+def _subset_group_stats(groups: Sequence[Optional[int]], subs: np.ndarray, rewards: Optional[Sequence[float]]):
+    """Per subset and answer group: votes, first sample index, reward sum.
+
+    subs (m, k) sorted sample indices -> counts (m, G), first (m, G) (n + 1 where absent),
+    totals (m, G) or None. Rewards are added in subset order, as the reference rules do.
+    """
+    n = len(groups)
+    g = np.array([-1 if x is None else x for x in groups], dtype=np.int64)  # (n,)
+    G = max(int(g.max(initial=-1)) + 1, 1)
+    m = subs.shape[0]
+    gs = g[subs]  # (m, k)
+    valid = gs >= 0
+    rows = np.broadcast_to(np.arange(m)[:, None], subs.shape)[valid]
+    cols, idx = gs[valid], subs[valid]
+    counts = np.zeros((m, G), dtype=np.int64)
+    np.add.at(counts, (rows, cols), 1)
+    first = np.full((m, G), n + 1, dtype=np.int64)
+    np.minimum.at(first, (rows, cols), idx)
+    totals = None
+    if rewards is not None:
+        totals = np.zeros((m, G), dtype=np.float64)
+        np.add.at(totals, (rows, cols), np.asarray(rewards, dtype=np.float64)[idx])
+    return counts, first, totals
+
+
+def _hit_rate(chosen_first: np.ndarray, has_answer: np.ndarray, correct: Sequence[bool]) -> float:
+    ok = np.append(np.asarray(correct, dtype=bool), [False, False])  # index n + 1: nothing chosen
+    return float((has_answer & ok[chosen_first]).mean())
+
+
 def majority_at_k(groups: Sequence[Optional[int]], correct: Sequence[bool], k: int,
                   max_subsets: int = 256, seed: int = 0) -> float:
-    return expected_correct(lambda s: select_majority(groups, s), correct, k, max_subsets, seed)
+    """``expected_correct`` of ``select_majority``, vectorised over subsets (same rule, same
+    ties: most votes, then the lowest first sample index)."""
+    subs = subsets(len(groups), k, max_subsets, seed)  # (m, k)
+    counts, first, _ = _subset_group_stats(groups, subs, None)
+    n = len(groups)
+    win = (counts * (n + 2) - first).argmax(1)  # absent groups score below every present one
+    chosen = first[np.arange(len(subs)), win]
+    return _hit_rate(chosen, counts.sum(1) > 0, correct)
 
 
 def weighted_best_of_n_at_k(groups: Sequence[Optional[int]], rewards: Sequence[float],
                             correct: Sequence[bool], k: int, max_subsets: int = 256, seed: int = 0) -> float:
-    return expected_correct(lambda s: select_weighted(groups, rewards, s), correct, k, max_subsets, seed)
+    """``expected_correct`` of ``select_weighted``, vectorised over subsets."""
+    subs = subsets(len(groups), k, max_subsets, seed)  # (m, k)
+    counts, first, totals = _subset_group_stats(groups, subs, rewards)
+    n = len(groups)
+    present = counts > 0
+    best = np.where(present, totals, -np.inf).max(1, keepdims=True)  # (m, 1)
+    tie_key = np.where(present & (totals == best), counts * (n + 2) - first, np.iinfo(np.int64).min)
+    win = tie_key.argmax(1)
+    chosen = first[np.arange(len(subs)), win]
+    return _hit_rate(chosen, present.any(1), correct)
 
 
 def best_of_n_at_k(rewards: Sequence[float], correct: Sequence[bool], k: int) -> float:

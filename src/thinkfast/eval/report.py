@@ -50,6 +50,9 @@ def plot_vs_k(runs: Sequence[dict[str, Any]], methods: Sequence[str], title: str
             ax.fill_between(ks, [e["lo"] for e in es], [e["hi"] for e in es], color=line.get_color(), alpha=0.12)
             drawn = True
     ax.set_xscale("log", base=2)
+    ks = sorted({e["k"] for run in runs for es in run["metrics"].values() for e in es})
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.minorticks_off()
     ax.set_xlabel("k (samples per problem)")
     ax.set_ylabel("fraction of problems")
     ax.set_title(title)
@@ -78,6 +81,11 @@ def plot_vs_seconds(runs: Sequence[dict[str, Any]], front: Sequence[dict[str, An
         ax.scatter([p["seconds"] for p in front], [p["value"] for p in front], s=90, facecolors="none",
                    edgecolors="black", zorder=3)
     ax.set_xscale("log")
+    from matplotlib import ticker
+
+    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("seconds per problem (measured engine timings)")
     ax.set_ylabel("accuracy")
     ax.set_title(f"{task}: accuracy vs time budget")

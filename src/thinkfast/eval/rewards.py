@@ -96,7 +96,9 @@ class OutcomeRewardModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.tokenizer = tokenizer
-        self.max_len = max_len
+        cfg = backbone.config
+        context = getattr(cfg, "max_seq_len", None) or getattr(cfg, "max_position_embeddings", None)
+        self.max_len = min(max_len, int(context)) if context else max_len
         self.backbone_path = backbone_path
         self.head = nn.Linear(_hidden_size(backbone), 1)
         nn.init.zeros_(self.head.weight)  # start at reward 0.5 for every input
@@ -392,3 +394,27 @@ def load_scorer(path: str, kind: str = "auto", aggregate: str = "min", device: s
         model, tok = load_backbone(path, backbone_kind, device)
         return ProcessRewardModel(model.eval(), tok, aggregate)
     raise UserError(f"unknown reward model kind {kind!r} (auto, orm, prm)")
+
+
+def score_rows(scorer: Scorer, rows: Sequence[dict[str, Any]], key: str = "reward", batch_size: int = 8,
+               log: Callable[[str], None] = lambda s: None) -> tuple[list[dict[str, Any]], int]:
+    """Copies of ``rows`` with ``key`` set (a PRM also sets ``{key}_steps``); and how many rows
+    could not be scored (a PRM conversation over the model's context: reward 0, ``{key}_error``)."""
+    out: list[dict[str, Any]] = []
+    failed = 0
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start:start + batch_size]
+        if isinstance(scorer, ProcessRewardModel):
+            for r in batch:
+                try:
+                    steps, err = scorer.step_scores(r["question"], r["completion"]), None
+                except ValueError as e:
+                    steps, err = [], str(e)
+                    failed += 1
+                out.append({**r, key: aggregate_steps(steps, scorer.aggregate), f"{key}_steps": steps,
+                            f"{key}_error": err})
+        else:
+            scores = scorer.score([r["question"] for r in batch], [r["completion"] for r in batch])
+            out += [{**r, key: s} for r, s in zip(batch, scores)]
+        log(f"{len(out)}/{len(rows)} scored")
+    return out, failed

@@ -28,7 +28,7 @@ from .tasks.base import Example
 # with text, token_ids, logprobs, finish_reason) and .timing (dict).
 GenerateFn = Callable[[list[list[int]], int], Sequence[Any]]
 
-TIMING_KEYS = ("prefill_s", "decode_s", "batch_prompts", "batch_rows", "new_tokens")
+TIMING_KEYS = ("prefill_s", "decode_s", "batch_prompts", "batch_rows", "new_tokens", "prompt_tokens")
 
 
 @dataclass
@@ -103,8 +103,7 @@ def _finite(x: Any) -> Optional[float]:
     return float(x) if x is not None and math.isfinite(float(x)) else None
 
 
-def sample_rows(example: Example, output: Any, settings: SampleSettings, call_seed: int,
-                hardware: str) -> list[dict[str, Any]]:
+def sample_rows(example: Example, output: Any, settings: SampleSettings, hardware: str) -> list[dict[str, Any]]:
     """The n JSONL rows of one problem from one engine output."""
     timing = dict(getattr(output, "timing", None) or {})
     batch = {k: timing.get(k) for k in TIMING_KEYS}
@@ -120,7 +119,7 @@ def sample_rows(example: Example, output: Any, settings: SampleSettings, call_se
             "num_tokens": len(s.token_ids) if getattr(s, "token_ids", None) is not None else None,
             "logprob_sum": _finite(sum(float(x) for x in logprobs)) if logprobs is not None else None,
             "finish_reason": getattr(s, "finish_reason", None),
-            "settings": settings.to_dict(), "call_seed": call_seed, **batch, "hardware": hardware,
+            "settings": settings.to_dict(), **batch, "hardware": hardware,
         })
     return rows
 
@@ -174,8 +173,9 @@ def run_sampling(examples: Sequence[Example], prompts: Sequence[list[int]], gene
     with open(out_path, "a", encoding="utf-8") as f:
         for start in range(0, len(todo), batch_problems):
             batch = todo[start : start + batch_problems]
-            seed = settings.seed + batch[0][0]  # per first problem: stable across resumes
-            outs = _generate_isolating(generate_fn, [p for _, _, p in batch], seed,
+            # The engine keys its randomness on (seed, prompt), so one seed for every call gives
+            # each problem the same samples however the problems were batched or resumed.
+            outs = _generate_isolating(generate_fn, [p for _, _, p in batch], settings.seed,
                                        [ex.id for _, ex, _ in batch], report)
             for (_, ex, _), out in zip(batch, outs):
                 if out is None:
@@ -184,7 +184,7 @@ def run_sampling(examples: Sequence[Example], prompts: Sequence[list[int]], gene
                 if len(out.samples) != settings.n:
                     raise RuntimeError(f"engine returned {len(out.samples)} samples for {ex.id}, "
                                        f"expected {settings.n}")
-                f.write("".join(dumps_row(r) for r in sample_rows(ex, out, settings, seed, hardware)))
+                f.write("".join(dumps_row(r) for r in sample_rows(ex, out, settings, hardware)))
                 f.flush()  # one problem = one write: a crash never splits two problems
                 report.written += 1
             os.fsync(f.fileno())
@@ -199,7 +199,10 @@ def encode_prompts(task: Any, examples: Sequence[Example], tokenizer: Any, style
     """Token ids of every prompt. A chat template already holds BOS, so it is not added twice."""
     out = []
     for ex in examples:
-        text = task.prompt(ex, style=style, tokenizer=tokenizer)
+        try:
+            text = task.prompt(ex, style=style, tokenizer=tokenizer)
+        except ValueError as e:  # e.g. a style the task does not have
+            raise UserError(f"task {getattr(task, 'name', task)}: {e}") from None
         out.append(list(tokenizer(text, add_special_tokens=(style != "chat"))["input_ids"]))
     return out
 
@@ -208,12 +211,10 @@ def engine_generate_fn(model: Any, tokenizer: Any, settings: SampleSettings, sto
     """A ``GenerateFn`` over ``thinkfast.generate.engine.generate`` with ``settings``."""
     from ..generate.engine import SamplingParams, generate
 
-    eos = getattr(tokenizer, "eos_token_id", None)
-
     def gen(prompts: list[list[int]], seed: int) -> Sequence[Any]:
         params = SamplingParams(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
                                 top_k=settings.top_k, max_new_tokens=settings.max_new_tokens,
-                                stop=tuple(stop), seed=seed, eos_token_ids=[eos] if eos is not None else None)
+                                stop=tuple(stop), seed=seed)  # EOS: the tokenizer's
         return generate(model, prompts, params, tokenizer=tokenizer)
 
     return gen

@@ -73,6 +73,8 @@ class InferenceCache:
     """(B,) long: RoPE position of each row's next token (= real tokens seen so far)."""
     length: int = 0
     """Positions used so far, pads included (same for every row)."""
+    padded: bool = False
+    """Some cached position is padding: decode steps need an attention mask."""
 
     @property
     def capacity(self) -> int:

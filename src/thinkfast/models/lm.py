@@ -139,12 +139,13 @@ class LanguageModel(nn.Module):
             if new is None:
                 new = torch.ones(B, T, dtype=torch.bool, device=dev)
             cache.key_mask[:, start:S] = new
+            cache.padded = cache.padded or padded
             pos = cache.next_pos[:, None] + (new.long().cumsum(1) - 1).clamp(min=0)
             cache.next_pos = cache.next_pos + new.long().sum(1)
             cache.length = S
             keys = cache.key_mask[:, :S]
         cos, sin = self.rotary(pos, self.dtype)
-        if T == 1 and bool(keys.all()):
+        if T == 1 and (not cache.padded if cache is not None else True):
             return MixerContext(cos, sin, None, None)
         q_idx = torch.arange(start, S, device=dev)[:, None]  # (T, 1)
         k_idx = torch.arange(S, device=dev)[None, :]  # (1, S)

@@ -109,29 +109,30 @@ def ssd_chunked(
         C = F.pad(C, (0, 0, 0, 0, 0, pad))
         log_a = F.pad(log_a, (0, 0, 0, pad))
     c, l = x.shape[1] // chunk_size, chunk_size
-    x = x.view(b, c, l, h, P)
-    B = B.view(b, c, l, h, N)
-    C = C.view(b, c, l, h, N)
+    # Heads first, so every product below is a batched matmul over (b, h, c).
+    x = x.view(b, c, l, h, P).permute(0, 3, 1, 2, 4)  # (b, h, c, l, P)
+    B = B.view(b, c, l, h, N).permute(0, 3, 1, 2, 4)  # (b, h, c, l, N)
+    C = C.view(b, c, l, h, N).permute(0, 3, 1, 2, 4)  # (b, h, c, l, N)
     A = log_a.view(b, c, l, h).permute(0, 3, 1, 2)  # (b, h, c, l)
     A_cum = A.cumsum(-1)  # (b, h, c, l)
 
     # 1. within each chunk: the quadratic (attention-like) form
-    Lmat = segsum(A).exp()  # (b, h, c, l, l)
-    y_diag = torch.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", C, B, Lmat, x)
+    scores = (C @ B.transpose(-1, -2)) * segsum(A).exp()  # (b, h, c, l, l)
+    y_diag = scores @ x  # (b, h, c, l, P)
 
-    # 2. each chunk's state at its end, starting from zero
+    # 2. each chunk's state at its end, starting from zero, stored as (N, P)
     decay_states = (A_cum[..., -1:] - A_cum).exp()  # (b, h, c, l)
-    states = torch.einsum("bclhn,bhcl,bclhp->bchpn", B, decay_states, x)  # (b, c, h, P, N)
+    states = (B * decay_states[..., None]).transpose(-1, -2) @ x  # (b, h, c, N, P)
 
     # 3. pass states across chunks
-    h0 = (torch.zeros(b, h, P, N, device=x.device, dtype=torch.float32)
-          if initial_state is None else initial_state.float())
-    states = torch.cat([h0[:, None], states], dim=1)  # (b, c+1, h, P, N)
+    h0 = (torch.zeros(b, h, N, P, device=x.device, dtype=torch.float32)
+          if initial_state is None else initial_state.float().transpose(-1, -2))
+    states = torch.cat([h0[:, :, None], states], dim=2)  # (b, h, c+1, N, P)
     decay_chunk = segsum(F.pad(A_cum[..., -1], (1, 0))).exp()  # (b, h, c+1, c+1)
-    new_states = torch.einsum("bhzc,bchpn->bzhpn", decay_chunk, states)
-    states, final_state = new_states[:, :-1], new_states[:, -1]
+    new_states = (decay_chunk @ states.flatten(-2)).view(b, h, c + 1, N, P)
+    states, final_state = new_states[:, :, :-1], new_states[:, :, -1]
 
     # 4. each chunk's incoming state -> outputs
-    y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", C, states, A_cum.exp())
-    y = (y_diag + y_off).reshape(b, c * l, h, P)[:, :L]
-    return y, final_state
+    y_off = (C @ states) * A_cum.exp()[..., None]  # (b, h, c, l, P)
+    y = (y_diag + y_off).permute(0, 2, 3, 1, 4).reshape(b, c * l, h, P)[:, :L]
+    return y, final_state.transpose(-1, -2).contiguous()

@@ -53,6 +53,9 @@ class Task:
     stop: tuple[str, ...] = ()
     """Stop strings for sampling (e.g. the start of the next few-shot question)."""
 
+    prompt_styles: tuple[str, ...] = ("fewshot",)
+    """The ``style`` values ``prompt`` accepts; the first is the default without a chat template."""
+
     # --- defaults built on the four methods above; tasks may override them ---------------------
     def gold_answer(self, gold: str) -> str:
         """The canonical final answer inside a dataset gold field (rows carry only ``gold``)."""

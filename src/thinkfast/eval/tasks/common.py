@@ -70,6 +70,7 @@ class MathTask(Task):
 
     fewshot: list[tuple[str, str]] = []
     fewshot_labels: tuple[str, str] = ("Question", "Answer")
+    prompt_styles = ("fewshot", "chat")
 
     def prompt(self, example: Example, style: str = "fewshot", tokenizer: Any = None) -> str:
         if style == "chat":
@@ -81,6 +82,10 @@ class MathTask(Task):
     def extract(self, completion: str) -> Optional[str]:
         from ..grading import extract_answer
 
+        # A few-shot completion that ran past its stop string goes on to invent the next
+        # question and answer it; only the text before that is this problem's answer.
+        for stop in self.stop:
+            completion = completion.split(stop, 1)[0]
         return extract_answer(completion)
 
     def judge(self, pred: Optional[str], example: Example) -> Verdict:
