@@ -136,3 +136,21 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path):
     expected = (random.random(), float(np.random.randn()), torch.rand(2).tolist())
     _set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert (random.random(), float(np.random.randn()), torch.rand(2).tolist()) == expected
+
+
+def test_resume_after_a_stepwise_hybrid_conversion(tmp_path, teacher_dir, token_data):
+    stage = {"name": "kd", "objective": "kd", "hybrid_schedule": [[2, 0.0]]}
+
+    def cfg(out, **train):
+        return build_config(recipe(tmp_path, teacher_dir, token_data, [stage], out_dir=str(tmp_path / out),
+                                   student={"init": "teacher", "keep": 0.5, "kind": "mamba2"},
+                                   train={"steps": 5, "save_every": 3, **train}))
+
+    run_recipe(cfg("full"))
+    assert run_recipe(cfg("resumed", stop_after=4)).get("interrupted")
+    assert load_model(tmp_path / "resumed/1-kd/checkpoints/step_00000003/model").config.layer_pattern == "MM"
+    run_recipe(cfg("resumed"))
+    a = load_file(str(tmp_path / "full/model/model.safetensors"))
+    b = load_file(str(tmp_path / "resumed/model/model.safetensors"))
+    assert load_model(tmp_path / "full/model").config.layer_pattern == "MM"
+    assert all(torch.equal(a[k], b[k]) for k in a)

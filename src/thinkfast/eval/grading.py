@@ -434,9 +434,10 @@ def example_from_row(task: Task, row: dict[str, Any], where: str = "") -> Exampl
     if "gold" not in row or row["gold"] is None:
         raise UserError(f"{where}: row has no 'gold' field")
     gold = str(row["gold"])
-    answer = row.get("answer")
+    # Always re-derived from gold: an "answer" field in a user's file may mean something else
+    # (in GSM8K's own rows it is the full solution).
     return Example(id=str(row.get("problem_id", "")), question=str(row.get("question", "")),
-                   gold=gold, answer=str(answer) if answer is not None else task.gold_answer(gold))
+                   gold=gold, answer=task.gold_answer(gold))
 
 
 def grade_rows(task: Task, rows: Iterable[dict[str, Any]], source: str = "rows") -> list[dict[str, Any]]:
