@@ -1,0 +1,31 @@
+"""thinkfast demo: the whole study on one CPU (see thinkfast.demo)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
+    p.add_argument("--quick", action="store_true", help="tiny budgets: checks the pipeline in minutes; "
+                   "its numbers are meaningless")
+    p.add_argument("--force", action="store_true", help="redo every stage (and accept a different configuration)")
+    p.add_argument("--retrain-teacher", action="store_true",
+                   help="train the teacher with thinkfast's own recipe instead of loading the shipped one")
+    p.add_argument("--threads", type=int, default=None, help="PyTorch threads (default: all cores)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..demo import run_demo
+
+    out = Path(args.out)
+    results = run_demo(out, quick=args.quick, force=args.force, retrain_teacher=args.retrain_teacher)
+    if args.quick:
+        print("--quick: tiny budgets, the numbers below are meaningless")
+    for name, run in results["runs"].items():
+        print(f"{name:8s} coverage@1 {run['metrics']['coverage'][0]['mean']:.3f}  "
+              f"coverage@{run['n']} {run['metrics']['coverage'][-1]['mean']:.3f}  "
+              f"majority@{run['n']} {run['metrics']['majority'][-1]['mean']:.3f}")
+    print(f"report: {out / 'report.md'}\nresults: {out / 'results.json'}")
+    return 0

@@ -1,0 +1,456 @@
+"""The embedded demo: the whole study on one CPU, in minutes.
+
+Stages (each one's output lives in OUT/<stage>; a finished stage is recorded in OUT/stages.json
+and reused by the next run; ``force`` redoes them):
+
+  data         synthetic train/test problems (the task the shipped teacher was trained on)
+  teacher      the shipped teacher (or ``retrain_teacher``: thinkfast's own pretraining recipe)
+  llamba       Llamba student: MOHAWK stages 1-3 (matrix, hidden, KD), then SFT
+  hybrid       50% MambaInLlama hybrid: attention initialisation, reverse-KL KD, then SFT
+  temperature  each model's sampling temperature, chosen on TRAIN problems (majority@n)
+  orm          an outcome reward model trained on graded teacher samples of TRAIN problems
+  sample-*     n samples per TEST problem for each model, at one batch size for all
+  score        grading and ORM scores
+  report       metrics, budgets, the Pareto front, report.md + plots, results.json
+
+The claim tested: at equal seconds per problem, does a student reach a higher coverage and
+majority accuracy than its teacher once the budget allows several teacher samples?
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .config import atomic_write_text, to_dict
+from .runtime import UserError
+
+ASSETS = Path(__file__).parent / "assets"
+SHIPPED_TEACHER = ASSETS / "demo_teacher"
+TEACHER_RECIPE = ASSETS / "demo_teacher_recipe.yaml"
+MODELS = ("teacher", "llamba", "hybrid")
+
+
+@dataclass
+class DemoConfig:
+    """Every setting of a demo run; OUT/demo_config.json holds it and a rerun must match it."""
+
+    quick: bool = False
+    seed: int = 0
+    n_train: int = 20000
+    """Training problems written for distillation and SFT."""
+    n_test: int = 100
+    """Test problems evaluated."""
+    # students
+    mohawk_steps: list[int] = field(default_factory=lambda: [150, 150, 300])
+    """Steps of MOHAWK's matrix, hidden and KD stages (Llamba)."""
+    hybrid_kd_steps: int = 450
+    sft_steps: int = 150
+    batch_size: int = 16
+    seq_len: int = 256
+    lr: float = 1e-3
+    # sampling
+    temperatures: list[float] = field(default_factory=lambda: [0.6, 0.8, 1.0])
+    temp_problems: int = 32
+    temp_samples: int = 8
+    orm_problems: int = 160
+    orm_samples: int = 8
+    n_samples: int = 32
+    batch_problems: int = 8
+    """Problems per engine call: each call decodes batch_problems * n_samples rows."""
+    max_new_tokens: int = 400
+
+    @classmethod
+    def preset(cls, quick: bool) -> "DemoConfig":
+        if not quick:
+            return cls()
+        return cls(quick=True, n_train=400, n_test=8, mohawk_steps=[4, 4, 6], hybrid_kd_steps=6, sft_steps=4,
+                   batch_size=4, seq_len=128, temperatures=[0.8, 1.0], temp_problems=4, temp_samples=2,
+                   orm_problems=8, orm_samples=4, n_samples=4, batch_problems=4, max_new_tokens=64)
+
+
+# --- stage bookkeeping --------------------------------------------------------------------------
+
+class StageRunner:
+    """Runs named stages once; records results and wall time in OUT/stages.json."""
+
+    def __init__(self, out: Path, force: bool, log: Callable[[str], None]):
+        self.out, self.force, self.log = out, force, log
+        self.path = out / "stages.json"
+        self.state: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() and not force else {}
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        if name in self.state:
+            self.log(f"[{name}] done earlier ({self.state[name]['seconds']:.0f}s), reused")
+            return self.state[name]["result"]
+        self.log(f"[{name}] ...")
+        t0 = time.perf_counter()
+        try:
+            result = fn()
+        except UserError as e:
+            raise UserError(f"stage {name!r} failed: {e} (earlier stages are kept in {self.out})") from None
+        except Exception as e:  # a stage that crashes names itself; earlier stages stay on disk
+            raise UserError(f"stage {name!r} failed: {type(e).__name__}: {e} "
+                            f"(earlier stages are kept in {self.out})") from e
+        self.state[name] = {"seconds": time.perf_counter() - t0, "result": result}
+        atomic_write_text(self.path, json.dumps(self.state, indent=2) + "\n")
+        self.log(f"[{name}] finished in {self.state[name]['seconds']:.0f}s")
+        return result
+
+    def seconds(self) -> dict[str, float]:
+        return {k: round(v["seconds"], 1) for k, v in self.state.items()}
+
+
+def check_out_dir(out: Path, cfg: DemoConfig, teacher_tag: str, force: bool) -> None:
+    """Refuse an OUT holding another configuration's files (unless ``force``)."""
+    meta = {"demo": to_dict(cfg), "teacher": teacher_tag}
+    path = out / "demo_config.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = None
+        if old != meta and not force:
+            raise UserError(f"{out} holds a demo run with a different configuration ({path}); "
+                            f"use another --out, or --force to redo every stage there")
+    elif out.exists() and any(out.iterdir()) and not force:
+        raise UserError(f"{out} is not empty and holds no demo run; use another --out or --force")
+    if force and out.exists():  # redo everything: no stage may resume from old checkpoints
+        for p in out.iterdir():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
+
+
+# --- the teacher --------------------------------------------------------------------------------
+
+def shipped_teacher_task() -> dict[str, Any]:
+    """The synthetic-task config stored beside the shipped teacher."""
+    cfg = SHIPPED_TEACHER / "config.json"
+    try:
+        meta = json.loads(cfg.read_text())
+        return meta["demo_task"]
+    except (OSError, json.JSONDecodeError, KeyError) as e:
+        raise UserError(f"the shipped demo teacher at {SHIPPED_TEACHER} is missing or corrupt ({e}); "
+                        f"run `thinkfast demo --retrain-teacher` to train it again") from None
+
+
+def load_shipped_teacher():
+    from .checkpoint import load_model, load_tokenizer
+
+    try:
+        return load_model(SHIPPED_TEACHER), load_tokenizer(SHIPPED_TEACHER)
+    except UserError as e:
+        raise UserError(f"the shipped demo teacher is missing or corrupt: {e}; "
+                        f"run `thinkfast demo --retrain-teacher` to train it again") from None
+
+
+def teacher_recipe(out_dir: Path, tokenizer_dir: Path, train_path: Path):
+    """The DistillConfig that trains the demo teacher: the YAML `thinkfast distill` runs."""
+    from .distill.config import load_config
+
+    return load_config(TEACHER_RECIPE, [f"out_dir={out_dir}", f"tokenizer={tokenizer_dir}",
+                                        f"data.train={train_path}"])
+
+
+# --- students -----------------------------------------------------------------------------------
+
+def _student_recipe(cfg: DemoConfig, out_dir: Path, teacher_dir: Path, train: Path, keep: float, kind: str,
+                    stages: list[dict[str, Any]]):
+    from .distill.config import build_config
+
+    return build_config({
+        "out_dir": str(out_dir), "teacher": str(teacher_dir),
+        "student": {"init": "teacher", "keep": keep, "kind": kind, "seed": cfg.seed},
+        "data": {"train": str(train), "loss_on": "response", "seq_len": cfg.seq_len, "eval_fraction": 0.02,
+                 "seed": cfg.seed},
+        "train": {"batch_size": cfg.batch_size, "lr": cfg.lr, "schedule": "cosine", "warmup_steps": 10,
+                  "clip_grad": 1.0, "eval_every": 0, "save_every": 100, "seed": cfg.seed,
+                  "progress": True},
+        "stages": stages,
+    })
+
+
+def llamba_recipe(cfg: DemoConfig, out_dir: Path, teacher_dir: Path, train: Path):
+    m, h, k = cfg.mohawk_steps
+    return _student_recipe(cfg, out_dir, teacher_dir, train, 0.0, "discrete", [
+        {"name": "matrix", "objective": "matrix", "seq_len": min(64, cfg.seq_len), "train": {"steps": m}},
+        {"name": "hidden", "objective": "hidden", "train": {"steps": h}},
+        {"name": "kd", "objective": "kd", "loss": {"kind": "forward"}, "train": {"steps": k}},
+        {"name": "sft", "objective": "lm", "train": {"steps": cfg.sft_steps, "lr": cfg.lr / 3}},
+    ])
+
+
+def hybrid_recipe(cfg: DemoConfig, out_dir: Path, teacher_dir: Path, train: Path):
+    return _student_recipe(cfg, out_dir, teacher_dir, train, 0.5, "mamba2", [
+        {"name": "kd", "objective": "kd", "loss": {"kind": "reverse"}, "train": {"steps": cfg.hybrid_kd_steps}},
+        {"name": "sft", "objective": "lm", "train": {"steps": cfg.sft_steps, "lr": cfg.lr / 3}},
+    ])
+
+
+# --- sampling -----------------------------------------------------------------------------------
+
+def sample_file(model_dir: Path, task: Any, examples: list, out_path: Path, name: str, n: int,
+                temperature: float, cfg: DemoConfig, log: Callable[[str], None]) -> dict[str, Any]:
+    """Sample ``n`` completions per example into ``out_path`` (resumable); returns the report."""
+    from .checkpoint import load_model, load_tokenizer
+    from .eval.budget import hardware_string
+    from .eval.sampling import SampleSettings, encode_prompts, engine_generate_fn, run_sampling
+
+    model, tok = load_model(model_dir), load_tokenizer(model_dir)
+    settings = SampleSettings(task=task.name, model=name, n=n, temperature=temperature,
+                              max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, prompt_style="fewshot")
+    prompts = encode_prompts(task, examples, tok, "fewshot")
+    gen = engine_generate_fn(model, tok, settings, task.stop)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(examples), desc=f"sample {name}", unit="problem", leave=False)
+
+    def progress(msg: str) -> None:
+        done = int(msg.split("/")[0]) if "/" in msg and msg.split("/")[0].isdigit() else None
+        if done is not None:
+            bar.update(done - bar.n)
+
+    rep = run_sampling(examples, prompts, gen, out_path, settings, batch_problems=cfg.batch_problems,
+                       context_len=model.config.max_seq_len, hardware=hardware_string(), log=progress)
+    bar.close()
+    if rep.failed:
+        log(f"{name}: {len(rep.failed)} problems could not be sampled: {rep.failed[:3]}")
+    return {"written": rep.written, "skipped": rep.skipped, "failed": len(rep.failed)}
+
+
+def choose_temperature(model_dir: Path, task: Any, examples: list, out_dir: Path, name: str,
+                       cfg: DemoConfig, log: Callable[[str], None]) -> dict[str, Any]:
+    """The temperature with the best majority@n on TRAIN problems (ties: the lower one)."""
+    from .eval.evaluation import EvalSettings, evaluate_run
+    from .eval.io import read_jsonl
+
+    scores = {}
+    for t in cfg.temperatures:
+        path = out_dir / f"{name}_T{t}.jsonl"
+        sample_file(model_dir, task, examples, path, name, cfg.temp_samples, t, cfg, log)
+        run = evaluate_run(read_jsonl(path), task, name, str(path), EvalSettings(n_boot=10, seed=cfg.seed))
+        maj = run["metrics"]["majority"][-1]["mean"]
+        scores[str(t)] = {"majority": maj, "coverage": run["metrics"]["coverage"][-1]["mean"]}
+    best = max(cfg.temperatures, key=lambda t: (scores[str(t)]["majority"], -t))
+    log(f"{name}: temperature {best} (majority@{cfg.temp_samples} on train: "
+        + ", ".join(f"T={t}: {v['majority']:.2f}" for t, v in scores.items()) + ")")
+    return {"temperature": best, "train_scores": scores}
+
+
+def train_orm_stage(teacher_dir: Path, samples: Path, out_dir: Path, cfg: DemoConfig,
+                    log: Callable[[str], None]) -> dict[str, Any]:
+    """An ORM (a head on the frozen teacher) trained on graded teacher samples of TRAIN problems."""
+    from .eval.grading import grade_rows
+    from .eval.io import read_jsonl
+    from .eval.rewards import OutcomeRewardModel, TrainRMConfig, balanced_examples, load_backbone, train_orm
+    from .eval.tasks.base import get_task
+
+    rows = grade_rows(get_task("synthetic"), read_jsonl(samples), str(samples))
+    n_pos = sum(bool(r["correct"]) for r in rows)
+    rmcfg = TrainRMConfig(epochs=20, lr=3e-3, batch_size=32, seed=cfg.seed)
+    gold_added = 0
+    if n_pos == 0:  # a weak teacher (e.g. --quick): its problems' gold solutions are the positives
+        seen = set()
+        for r in rows:
+            if r["problem_id"] not in seen:
+                seen.add(r["problem_id"])
+                rows.append({**r, "completion": " " + r["gold"], "correct": True})
+                gold_added += 1
+        log(f"ORM: no correct teacher sample; using {gold_added} gold train solutions as positives")
+    data = balanced_examples(rows, rmcfg.seed)
+    backbone, tok = load_backbone(str(teacher_dir), "thinkfast")
+    orm = OutcomeRewardModel(backbone, tok, max_len=backbone.config.max_seq_len, backbone_path=str(teacher_dir))
+    losses = train_orm(orm, data, rmcfg)
+    orm.save(out_dir, save_backbone=False)
+    log(f"ORM: {len(data)} balanced examples from {len(rows)} samples ({n_pos} correct), "
+        f"loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    return {"examples": len(data), "samples": len(rows) - gold_added, "correct": n_pos, "gold_positives": gold_added,
+            "loss": losses}
+
+
+def score_stage(raw: Path, scored: Path, orm_dir: Path) -> dict[str, Any]:
+    from .eval.grading import grade_rows, summarize
+    from .eval.io import read_jsonl, write_jsonl_atomic
+    from .eval.rewards import load_scorer, score_rows
+    from .eval.tasks.base import get_task
+
+    rows = grade_rows(get_task("synthetic"), read_jsonl(raw), str(raw))
+    rows, failed = score_rows(load_scorer(str(orm_dir), "orm"), rows, batch_size=32)
+    write_jsonl_atomic(scored, rows)
+    return {"grading": summarize(rows).to_dict(), "unscored": failed}
+
+
+def throughput_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Decode throughput of each model at the batch size it was sampled with."""
+    out = []
+    for r in runs:
+        t = r.get("timing") or {}
+        per_sample = t.get("decode_s_per_sample")
+        toks = t.get("new_tokens_per_sample")
+        rows = t.get("mean_batch_rows")
+        out.append({"model": r["name"], "batch_rows": rows, "new_tokens_per_sample": toks,
+                    "decode_tokens_per_s": (toks / per_sample) if per_sample and toks else None,
+                    "seconds_per_problem_k1": (r["metrics"]["coverage"][0]["seconds"])})
+    return out
+
+
+def claim_verdict(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """For each teacher budget with k >= 2: the best a student reaches within that many seconds."""
+    teacher = runs["teacher"]
+    verdict: dict[str, Any] = {}
+    for method in ("coverage", "majority"):
+        rows = []
+        for e in teacher["metrics"][method]:
+            if e["k"] < 2 or e["seconds"] is None:
+                continue
+            row = {"teacher_k": e["k"], "seconds": e["seconds"], "teacher": e["mean"]}
+            for name in ("llamba", "hybrid"):
+                within = [s for s in runs[name]["metrics"][method] if s["seconds"] is not None
+                          and s["seconds"] <= e["seconds"]]
+                best = max(within, key=lambda s: s["mean"], default=None)
+                row[name] = best["mean"] if best else None
+                row[f"{name}_k"] = best["k"] if best else None
+            rows.append(row)
+        wins = {name: sum(1 for r in rows if r[name] is not None and r[name] > r["teacher"]) for name in ("llamba", "hybrid")}
+        verdict[method] = {"budgets": rows, "student_wins": wins, "budgets_compared": len(rows)}
+    return verdict
+
+
+def _pct(x: Optional[float]) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def demo_markdown(results: dict[str, Any]) -> list[str]:
+    """The demo's own section of report.md: the claim, throughput and stage times."""
+    md = ["# thinkfast demo", ""]
+    if results["config"]["quick"]:
+        md += ["**--quick run: tiny budgets everywhere, so these numbers are meaningless;** it only "
+               "shows that every stage runs.", ""]
+    md += ["## Does a student beat its teacher at equal seconds per problem?", ""]
+    for method in ("coverage", "majority"):
+        v = results["claim"][method]
+        md += [f"### {method}", "", "| teacher k | seconds/problem | teacher | best Llamba within it (k) | "
+               "best hybrid within it (k) |", "|---|---|---|---|---|"]
+        for r in v["budgets"]:
+            md.append(f"| {r['teacher_k']} | {r['seconds']:.3f} | {_pct(r['teacher'])} | {_pct(r['llamba'])} "
+                      f"({r['llamba_k']}) | {_pct(r['hybrid'])} ({r['hybrid_k']}) |")
+        md += ["", f"Budgets where a student is above the teacher: Llamba {v['student_wins']['llamba']}, "
+               f"hybrid {v['student_wins']['hybrid']} of {v['budgets_compared']}.", ""]
+    md += ["## Greedy-like accuracy (k = 1)", "", "| model | temperature | coverage@1 | majority@1 |", "|---|---|---|---|"]
+    for name in MODELS:
+        run = results["runs"][name]
+        md.append(f"| {name} | {results['temperatures'][name]} | {_pct(run['metrics']['coverage'][0]['mean'])} | "
+                  f"{_pct(run['metrics']['majority'][0]['mean'])} |")
+    md += ["", "## Decode throughput at the sampling batch size", "",
+           "| model | rows per batch | new tokens / sample | decode tokens/s | seconds/problem (k=1) |",
+           "|---|---|---|---|---|"]
+    for t in results["throughput"]:
+        md.append(f"| {t['model']} | {t['batch_rows']:.0f} | {t['new_tokens_per_sample']:.0f} | "
+                  f"{t['decode_tokens_per_s']:.0f} | {t['seconds_per_problem_k1']:.3f} |")
+    md += ["", "## Wall time per stage (seconds)", "", "| stage | seconds |", "|---|---|"]
+    md += [f"| {k} | {v:.0f} |" for k, v in results["stage_seconds"].items()]
+    return md + [""]
+
+
+def demo_task_config() -> dict[str, Any]:
+    """The synthetic task the demo teacher is trained on (shipped with the package)."""
+    return json.loads((ASSETS / "demo_task.json").read_text())
+
+
+def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teacher: bool = False,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every stage (reusing finished ones); returns results.json's content."""
+    from .data import synthetic as syn
+    from .eval.evaluation import EvalSettings, evaluate_run, pareto_by_task
+    from .eval.io import read_jsonl, write_json_atomic
+    from .eval.report import write_report
+    from .eval.tasks.synthetic import SyntheticTask
+
+    cfg = DemoConfig.preset(quick)
+    task_meta = demo_task_config()
+    teacher_tag = "retrained" if retrain_teacher else "shipped"
+    if not retrain_teacher:
+        shipped = shipped_teacher_task()
+        if shipped != task_meta:
+            raise UserError("the shipped demo teacher was trained on another task configuration; "
+                            "run `thinkfast demo --retrain-teacher`")
+    check_out_dir(out, cfg, teacher_tag, force)
+    stages = StageRunner(out, force, log)
+    syn_cfg = syn.SyntheticConfig.from_dict(task_meta["config"])
+    task = SyntheticTask(syn_cfg, seed=task_meta["seed"], n_shots=task_meta.get("n_shots", 1))
+    data = out / "data"
+
+    def make_data():
+        paths = syn.write_splits(data, syn_cfg, n_train=cfg.n_train, n_test=cfg.n_test, seed=task_meta["seed"])
+        return {k: str(v) for k, v in paths.items()}
+
+    stages.run("data", make_data)
+    train_path, test_path = data / "train.jsonl", data / "test.jsonl"
+
+    def teacher():
+        dest = out / "teacher" / "model"
+        if retrain_teacher:
+            from .data.tokenizer import build_tokenizer
+            from .distill.recipe import run_recipe
+
+            tok = build_tokenizer(texts=syn.tokenizer_texts(syn_cfg))
+            tok.save_pretrained(str(out / "tokenizer"))
+            summary = run_recipe(teacher_recipe(out / "teacher", out / "tokenizer", train_path))
+            return {"source": "retrained", "stages": summary["stages"]}
+        load_shipped_teacher()  # a clear error when missing or corrupt
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(SHIPPED_TEACHER, dest)
+        return {"source": str(SHIPPED_TEACHER)}
+
+    stages.run("teacher", teacher)
+    model_dirs = {"teacher": out / "teacher" / "model", "llamba": out / "llamba" / "model",
+                  "hybrid": out / "hybrid" / "model"}
+    from .distill.recipe import run_recipe
+
+    for name, recipe in (("llamba", llamba_recipe), ("hybrid", hybrid_recipe)):
+        stages.run(name, lambda name=name, recipe=recipe: run_recipe(
+            recipe(cfg, out / name, model_dirs["teacher"], train_path))["stages"])
+
+    train_examples = task.load("train", path=str(train_path))
+    temp_ex = train_examples[: cfg.temp_problems]
+    orm_ex = train_examples[cfg.temp_problems: cfg.temp_problems + cfg.orm_problems]
+    temps = {}
+    for name in MODELS:
+        temps[name] = stages.run(f"temperature-{name}", lambda name=name: choose_temperature(
+            model_dirs[name], task, temp_ex, out / "temperature", name, cfg, log))["temperature"]
+
+    def orm():
+        path = out / "orm" / "teacher_train_samples.jsonl"
+        sample_file(model_dirs["teacher"], task, orm_ex, path, "teacher", cfg.orm_samples, temps["teacher"], cfg, log)
+        return train_orm_stage(model_dirs["teacher"], path, out / "orm" / "model", cfg, log)
+
+    stages.run("orm", orm)
+    test_examples = task.load("test", path=str(test_path))
+    runs: dict[str, dict[str, Any]] = {}
+    for name in MODELS:
+        raw, scored = out / "samples" / f"{name}.jsonl", out / "samples" / f"{name}.scored.jsonl"
+        stages.run(f"sample-{name}", lambda name=name, raw=raw: sample_file(
+            model_dirs[name], task, test_examples, raw, name, cfg.n_samples, temps[name], cfg, log))
+        stages.run(f"score-{name}", lambda raw=raw, scored=scored: score_stage(raw, scored, out / "orm" / "model"))
+        runs[name] = evaluate_run(read_jsonl(scored), task, name, str(scored), EvalSettings(seed=cfg.seed))
+
+    metrics = {"runs": list(runs.values()), "pareto": pareto_by_task(list(runs.values()))}
+    write_json_atomic(out / "metrics.json", metrics)
+    results = {
+        "config": to_dict(cfg), "task": task_meta, "teacher": teacher_tag, "temperatures": temps,
+        "runs": runs, "pareto": metrics["pareto"], "throughput": throughput_table(list(runs.values())),
+        "claim": claim_verdict(runs), "stage_seconds": stages.seconds(),
+        "models": {k: str(v) for k, v in model_dirs.items()},
+    }
+    write_report([metrics], out)
+    body = (out / "report.md").read_text()
+    atomic_write_text(out / "report.md", "\n".join(demo_markdown(results)) + "\n" + body)
+    write_json_atomic(out / "results.json", results)
+    return results

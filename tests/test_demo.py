@@ -1,0 +1,57 @@
+"""`thinkfast demo --quick` end to end, and its bad-input handling."""
+
+import json
+
+import pytest
+
+import thinkfast.demo as demo
+from thinkfast.cli import main
+
+RESULT_KEYS = {"config", "task", "teacher", "temperatures", "runs", "pareto", "throughput", "claim",
+               "stage_seconds", "models"}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    assert main(["demo", "--quick", "--out", str(out), "--threads", "1"]) == 0
+    return out
+
+
+def test_quick_demo_writes_a_complete_report(quick_run):
+    results = json.loads((quick_run / "results.json").read_text())
+    assert RESULT_KEYS <= set(results)
+    assert set(results["runs"]) == {"teacher", "llamba", "hybrid"}
+    for run in results["runs"].values():
+        assert {"coverage", "majority", "best_of_n", "weighted_best_of_n"} <= set(run["metrics"])
+        assert all(e["seconds"] is not None and e["seconds"] > 0 for e in run["metrics"]["coverage"])
+    assert results["config"]["quick"] is True
+    assert {t["model"] for t in results["throughput"]} == {"teacher", "llamba", "hybrid"}
+    report = (quick_run / "report.md").read_text()
+    assert "meaningless" in report and "Pareto" in report and "Decode throughput" in report
+    for png in ("accuracy_vs_seconds_synthetic.png", "coverage_vs_k_synthetic.png"):
+        assert (quick_run / png).stat().st_size > 1000
+        assert f"({png})" in report
+    stages = json.loads((quick_run / "stages.json").read_text())
+    assert {"data", "teacher", "llamba", "hybrid", "orm", "sample-teacher"} <= set(stages)
+
+
+def test_second_run_reuses_finished_stages(quick_run, capsys):
+    before = (quick_run / "stages.json").read_text()
+    assert main(["demo", "--quick", "--out", str(quick_run), "--threads", "1"]) == 0
+    assert "reused" in capsys.readouterr().out
+    assert (quick_run / "stages.json").read_text() == before
+
+
+def test_out_dir_of_another_configuration_is_refused(quick_run, capsys):
+    marker = quick_run / "results.json"
+    before = marker.read_bytes()
+    assert main(["demo", "--out", str(quick_run)]) == 2  # full config != the quick one
+    assert "different configuration" in capsys.readouterr().err
+    assert marker.read_bytes() == before
+
+
+def test_missing_shipped_teacher_names_the_retrain_flag(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "SHIPPED_TEACHER", tmp_path / "nowhere")
+    assert main(["demo", "--quick", "--out", str(tmp_path / "o")]) == 2
+    assert "--retrain-teacher" in capsys.readouterr().err
