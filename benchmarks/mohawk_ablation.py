@@ -9,7 +9,7 @@ Everything goes through thinkfast's own recipe runner (``run_recipe``, the code 
 with the ``lm`` objective, then two students initialised identically from its attention. Per
 stage it reports tokens, wall time, final loss, and next-token agreement / KL against the
 teacher on held-out rows (``data.eval_fraction`` of the file, never trained on). Results go to
-OUT/results.json and a Markdown table on stdout. ``--quick`` runs a few steps of everything
+OUT/results{TAG}.json and a Markdown table on stdout. ``--quick`` runs a few steps of everything
 (a smoke test; its numbers mean nothing).
 """
 
@@ -73,6 +73,9 @@ def main() -> None:
     ap.add_argument("--teacher-steps", type=int, default=300)
     ap.add_argument("--steps", default="100,100,150", help="MOHAWK stage 1,2,3 steps")
     ap.add_argument("--stage1-seq-len", type=int, default=64)
+    ap.add_argument("--mixer-init", default="attention", choices=["attention", "random"],
+                    help="how both students' mixers start (random: without attention initialisation)")
+    ap.add_argument("--tag", default="", help="suffix of the student directories (another split, same teacher)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -93,9 +96,9 @@ def main() -> None:
     teacher_res = run_recipe(build_config(teacher_cfg))["results"][0]
     teacher_dir = out / "teacher" / "model"
 
-    student = {"init": "teacher", "keep": 0.0, "kind": "discrete", "seed": 0}
+    student = {"init": "teacher", "keep": 0.0, "kind": "discrete", "seed": 0, "mixer_init": args.mixer_init}
     kd_train = {"lr": 1e-3}
-    mohawk = common(out / "mohawk", args.data, T, B)
+    mohawk = common(out / f"mohawk{args.tag}", args.data, T, B)
     mohawk.update(teacher=str(teacher_dir), student=student, stages=[
         {"name": "matrix", "objective": "matrix", "seq_len": T1, "train": {"steps": s1, "lr": 3e-3}},
         {"name": "hidden", "objective": "hidden", "train": {"steps": s2, "lr": 1e-3}},
@@ -104,7 +107,7 @@ def main() -> None:
     mohawk_res = run_recipe(build_config(mohawk))["results"]
     budget = sum(r["tokens"] for r in mohawk_res)
     steps_only = max(1, round(budget / (B * T)))
-    only = common(out / "stage3_only", args.data, T, B)
+    only = common(out / f"stage3_only{args.tag}", args.data, T, B)
     only.update(teacher=str(teacher_dir), student=student, stages=[
         {"name": "kd", "objective": "kd", "loss": {"kind": "forward"}, "train": {"steps": steps_only, **kd_train}}])
     only_res = run_recipe(build_config(only))["results"][0]
@@ -120,18 +123,18 @@ def main() -> None:
         s["eval_s"] = time.perf_counter() - t0
         return s
 
-    init = score(student_from_teacher(teacher, 0.0, "discrete", seed=0))
+    init = score(student_from_teacher(teacher, 0.0, "discrete", seed=0, mixer_init=args.mixer_init))
     table = [{"stage": "teacher (pretrain)", "tokens": teacher_res["tokens"], "wall_s": round(teacher_res["wall_s"], 1),
               "final_loss": round(teacher_res["final_loss"], 4), "eval_loss": round(teacher_res["eval_loss"], 4),
               "agreement": 1.0, "kl": 0.0, "teacher_ce_heldout": round(init["teacher_ce"], 4)},
-             {"stage": "llamba: attention init (no training)", "tokens": 0, "wall_s": 0.0, "final_loss": None,
+             {"stage": f"llamba: {args.mixer_init} init (no training)", "tokens": 0, "wall_s": 0.0, "final_loss": None,
               "eval_loss": None, "agreement": round(init["agreement"], 4), "kl": round(init["kl"], 4)}]
     for name, r in zip(("matrix", "hidden", "kd"), mohawk_res):
         table.append(stage_row(f"llamba MOHAWK stage {name}", r, score(load_model(r["model_dir"]))))
     table.append(stage_row("llamba stage 3 only (same tokens)", only_res, score(load_model(only_res["model_dir"]))))
     summary = {"held_out_tokens": init["tokens"], "mohawk_tokens": budget, "stage3_only_tokens": only_res["tokens"],
                "rows": table, "args": vars(args)}
-    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / f"results{args.tag}.json").write_text(json.dumps(summary, indent=2) + "\n")
     cols = ["stage", "tokens", "wall_s", "final_loss", "eval_loss", "agreement", "kl"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -46,10 +47,11 @@ def log(*a):
 class RowPacker:
     """Packs whole examples into rows of at most ``seq_len`` tokens: <bos> ex ex ex <pad>...
 
-    Returns (ids (B, L), loss mask (B, L)) where mask[t] says ids[t] is an answer token."""
+    ``per_row`` > 0 caps the examples per row (1 = zero-shot rows only). Returns (ids (B, L),
+    loss mask (B, L)) where mask[t] says ids[t] is an answer token; L is the longest row."""
 
-    def __init__(self, tok, cfg: syn.SyntheticConfig, seq_len: int, seed: int):
-        self.tok, self.seq_len = tok, seq_len
+    def __init__(self, tok, cfg: syn.SyntheticConfig, seq_len: int, seed: int, per_row: int = 0):
+        self.tok, self.seq_len, self.per_row = tok, seq_len, per_row
         self.stream = syn.iter_problems(cfg, "train", seed)
         self.pending = None
         self.n_problems = 0
@@ -60,29 +62,29 @@ class RowPacker:
         return a + b, [False] * len(a) + [True] * len(b)
 
     def row(self):
-        ids, mask = [self.tok.bos_token_id], [False]
-        while True:
+        ids, mask, n = [self.tok.bos_token_id], [False], 0
+        while not (self.per_row and n >= self.per_row):
             if self.pending is None:
                 self.pending = self._encode(next(self.stream))
                 self.n_problems += 1
             e_ids, e_mask = self.pending
             if len(ids) + len(e_ids) > self.seq_len:
-                if len(ids) == 1:
+                if n == 0:
                     raise ValueError(f"an example of {len(e_ids)} tokens does not fit in {self.seq_len}")
                 break
             ids += e_ids
             mask += e_mask
+            n += 1
             self.pending = None
-        pad = self.seq_len - len(ids)
-        return ids + [self.tok.pad_token_id] * pad, mask + [False] * pad
+        return ids, mask
 
     def batch(self, b: int):
         rows = [self.row() for _ in range(b)]
-        ids = torch.tensor([r[0] for r in rows])
-        mask = torch.tensor([r[1] for r in rows])
-        # trim columns that are padding in every row
-        used = int(mask.any(0).nonzero().max()) + 1
-        return ids[:, :used], mask[:, :used]
+        L = max(len(r[0]) for r in rows)
+        pad = self.tok.pad_token_id
+        ids = torch.tensor([r[0] + [pad] * (L - len(r[0])) for r in rows])
+        mask = torch.tensor([r[1] + [False] * (L - len(r[1])) for r in rows])
+        return ids, mask
 
 
 # --- generation -----------------------------------------------------------------------------------
@@ -139,14 +141,14 @@ def decode(model, prompts: list[list[int]], n: int, temperature: float, max_new:
 
 def evaluate(model, tok, task: SyntheticTask, examples, n_greedy: int, n_cov: int, k: int,
              temperature: float, max_new: int, seed: int = 0, greedy_batch: int = 50,
-             sample_prompts: int = 8):
+             sample_prompts: int = 8, style: str = "fewshot"):
     model.eval()
     stop_ids = {tok.convert_tokens_to_ids(syn.EXAMPLE_END), tok.eos_token_id}
     gen = torch.Generator().manual_seed(seed)
     res = {}
     t0 = time.time()
     ex_g = examples[:n_greedy]
-    prompts = [tok.encode(task.prompt(e, "fewshot")) for e in ex_g]
+    prompts = [tok.encode(task.prompt(e, style)) for e in ex_g]
     greedy_ok, lens = [], []
     for s in range(0, len(ex_g), greedy_batch):
         outs = decode(model, prompts[s:s + greedy_batch], 1, 0.0, max_new, stop_ids, gen)
@@ -165,7 +167,7 @@ def evaluate(model, tok, task: SyntheticTask, examples, n_greedy: int, n_cov: in
         cov, maj, mean_acc = [], [], []
         for s in range(0, len(ex_c), sample_prompts):
             chunk = ex_c[s:s + sample_prompts]
-            outs = decode(model, [tok.encode(task.prompt(e, "fewshot")) for e in chunk], k, temperature,
+            outs = decode(model, [tok.encode(task.prompt(e, style)) for e in chunk], k, temperature,
                           max_new, stop_ids, gen)
             for e, o in zip(chunk, outs):
                 preds = [task.extract(tok.decode(x, skip_special_tokens=True)) for x in o]
@@ -193,6 +195,67 @@ def by_steps(examples, vals):
     return {str(s): round(sum(v) / len(v), 4) for s, v in sorted(d.items())}
 
 
+# --- teacher-forced diagnostics -------------------------------------------------------------------
+
+_COL = re.compile(r" (\d) (.) (\d) (.) (\d) = (\d) (\d)")
+
+
+def cot_spans(sol: str) -> list[tuple[int, int, str]]:
+    """Character spans of the chain of thought by role: the restated sentence, the value copied,
+    the operand converted, column inputs / outputs, the bound result, the final answer."""
+    out, pos = [], 0
+    for line in sol.split("\n"):
+        if line.startswith("####"):
+            out.append((pos, pos + len(line), "answer"))
+            pos += len(line) + 1
+            continue
+        m = re.match(r"[^.]*\.", line)
+        out.append((pos, pos + m.end(), "sentence"))
+        e = m.end()
+        m2 = re.match(r" \w+ =((?: \d)+)", line[e:])
+        op_line = " : " in line
+        out.append((pos + e, pos + e + m2.start(1), "name"))
+        out.append((pos + e + m2.start(1), pos + e + m2.end(), "value_copy" if op_line else "convert"))
+        e += m2.end()
+        if op_line:
+            m3 = re.match(r" \w+((?: \d)+) :", line[e:])
+            out.append((pos + e + m3.start(1), pos + e + m3.end(1), "operand"))
+            e3 = e + m3.end()
+            end = line.index(" . ", e3)
+            for c in _COL.finditer(line[:end], e3):
+                out.append((pos + c.start(1) - 1, pos + c.end(5), "col_inputs"))
+                out.append((pos + c.start(6) - 1, pos + c.end(6), "col_carry"))
+                out.append((pos + c.start(7) - 1, pos + c.end(7), "col_digit"))
+            m4 = re.match(r" \. \w+ =", line[end:])
+            out.append((pos + end, pos + end + m4.end(), "name"))
+            out.append((pos + end + m4.end(), pos + len(line), "result"))
+        pos += len(line) + 1
+    return out
+
+
+@torch.inference_mode()
+def token_diagnostics(model, tok, task, examples, style: str) -> dict:
+    """Teacher-forced next-token accuracy of the answer tokens, by role (see ``cot_spans``)."""
+    model.eval()
+    acc = collections.defaultdict(list)
+    for e in examples:
+        prompt = task.prompt(e, style)
+        enc = tok(prompt + " " + e.gold, return_offsets_mapping=True)
+        ids = torch.tensor([enc["input_ids"]])
+        pred = model(ids).logits[0].argmax(-1)
+        base = len(prompt) + 1
+        spans = cot_spans(e.gold)
+        for t in range(1, ids.shape[1]):
+            a, b = enc["offset_mapping"][t]
+            if a < base - 1:
+                continue
+            c = b - 1 - base
+            role = next((r for s0, s1, r in spans if s0 <= c < s1), "other")
+            acc[role].append(int(pred[t - 1] == ids[0, t]))
+    model.train()
+    return {k: round(sum(v) / len(v), 4) for k, v in sorted(acc.items())}
+
+
 # --- main -----------------------------------------------------------------------------------------
 
 def main(argv=None):
@@ -207,6 +270,8 @@ def main(argv=None):
     ap.add_argument("--d-ff", type=int, default=384)
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--batch", type=int, default=4, help="rows per step")
+    ap.add_argument("--per-row", type=int, default=0, help="max examples per row (0 = fill, 1 = zero-shot)")
+    ap.add_argument("--eval-style", default="fewshot", choices=["fewshot", "plain"])
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--min-lr-frac", type=float, default=0.1)
     ap.add_argument("--warmup", type=int, default=50)
@@ -263,14 +328,15 @@ def main(argv=None):
         model.load_state_dict(torch.load(out / "model.pt"))
         prev = json.loads((out / "result.json").read_text())
         r = evaluate(model, tok, task, test, args.eval_n, args.cov_n, args.k, args.temp, args.max_new,
-                     seed=args.seed)
-        prev.setdefault("reevals", []).append({"temp": args.temp, "k": args.k, **r})
+                     seed=args.seed, style=args.eval_style)
+        r["roles"] = token_diagnostics(model, tok, task, test[:50], args.eval_style)
+        prev.setdefault("reevals", []).append({"temp": args.temp, "k": args.k, "style": args.eval_style, **r})
         (out / "result.json").write_text(json.dumps(prev, indent=1))
         log(json.dumps(r))
         return
 
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.wd)
-    packer = RowPacker(tok, cfg, args.seq_len, args.seed)
+    packer = RowPacker(tok, cfg, args.seq_len, args.seed, args.per_row)
     budget_s = args.minutes * 60
     train_s, tokens, loss_tokens, step = 0.0, 0, 0, 0
     ema, curve, probes = None, [], []
@@ -309,10 +375,13 @@ def main(argv=None):
                 f"problems {packer.n_problems}")
         if train_s >= next_probe:
             next_probe += args.probe_every * 60
-            r = evaluate(model, tok, task, probe_set, len(probe_set), 0, 0, 1.0, args.max_new)
+            r = evaluate(model, tok, task, probe_set, len(probe_set), 0, 0, 1.0, args.max_new,
+                         style=args.eval_style)
+            dg = token_diagnostics(model, tok, task, probe_set[:20], args.eval_style)
             probes.append({"step": step, "tokens": tokens, "train_s": round(train_s, 1), "loss": round(ema, 4),
-                           "greedy50": r["greedy"], "by_steps": r["greedy_by_steps"], "eval_s": r["greedy_s"]})
-            log(f"probe: greedy50 {r['greedy']:.3f} {r['greedy_by_steps']} ({r['greedy_s']:.0f}s)")
+                           "greedy50": r["greedy"], "by_steps": r["greedy_by_steps"], "eval_s": r["greedy_s"],
+                           "roles": dg})
+            log(f"probe: greedy50 {r['greedy']:.3f} {r['greedy_by_steps']} ({r['greedy_s']:.0f}s) roles {dg}")
     log(f"done: {step} steps {tokens} tokens in {train_s:.0f}s, loss {ema:.4f}")
     torch.save(model.state_dict(), out / "model.pt")
     tok.save_pretrained(out / "tokenizer")
@@ -320,7 +389,10 @@ def main(argv=None):
                    "tok_per_s": tokens / train_s, "final_loss_ema": ema, "problems_seen": packer.n_problems,
                    "curve": curve, "probes": probes})
     (out / "result.json").write_text(json.dumps(result, indent=1))
-    r = evaluate(model, tok, task, test, args.eval_n, args.cov_n, args.k, args.temp, args.max_new, seed=args.seed)
+    result["roles"] = token_diagnostics(model, tok, task, test[:50], args.eval_style)
+    log("roles", result["roles"])
+    r = evaluate(model, tok, task, test, args.eval_n, args.cov_n, args.k, args.temp, args.max_new, seed=args.seed,
+                 style=args.eval_style)
     result["eval"] = r
     (out / "result.json").write_text(json.dumps(result, indent=1))
     log("EVAL", json.dumps(r))

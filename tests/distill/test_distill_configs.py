@@ -77,3 +77,14 @@ def test_cli_runs_a_recipe_and_reports_errors_plainly(tmp_path, teacher_dir, tok
     bad.write_text('{"prompt_ids": [1]}\n{oops\n')
     assert main(["distill", "--config", str(path), f"data.train={bad}", f"out_dir={tmp_path / 'other'}"]) == 2
     assert f"{bad}:2: malformed JSON" in capsys.readouterr().err
+
+
+def test_fingerprint_leaves_out_defaults_so_new_settings_do_not_orphan_old_runs(tmp_path):
+    from thinkfast.distill.recipe import _fingerprint
+
+    base = recipe(tmp_path, tmp_path / "t", tmp_path / "d.jsonl", [{"name": "kd", "objective": "kd"}])
+    fp = _fingerprint(build_config(base), 0, 16)
+    assert "mixer_init" not in fp["student"] and "loss" not in fp["stage"] and "progress" not in fp["stage"]["train"]
+    changed = _fingerprint(build_config({**base, "student": {**base["student"], "mixer_init": "random"},
+                                         "stages": [{"name": "kd", "loss": {"kind": "reverse"}}]}), 0, 16)
+    assert changed["student"]["mixer_init"] == "random" and changed["stage"]["loss"] == {"kind": "reverse"}

@@ -103,3 +103,12 @@ def test_mismatches_are_refused():
     pure = student_from_teacher(hybrid, 0.0, "mamba2", seed=1)
     assert pure.config.layer_pattern == "MM"
     assert torch.equal(pure.layers[0].mixer.in_proj.weight, hybrid.layers[0].mixer.in_proj.weight)
+
+
+def test_random_mixer_init_keeps_everything_else():
+    teacher = tiny_teacher()
+    rand = student_from_teacher(teacher, 0.0, "discrete", seed=0, mixer_init="random")
+    attn = student_from_teacher(teacher, 0.0, "discrete", seed=0)
+    assert not torch.equal(rand.layers[0].mixer.out_proj.weight, teacher.layers[0].mixer.o_proj.weight)
+    assert torch.equal(rand.layers[0].mixer.conv1d.weight, attn.layers[0].mixer.conv1d.weight)
+    assert torch.equal(rand.layers[0].mlp.up_proj.weight, teacher.layers[0].mlp.up_proj.weight)

@@ -207,14 +207,19 @@ def student_config(teacher_cfg: ModelConfig, pattern: str, kind: str,
 
 @torch.no_grad()
 def student_from_teacher(teacher: LanguageModel, keep: KeepSpec = 0.0, kind: str = "mamba2",
-                         seed: int = 0, mamba: Optional[dict[str, Any]] = None) -> LanguageModel:
+                         seed: int = 0, mamba: Optional[dict[str, Any]] = None,
+                         mixer_init: str = "attention") -> LanguageModel:
     """A student with attention kept where ``keep`` says and attention-initialised Mamba elsewhere.
 
     teacher: any LanguageModel; its attention layers may be kept or converted, its Mamba layers
     (a hybrid from an earlier step of a stepwise schedule) are copied. keep: see
     ``attention_layers``. kind: "mamba2" (MambaInLlama) or "discrete" (Llamba). Deterministic in
-    ``seed`` whatever the global RNG state. Returns the student in fp32 on the teacher's device.
+    ``seed`` whatever the global RNG state. mixer_init="random" replaces the copied projections
+    (in_proj, out_proj) by N(0, init_std) draws -- the ablation baseline of attention init.
+    Returns the student in fp32 on the teacher's device.
     """
+    if mixer_init not in ("attention", "random"):
+        raise ConversionError(f"mixer_init must be 'attention' or 'random', got {mixer_init!r}")
     if kind not in ("mamba2", "discrete"):
         raise ConversionError(f"student kind must be 'mamba2' or 'discrete', got {kind!r}")
     tcfg = teacher.config
@@ -223,7 +228,8 @@ def student_from_teacher(teacher: LanguageModel, keep: KeepSpec = 0.0, kind: str
         if src == "M" and dst == "A":
             raise ConversionError(f"layer {i} is Mamba in the source model; it cannot become attention again")
     cfg = student_config(tcfg, pattern, kind, mamba)
-    student = LanguageModel(cfg).to(device=teacher.device, dtype=torch.float32)
+    with torch.random.fork_rng(devices=[]):  # every weight is overwritten below; leave the global RNG alone
+        student = LanguageModel(cfg).to(device=teacher.device, dtype=torch.float32)
     g = torch.Generator().manual_seed(seed)
     # Everything except converted mixers is copied (names and shapes agree by construction).
     own = student.state_dict()
@@ -235,7 +241,11 @@ def student_from_teacher(teacher: LanguageModel, keep: KeepSpec = 0.0, kind: str
     student.tie_weights()
     init = init_mamba2_from_attention if kind == "mamba2" else init_discrete_from_attention
     for i in converted:
-        init(student.layers[i].mixer, teacher.layers[i].mixer, g, cfg.init_std, cfg.mamba)
+        mx = student.layers[i].mixer
+        init(mx, teacher.layers[i].mixer, g, cfg.init_std, cfg.mamba)
+        if mixer_init == "random":
+            for lin in (mx.in_proj, mx.out_proj):
+                lin.weight.copy_(_normal(lin.weight.shape, cfg.init_std, g))
     missing = [k for k in own if k not in copied and not any(k.startswith(f"layers.{i}.mixer.") for i in converted)]
     if missing and not (missing == ["lm_head.weight"] and cfg.tie_embeddings):
         raise ConversionError(f"could not copy {missing} from the teacher (shape mismatch)")

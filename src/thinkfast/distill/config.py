@@ -135,12 +135,16 @@ class StudentConfig:
     kind: str = "discrete"
     """discrete (Llamba) | mamba2 (MambaInLlama)"""
     seed: int = 0
+    mixer_init: str = "attention"
+    """attention (x <- V, B <- K, C <- Q, out <- O) | random (ablation: projections drawn at random)"""
     mamba: dict[str, Any] = field(default_factory=dict)
     """MambaConfig overrides (e.g. chunk_size)."""
     model: Any = None
     """init=new: a ModelConfig mapping, or a preset name ("tiny")."""
 
     def __post_init__(self) -> None:
+        if self.mixer_init not in ("attention", "random"):
+            raise ConfigError(f"student.mixer_init must be attention or random, got {self.mixer_init!r}")
         if self.kind not in ("discrete", "mamba2"):
             raise ConfigError(f"student.kind must be discrete or mamba2, got {self.kind!r}")
 

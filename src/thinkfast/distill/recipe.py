@@ -19,13 +19,13 @@ from typing import Any, Optional
 import torch
 
 from ..checkpoint import load_model, load_tokenizer
-from ..config import ConfigError, ModelConfig, atomic_write_text
+from ..config import ConfigError, ModelConfig, atomic_write_text, to_dict
 from ..convert.from_attention import student_from_teacher
-from ..data.dataset import DataBundle, load_data
+from ..data.dataset import DataBundle, DataConfig, load_data
 from ..models.lm import LanguageModel
 from ..runtime import UserError
 from . import distributed as D
-from .config import DistillConfig, resolve_train
+from .config import DistillConfig, StageConfig, StudentConfig, TrainConfig, resolve_train
 from .stages import build_objective, describe
 from .trainer import VOLATILE_TRAIN_KEYS, Trainer
 
@@ -54,7 +54,7 @@ def initial_student(cfg: DistillConfig, teacher: Optional[LanguageModel], vocab_
     if s.init == "teacher":
         if teacher is None:
             raise UserError("student.init=teacher needs teacher=PATH")
-        return student_from_teacher(teacher, s.keep, s.kind, s.seed, s.mamba or None)
+        return student_from_teacher(teacher, s.keep, s.kind, s.seed, s.mamba or None, s.mixer_init)
     if s.init == "new":
         return new_model(s.model, s.seed, vocab_size)
     return load_model(s.init)
@@ -71,17 +71,41 @@ def _tokenizer(cfg: DistillConfig):
     return None
 
 
-def _fingerprint(cfg: DistillConfig, i: int, train: dict[str, Any], seq_len: int) -> dict[str, Any]:
-    def stage_fp(k: int) -> dict[str, Any]:
-        st = cfg.to_dict()["stages"][k]
-        st.pop("train")
-        tc = resolve_train(cfg, k).__dict__
-        return {**st, "train": {key: v for key, v in tc.items() if key not in VOLATILE_TRAIN_KEYS or
-                                (k < i and key == "steps")}}
+def _non_default(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``values`` without the entries equal to ``defaults`` (recursively), so that a setting added
+    to the code later, at its default, does not make older runs look incompatible."""
+    out = {}
+    for k, v in values.items():
+        d = defaults.get(k, _MISSING)
+        if isinstance(v, dict) and isinstance(d, dict):
+            v = _non_default(v, d)
+            if not v:
+                continue
+        elif v == d:
+            continue
+        out[k] = v
+    return out
 
-    data = dict(cfg.to_dict()["data"], seq_len=seq_len)
-    return {"teacher": cfg.teacher, "tokenizer": cfg.tokenizer, "student": cfg.to_dict()["student"],
-            "data": data, "earlier_stages": [stage_fp(k) for k in range(i)], "stage": stage_fp(i)}
+
+_MISSING = object()
+
+
+def _fingerprint(cfg: DistillConfig, i: int, seq_len: int) -> dict[str, Any]:
+    """What stage ``i``'s checkpoints must agree with to be resumed: every setting that changes
+    what the stage computes (stage i and the stages before it), written without defaults."""
+    full = cfg.to_dict()
+
+    def stage_fp(k: int) -> dict[str, Any]:
+        st = dict(full["stages"][k])
+        st.pop("train")
+        tc = {key: v for key, v in resolve_train(cfg, k).__dict__.items()
+              if key not in VOLATILE_TRAIN_KEYS or (k < i and key == "steps")}
+        return {**_non_default(st, to_dict(StageConfig())), "train": _non_default(tc, to_dict(TrainConfig()))}
+
+    return {"teacher": cfg.teacher, "tokenizer": cfg.tokenizer,
+            "student": _non_default(full["student"], to_dict(StudentConfig())),
+            "data": _non_default(dict(full["data"], seq_len=seq_len), to_dict(DataConfig())),
+            "earlier_stages": [stage_fp(k) for k in range(i)], "stage": stage_fp(i)}
 
 
 def run_recipe(cfg: DistillConfig, env: Optional[D.DistEnv] = None) -> dict[str, Any]:
@@ -109,7 +133,7 @@ def run_recipe(cfg: DistillConfig, env: Optional[D.DistEnv] = None) -> dict[str,
         run_config = {"recipe": cfg.to_dict(), "stage_index": i, "stage": stage.name, "train": tc.__dict__,
                       "objective": describe(objective), "data_stats": bundles[seq_len].stats}
         trainer = Trainer(objective, bundles[seq_len], tc, out / f"{i + 1}-{stage.name}", env, run_config,
-                          _fingerprint(cfg, i, tc.__dict__, seq_len), tokenizer, name=stage.name)
+                          _fingerprint(cfg, i, seq_len), tokenizer, name=stage.name)
         result = trainer.fit()
         results.append(result)
         if result.get("interrupted"):

@@ -407,9 +407,10 @@ class Trainer:
         if not path.exists():
             return None
         result = json.loads(path.read_text())
-        if _diff(result.get("fingerprint"), json.loads(json.dumps(self.fingerprint))):
+        diffs = _diff(result.get("fingerprint"), json.loads(json.dumps(self.fingerprint)))
+        if diffs:
             raise UserError(f"{self.out} holds a finished run of another configuration; refusing to overwrite it "
-                            f"(choose another out_dir)")
+                            f"(choose another out_dir): " + "; ".join(diffs))
         return result if result.get("steps", 0) >= self.cfg.steps else None
 
     def fit(self) -> dict[str, Any]:
