@@ -205,8 +205,8 @@ def cot_spans(sol: str) -> list[tuple[int, int, str]]:
     the operand converted, column inputs / outputs, the bound result, the final answer."""
     out, pos = [], 0
     for line in sol.split("\n"):
-        if line.startswith("####"):
-            out.append((pos, pos + len(line), "answer"))
+        if line.startswith("####") or line.startswith("answer ="):
+            out.append((pos, pos + len(line), "answer" if line.startswith("####") else "answer_msb"))
             pos += len(line) + 1
             continue
         m = re.match(r"[^.]*\.", line)

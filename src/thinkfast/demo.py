@@ -34,6 +34,10 @@ ASSETS = Path(__file__).parent / "assets"
 SHIPPED_TEACHER = ASSETS / "demo_teacher"
 TEACHER_RECIPE = ASSETS / "demo_teacher_recipe.yaml"
 MODELS = ("teacher", "llamba", "hybrid")
+TASK_FORMAT = {"prompt_template": "Question: {question}\nAnswer:", "response_template": " {answer}\n\n",
+               "add_bos": False, "add_eos": False}
+"""How training rows are laid out: back to back exactly as the few-shot prompt shows them (the
+teacher recipe's YAML says the same)."""
 
 
 @dataclass
@@ -167,8 +171,8 @@ def _student_recipe(cfg: DemoConfig, out_dir: Path, teacher_dir: Path, train: Pa
     return build_config({
         "out_dir": str(out_dir), "teacher": str(teacher_dir),
         "student": {"init": "teacher", "keep": keep, "kind": kind, "seed": cfg.seed},
-        "data": {"train": str(train), "loss_on": "response", "seq_len": cfg.seq_len, "eval_fraction": 0.02,
-                 "seed": cfg.seed},
+        "data": {"train": str(train), **TASK_FORMAT, "loss_on": "response", "seq_len": cfg.seq_len,
+                 "eval_fraction": 0.02, "seed": cfg.seed},
         "train": {"batch_size": cfg.batch_size, "lr": cfg.lr, "schedule": "cosine", "warmup_steps": 10,
                   "clip_grad": 1.0, "eval_every": 0, "save_every": 100, "seed": cfg.seed,
                   "progress": True},

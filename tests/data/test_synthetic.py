@@ -30,16 +30,42 @@ def _lsb(text):
 
 
 def _check_cot(p: syn.Problem, width: int):
-    """Parse the chain of thought and check every bound value and every worked column."""
+    """Parse the chain of thought and check every restatement, bound value and worked column."""
     vals = _recompute(p.steps)
     lines = p.solution.split("\n")
-    assert len(lines) == len(p.steps) + 1
-    sentences = re.findall(r"[A-Z][a-z]+, [^.?]*\.", p.question)
-    assert len(sentences) == len(p.steps)
+    assert lines[-1] == f"#### {vals[-1]}"
+    msb = lines[-2].startswith("answer = ")
+    if msb:  # the answer's digits, most significant first, at the fixed width
+        assert lines[-2] == "answer = " + " ".join(str(vals[-1]).zfill(width))
+    lines = lines[:-2] if msb else lines[:-1]
+    assert len(lines) == len(p.steps)
     d = r"((?:\d ){%d}\d)" % (width - 1)
+    if p.naming == "names":
+        sentences = re.findall(r"[A-Z][a-z]+, [^.?]*\.", p.question)
+    else:
+        sentences = re.findall(r"The [a-z]+ box has [^.?]*\.", p.question)
+        assert p.question.endswith(f"How many {p.item} are in the last box?")
+    assert len(sentences) == len(p.steps)
+    phrase = {"add": "more {item}than", "sub": "fewer {item}than", "mul": "times as many {item}as"}
+    for i, (sent, s) in enumerate(zip(sentences, p.steps)):  # the question states the structured form
+        assert str(s.operand) in sent.split()
+        if s.ref is None:
+            continue
+        if p.naming == "names":
+            ref = p.steps[s.ref].name
+        else:
+            ref = "the previous box" if s.ref == i - 1 else f"the {p.steps[s.ref].name} box"
+        assert sent.endswith(phrase[s.op].format(item=p.item + " ") + f" {ref}.")
     for i, (line, s) in enumerate(zip(lines, p.steps)):
-        assert line.startswith(sentences[i])  # the sentence is restated verbatim
-        rest = line[len(sentences[i]):]
+        head, rest = line.split(". ", 1)
+        rest = " " + rest
+        if p.naming == "names":
+            assert head + "." == sentences[i]  # the sentence is restated verbatim
+        else:  # restated without the item, naming the quantity read
+            expect = f"The {syn.ORDINALS[i]} box has {s.operand}"
+            if s.op != "set":
+                expect += " " + phrase[s.op].format(item="") + f" the {p.steps[s.ref].name} box"
+            assert head == expect
         if s.op == "set":
             m = re.fullmatch(rf" {s.name} = {d}", rest)
             assert m and _lsb(m.group(1)) == vals[0]
@@ -69,7 +95,6 @@ def _check_cot(p: syn.Problem, width: int):
             assert dig == int(r.split()[j])
             carry = co
         assert carry == 0
-    assert lines[-1] == f"#### {vals[-1]}"
 
 
 def test_deterministic_by_seed_and_prefix_stable():
@@ -110,7 +135,7 @@ def test_answers_and_chain_of_thought_are_correct():
         assert all(0 <= v < 10 ** CFG.width for v in vals)
         assert p.solution.endswith(f"#### {p.answer}")
         assert syn.parse_answer(p.solution) == p.answer
-        assert p.question.endswith(f"How many {p.item} does {p.steps[-1].name} have?")
+        assert [s.name for s in p.steps] == list(syn.ORDINALS[:len(p.steps)])
         _check_cot(p, CFG.width)
 
 
@@ -147,14 +172,24 @@ def test_difficulty_knobs():
         _check_cot(p, 4)
     chain = syn.generate(CFG, "train", 20)
     assert all(s.ref == i - 1 for p in chain for i, s in enumerate(p.steps) if i >= 1)
-    plain = syn.generate(syn.SyntheticConfig(markers=False), "train", 5)
+    people = syn.generate(syn.SyntheticConfig(naming="names"), "train", 30)
+    for p in people:
+        assert p.question.endswith(f"How many {p.item} does {p.steps[-1].name} have?")
+        assert len({s.name for s in p.steps}) == len(p.steps) and p.steps[0].name in syn.NAMES
+        _check_cot(p, 4)
+    no_msb = syn.generate(syn.SyntheticConfig(msb_line=False), "train", 5)
+    for p in no_msb:
+        assert "answer =" not in p.solution
+        _check_cot(p, 4)
+    assert all("\nanswer = " in p.solution for p in chain)
+    plain = syn.generate(syn.SyntheticConfig(naming="names", markers=False), "train", 5)
     assert not any(m + "," in p.question for p in plain for m in syn.MARKERS)
 
 
 def test_bad_configs_are_refused():
     for bad in [dict(min_steps=0), dict(min_steps=4, max_steps=3), dict(max_steps=20), dict(ops=["div"]),
                 dict(step_weights=[1, 2]), dict(mul_range=[2, 12]), dict(width=2, start_range=[10, 999]),
-                dict(test_fraction=1.0)]:
+                dict(test_fraction=1.0), dict(naming="letters")]:
         with pytest.raises(syn.SyntheticError):
             syn.SyntheticConfig(**bad)
     with pytest.raises(ValueError):

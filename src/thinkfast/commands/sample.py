@@ -11,7 +11,9 @@ from ..runtime import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="thinkfast model dir, or a HF Llama (dir / hub id / .gguf)")
+    parser.add_argument("--model", required=True,
+                        help="thinkfast model dir, or a HF Llama (dir / hub id / .gguf); for --backend hf / vllm "
+                             "a transformers checkpoint (e.g. the output of thinkfast export)")
     parser.add_argument("--task", required=True, help="gsm8k, math500, synthetic")
     parser.add_argument("--n", type=int, default=64, help="samples per problem (default 64)")
     parser.add_argument("--out", required=True, help="samples JSONL; an existing file is resumed")
@@ -27,19 +29,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-style", default="auto",
                         help="chat, fewshot (or a task's own style); auto = chat when the task and the "
                              "tokenizer support it, else the task's default")
+    parser.add_argument("--backend", choices=("thinkfast", "hf", "vllm"), default="thinkfast",
+                        help="thinkfast: our engine (default); hf: transformers generate(), a reference; "
+                             "vllm: vLLM's offline LLM.generate (pip install 'thinkfast[vllm]', GPU)")
+    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                        help="model dtype (default: thinkfast fp32; hf / vllm the checkpoint's)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..checkpoint import load_pretrained
     from ..eval.budget import hardware_string
     from ..eval.io import write_jsonl_atomic
-    from ..eval.sampling import (SampleSettings, context_length, encode_prompts, engine_generate_fn,
-                                 run_sampling)
+    from ..eval.sampling import SampleSettings, encode_prompts, run_sampling
     from ..eval.tasks.common import task_by_name
+    from ..generate.backends import open_backend
 
     if args.n < 1 or args.batch_problems < 1:
         raise UserError("--n and --batch-problems must be at least 1")
@@ -48,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
         examples = task.load(split=args.split, path=args.data, limit=args.limit)
     except ValueError as e:  # a task's own complaint about its split or data
         raise UserError(f"{args.task}: {e}") from None
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tok = load_pretrained(args.model, device=device)
+    backend = open_backend(args.backend, args.model, device=args.device, dtype=args.dtype, seed=args.seed)
+    tok = backend.tokenizer
     if tok is None:
         raise UserError(f"{args.model}: no tokenizer beside the model")
     style = args.prompt_style
@@ -58,11 +62,11 @@ def run(args: argparse.Namespace) -> int:
         style = "chat" if chat else task.prompt_styles[0]
     settings = SampleSettings(task=task.name, model=str(args.model), n=args.n, temperature=args.temperature,
                               top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
-                              seed=args.seed, prompt_style=style)
+                              seed=args.seed, prompt_style=style, backend=args.backend)
     prompts = encode_prompts(task, examples, tok, style)
-    report = run_sampling(examples, prompts, engine_generate_fn(model, tok, settings, task.stop), args.out,
-                          settings, batch_problems=args.batch_problems, context_len=context_length(model),
-                          hardware=hardware_string(device), log=lambda s: print(s, file=sys.stderr))
+    report = run_sampling(examples, prompts, backend.make_generate_fn(settings, task.stop), args.out,
+                          settings, batch_problems=args.batch_problems, context_len=backend.context_len,
+                          hardware=hardware_string(backend.device), log=lambda s: print(s, file=sys.stderr))
     errors = Path(f"{args.out}.errors.jsonl")
     if report.failed:
         write_jsonl_atomic(errors, [{"problem_id": pid, "error": why} for pid, why in report.failed])

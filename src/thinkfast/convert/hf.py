@@ -121,6 +121,13 @@ def import_hf(path: str, device: str | torch.device = "cpu", dtype: Optional[tor
     """(thinkfast model, tokenizer or None) from a HF Llama directory, hub id or .gguf file."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    if os.path.isdir(path):  # a GraniteMoeHybrid / Llamba directory written by `thinkfast export`
+        from .export import import_exported
+
+        exported = import_exported(path, device=device, dtype=dtype)
+        if exported is not None:
+            return exported
+
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     src = path
     if str(path).endswith(".gguf"):

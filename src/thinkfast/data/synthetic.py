@@ -4,37 +4,45 @@ thought designed to be learnable by a ~1M-parameter Llama in minutes of CPU trai
 A problem is a chain of named quantities. The first sentence sets one; each later sentence
 derives a new one from an earlier one (by default the one just before) with one operation::
 
-    First, Ann has 347 apples. Second, Bob has 128 more apples than Ann. Third, Cal has 3 times
-    as many apples as Bob. Fourth, Dee has 56 fewer apples than Cal. How many apples does Dee have?
+    The first box has 347 apples. The second box has 128 more apples than the first box. The
+    third box has 3 times as many apples as the second box. The fourth box has 56 fewer apples
+    than the third box. How many apples are in the fourth box?
 
 The number of operations is the problem's number of *steps* (3 above): the main difficulty knob.
 
 The chain of thought has one line per sentence. Everything a line needs is either copied from
-right before it or bound by a marker that is a single token, so no step has to find a value by
-reasoning about names:
+close before it or found through a key the model must learn anyway, and no line ever copies a
+word that carries no meaning (a person's name, the item):
 
-  * the line restates its sentence verbatim, found in the question by its ordinal marker
-    ("Third,") -- the line's own marker is the previous line's plus one;
-  * the value it reads is restated as ``Name = digits``, copied from the line that bound it;
+  * a quantity's name is its sentence's ordinal ("third"): the line's marker ("Third:") is the
+    previous line's plus one, and it is also the key that finds the sentence in the question;
+  * the line restates only what matters of its sentence: "Third: 3 times second.";
+  * the value it reads is restated as ``second = digits``, copied from the line that bound it;
   * numbers are written at a fixed width (``width`` digits), least-significant digit first, one
     token per digit, so column i of every number sits at the same offset;
   * the operation is worked column by column, each column written out with its carry / borrow
-    ("a + b + carry = carry_out digit"); multiplication is by a single digit;
-  * the line ends by binding the result: ``Bob = 5 7 4 0``.
+    ("a + b + carry_in = carry_out digit"); multiplication is by a single digit;
+  * the line ends by binding the result: ``third = 5 2 4 1``.
 
 The answer line is ``#### N`` with N written normally, so grading is an integer comparison::
 
-    First, Ann has 347 apples. Ann = 7 4 3 0
-    Second, Bob has 128 more apples than Ann. Ann = 7 4 3 0 plus 8 2 1 0 : 7 + 8 + 0 = 1 5 ,
-      4 + 2 + 1 = 0 7 , 3 + 1 + 0 = 0 4 , 0 + 0 + 0 = 0 0 . Bob = 5 7 4 0
-    Third, Cal has 3 times as many apples as Bob. Bob = 5 7 4 0 times 3 : 5 * 3 + 0 = 1 5 , ...
-    ...
+    First: 347. first = 7 4 3 0
+    Second: 128 more than first. first = 7 4 3 0 plus 8 2 1 0 : 7 + 8 + 0 = 1 5 ,
+      4 + 2 + 1 = 0 7 , 3 + 1 + 0 = 0 4 , 0 + 0 + 0 = 0 0 . second = 5 7 4 0
+    Third: 3 times second. second = 5 7 4 0 times 3 : 5 * 3 + 0 = 1 5 , 7 * 3 + 1 = 2 2 ,
+      4 * 3 + 2 = 1 4 , 0 * 3 + 1 = 0 1 . third = 5 2 4 1
+    Fourth: 56 fewer than third. third = 5 2 4 1 minus 6 5 0 0 : 5 - 6 - 0 = 1 9 , ... . fourth = 9 6 3 1
     #### 1369
 
-(each CoT line is one text line; wrapped here). Train and test problems are disjoint by
-construction: a problem belongs to the test split iff a hash of its question text falls in the
-test fraction of the hash space, so no size or seed choice can make the splits overlap.
-Everything is deterministic by seed (``random.Random``; the global RNG is never used).
+(each CoT line is one text line; wrapped here). ``naming="names"`` is the earlier design with
+people ("Bob has 128 more apples than Ann.") whose CoT restates each sentence verbatim; a 0.8M
+Llama did not learn to copy names or item words in 15 CPU minutes (see
+benchmarks/synthetic_teacher_probe.md), so it is kept only for comparison.
+
+Train and test problems are disjoint by construction: a problem belongs to the test split iff a
+hash of its question text falls in the test fraction of the hash space, so no size or seed
+choice can make the splits overlap. Everything is deterministic by seed (``random.Random``; the
+global RNG is never used).
 """
 
 from __future__ import annotations
@@ -56,6 +64,11 @@ ITEMS = (
     "stickers", "cookies", "pebbles",
 )
 MARKERS = ("First", "Second", "Third", "Fourth", "Fifth", "Sixth", "Seventh", "Eighth", "Ninth")
+ORDINALS = tuple(m.lower() for m in MARKERS)
+CONTAINERS = ("box",)
+"""Containers for 'ordinal' naming (one: a CoT line names it, and copying a word that varies
+from problem to problem was measured not to be learned)."""
+NAMINGS = ("ordinal", "names")
 OPS = ("add", "sub", "mul")
 _OP_WORD = {"add": "plus", "sub": "minus", "mul": "times"}
 _SPLITS = ("train", "test")
@@ -86,8 +99,17 @@ class SyntheticConfig:
     """Inclusive range of a multiplier (single digit: 2..9)."""
     backref_prob: float = 0.0
     """Probability that a step refers to an earlier quantity than the previous one."""
+    naming: str = "ordinal"
+    """How quantities are named. 'ordinal': "the third box" -- the name is the sentence's
+    marker, and a CoT line restates its sentence compactly ("Third: 3 times second."), so the
+    chain never has to copy a name or an item word. 'names': people ("Cal"), each CoT line restates
+    its sentence verbatim (names and item words included)."""
+    msb_line: bool = True
+    """End the chain with ``answer = 0 3 7 1`` (the answer's digits most significant first, fixed
+    width) before ``#### 371``: writing N then becomes a copy that skips leading zeros and stops
+    where the line stops, instead of a reversal that must count digits."""
     markers: bool = True
-    """Start each sentence with an ordinal marker ("Second,") that the CoT line repeats."""
+    """'names' only: start each sentence with an ordinal marker ("Second,") that the CoT repeats."""
     test_fraction: float = 0.2
     """Share of the question-hash space reserved for the test split."""
 
@@ -115,6 +137,8 @@ class SyntheticConfig:
             raise SyntheticError("operand_range must start at 1 or more")
         if self.mul_range[0] < 2 or self.mul_range[1] > 9:
             raise SyntheticError("mul_range must lie in [2, 9] (single-digit multipliers)")
+        if self.naming not in NAMINGS:
+            raise SyntheticError(f"naming must be one of {NAMINGS}, got {self.naming!r}")
         if not 0 <= self.backref_prob <= 1:
             raise SyntheticError("backref_prob must be in [0, 1]")
         if not 0 < self.test_fraction < 1:
@@ -150,11 +174,14 @@ class Step:
 @dataclass
 class Problem:
     item: str
+    """The counted thing ("apples"); in 'ordinal' naming also ``container``."""
     steps: list[Step]
     question: str
     solution: str
     """The chain of thought, ending with the line ``#### N``."""
     answer: int
+    container: str = ""
+    naming: str = "ordinal"
 
     @property
     def n_steps(self) -> int:
@@ -164,7 +191,8 @@ class Problem:
     def to_record(self) -> dict:
         """The GSM8K-like JSONL record (plus the structured form, for checking)."""
         return {"question": self.question, "answer": self.solution, "n_steps": self.n_steps,
-                "item": self.item, "steps": [asdict(s) for s in self.steps]}
+                "item": self.item, "container": self.container, "naming": self.naming,
+                "steps": [asdict(s) for s in self.steps]}
 
 
 # --- arithmetic on the structured form --------------------------------------------------------
@@ -207,15 +235,33 @@ def _digits_text(n: int, width: int) -> str:
     return " ".join(str(d) for d in lsb_digits(n, width))
 
 
-def _sentence(step: Step, steps: Sequence[Step], item: str) -> str:
+def _sentence(i: int, steps: Sequence[Step], item: str, container: str = "", cot: bool = False) -> str:
+    """Sentence ``i`` of the question, or (``cot``) its restatement in the chain of thought.
+
+    'names' (no container): "Bob has 128 more apples than Ann." -- the CoT repeats it verbatim.
+    'ordinal': "The second box has 128 more apples than the previous box." The CoT drops the item
+    and names the quantity it reads: "The second box has 128 more than the first box."
+    """
+    step = steps[i]
+    item_ = "" if cot else f" {item}"
+    if container:
+        subj = f"The {step.name} {container}"
+        if step.ref is None:
+            ref = ""
+        elif step.ref == i - 1 and not cot:
+            ref = f"the previous {container}"
+        else:
+            ref = f"the {steps[step.ref].name} {container}"
+    else:
+        subj = step.name
+        ref = steps[step.ref].name if step.ref is not None else ""
     if step.op == "set":
-        return f"{step.name} has {step.operand} {item}."
-    ref = steps[step.ref].name
+        return f"{subj} has {step.operand}{item_}."
     if step.op == "add":
-        return f"{step.name} has {step.operand} more {item} than {ref}."
+        return f"{subj} has {step.operand} more{item_} than {ref}."
     if step.op == "sub":
-        return f"{step.name} has {step.operand} fewer {item} than {ref}."
-    return f"{step.name} has {step.operand} times as many {item} as {ref}."
+        return f"{subj} has {step.operand} fewer{item_} than {ref}."
+    return f"{subj} has {step.operand} times as many{item_} as {ref}."
 
 
 def _marked(i: int, sentence: str, markers: bool) -> str:
@@ -258,17 +304,27 @@ def columns_text(op: str, a: int, b: int, width: int) -> str:
     return " , ".join(cols)
 
 
-def render_question(steps: Sequence[Step], item: str, markers: bool = True) -> str:
-    parts = [_marked(i, _sentence(s, steps, item), markers) for i, s in enumerate(steps)]
-    parts.append(f"How many {item} does {steps[-1].name} have?")
+def render_question(steps: Sequence[Step], item: str, markers: bool = True, container: str = "") -> str:
+    """The question. ``container`` given = 'ordinal' naming (steps are named by ordinals)."""
+    if container:
+        parts = [_sentence(i, steps, item, container) for i in range(len(steps))]
+        parts.append(f"How many {item} are in the last {container}?")
+    else:
+        parts = [_marked(i, _sentence(i, steps, item), markers) for i in range(len(steps))]
+        parts.append(f"How many {item} does {steps[-1].name} have?")
     return " ".join(parts)
 
 
-def render_solution(steps: Sequence[Step], item: str, width: int, markers: bool = True) -> str:
+def render_solution(steps: Sequence[Step], item: str, width: int, markers: bool = True,
+                    container: str = "", msb_line: bool = True) -> str:
+    """The chain of thought, one line per sentence, then ``#### N``."""
     values = evaluate(steps)
     lines = []
     for i, s in enumerate(steps):
-        head = _marked(i, _sentence(s, steps, item), markers)
+        if container:
+            head = _sentence(i, steps, item, container, cot=True)
+        else:
+            head = _marked(i, _sentence(i, steps, item), markers)
         if s.op == "set":
             lines.append(f"{head} {s.name} = {_digits_text(values[i], width)}")
             continue
@@ -279,6 +335,8 @@ def render_solution(steps: Sequence[Step], item: str, width: int, markers: bool 
             f"{head} {ref.name} = {_digits_text(a, width)} {_OP_WORD[s.op]} {b_text} : "
             f"{columns_text(s.op, a, s.operand, width)} . {s.name} = {_digits_text(values[i], width)}"
         )
+    if msb_line:
+        lines.append("answer = " + " ".join(str(x) for x in reversed(lsb_digits(values[-1], width))))
     lines.append(f"#### {values[-1]}")
     return "\n".join(lines)
 
@@ -302,7 +360,7 @@ def _draw_steps(rng: random.Random, cfg: SyntheticConfig) -> Optional[list[Step]
     """One random chain, or None when the draw got stuck (no operation fits a value)."""
     counts = list(range(cfg.min_steps, cfg.max_steps + 1))
     n_ops = rng.choices(counts, weights=cfg.step_weights)[0] if cfg.step_weights else rng.choice(counts)
-    names = rng.sample(NAMES, n_ops + 1)
+    names = list(ORDINALS[:n_ops + 1]) if cfg.naming == "ordinal" else rng.sample(NAMES, n_ops + 1)
     top = cfg.max_value
     v0 = rng.randint(*cfg.start_range)
     steps = [Step(names[0], "set", v0, None, v0)]
@@ -343,10 +401,14 @@ def split_of(question: str, cfg: SyntheticConfig) -> str:
     return "test" if question_hash(question) < cfg.test_fraction * 2.0 ** 64 else "train"
 
 
-def make_problem(steps: list[Step], item: str, cfg: SyntheticConfig) -> Problem:
-    question = render_question(steps, item, cfg.markers)
-    solution = render_solution(steps, item, cfg.width, cfg.markers)
-    return Problem(item, steps, question, solution, evaluate(steps)[-1])
+def make_problem(steps: list[Step], item: str, cfg: SyntheticConfig, container: str = "") -> Problem:
+    """Render a structured chain (``container`` is needed for 'ordinal' naming)."""
+    if cfg.naming == "ordinal" and not container:
+        raise ValueError("'ordinal' naming needs a container word")
+    container = container if cfg.naming == "ordinal" else ""
+    question = render_question(steps, item, cfg.markers, container)
+    solution = render_solution(steps, item, cfg.width, cfg.markers, container, cfg.msb_line)
+    return Problem(item, steps, question, solution, evaluate(steps)[-1], container, cfg.naming)
 
 
 def iter_problems(cfg: SyntheticConfig, split: str, seed: int = 0) -> Iterator[Problem]:
@@ -364,7 +426,8 @@ def iter_problems(cfg: SyntheticConfig, split: str, seed: int = 0) -> Iterator[P
                 raise SyntheticError("the configuration almost never yields a valid problem")
             continue
         item = rng.choice(ITEMS)
-        question = render_question(steps, item, cfg.markers)
+        container = rng.choice(CONTAINERS) if cfg.naming == "ordinal" else ""
+        question = render_question(steps, item, cfg.markers, container)
         if split_of(question, cfg) != split:
             continue
         h = question_hash(question)
@@ -375,8 +438,7 @@ def iter_problems(cfg: SyntheticConfig, split: str, seed: int = 0) -> Iterator[P
             continue
         seen.add(h)
         misses = 0
-        yield Problem(item, steps, question, render_solution(steps, item, cfg.width, cfg.markers),
-                      evaluate(steps)[-1])
+        yield make_problem(steps, item, cfg, container)
 
 
 def generate(cfg: SyntheticConfig, split: str, n: int, seed: int = 0) -> list[Problem]:
@@ -389,9 +451,11 @@ def problem_from_record(rec: dict, cfg: Optional[SyntheticConfig] = None) -> Pro
     """Rebuild a Problem from ``to_record`` output (checks that the texts match)."""
     steps = [Step(**s) for s in rec["steps"]]
     values = evaluate(steps)
-    prob = Problem(rec["item"], steps, rec["question"], rec["answer"], values[-1])
+    container = rec.get("container", "")
+    prob = Problem(rec["item"], steps, rec["question"], rec["answer"], values[-1], container,
+                   rec.get("naming", "ordinal" if container else "names"))
     if cfg is not None:
-        if render_question(steps, rec["item"], cfg.markers) != rec["question"]:
+        if render_question(steps, rec["item"], cfg.markers, container) != rec["question"]:
             raise ValueError("record's question does not match its steps")
     return prob
 
@@ -463,9 +527,10 @@ def format_example(question: str, solution: str) -> str:
 def tokenizer_texts(cfg: Optional[SyntheticConfig] = None) -> list[str]:
     """Texts that together contain every piece the task (prompts included) can produce."""
     cfg = cfg or SyntheticConfig()
-    words = list(NAMES) + list(ITEMS) + list(MARKERS) + list(_OP_WORD.values())
-    words += ["has", "more", "fewer", "than", "times", "as", "many", "How", "does", "have",
-              "Question", "Answer"]
+    words = list(NAMES) + list(ITEMS) + list(MARKERS) + list(ORDINALS) + list(CONTAINERS)
+    words += list(_OP_WORD.values())
+    words += ["has", "more", "fewer", "than", "times", "as", "many", "How", "does", "have", "are", "in",
+              "the", "The", "previous", "last", "Question", "Answer"]
     every = words + list("0123456789") + list(",.:;=+-*#?")
     # each piece with and without its leading space ("\n" + piece has none)
     texts = ["\n".join(every), " " + " ".join(every), EXAMPLE_END]

@@ -9,7 +9,8 @@ File discipline (what makes resume safe):
   than mixed.
 
 The generator is injected (``GenerateFn``), so this module needs no model and is tested with a
-fake one; ``thinkfast sample`` binds it to ``thinkfast.generate.engine.generate``.
+fake one; ``thinkfast sample`` binds it to one of ``thinkfast.generate.backends`` (our engine,
+transformers ``generate()`` or vLLM), all returning the same outputs and timings.
 """
 
 from __future__ import annotations
@@ -44,9 +45,14 @@ class SampleSettings:
     max_new_tokens: int = 512
     seed: int = 0
     prompt_style: str = "fewshot"
+    backend: str = "thinkfast"
+    """Which sampler made the rows (thinkfast, hf, vllm): a file is never resumed with another."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["backend"] == "thinkfast":  # files written before backends existed resume as before
+            del d["backend"]
+        return d
 
 
 @dataclass

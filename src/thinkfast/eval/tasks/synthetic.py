@@ -2,8 +2,9 @@
 
 Prompt format (plain text, GSM8K style)::
 
-    Question: First, Ann has 347 apples. Second, ... How many apples does Dee have?
-    Answer: First, Ann has 347 apples. Ann = 7 4 3 0
+    Question: The first box has 347 apples. The second box has ... How many apples are in the last box?
+    Answer: The first box has 347. first = 7 4 3 0
+    The second box has 128 more than the first box. first = 7 4 3 0 plus 8 2 1 0 : ... . second = 5 7 4 0
     ...
     #### 1369
 

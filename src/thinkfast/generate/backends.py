@@ -1,0 +1,381 @@
+"""Sampling backends for ``thinkfast sample``: our engine, transformers ``generate()``, vLLM.
+
+Each backend gives ``thinkfast.eval.sampling`` the same thing: a ``GenerateFn``
+(prompt token ids, seed) -> one output per prompt with ``.samples`` (text, token_ids, logprobs,
+finish_reason in {'eos', 'stop', 'length'}) and ``.timing`` (prefill_s, decode_s, batch_prompts,
+batch_rows, new_tokens, prompt_tokens for the whole call), so the budget curves of
+``thinkfast evaluate`` compare backends on one cost model.
+
+* ``thinkfast``: ``thinkfast.generate.engine``; reads thinkfast directories and HF Llamas.
+* ``hf``: transformers ``generate()``, a reference. Reads any transformers checkpoint without
+  remote code (an export of ``thinkfast export``, a HF Llama). Same settings (greedy at
+  temperature 0; top-k 0 = off; the tokenizer's EOS; stop strings checked per row with the
+  engine's own checker). Randomness: the global torch
+  RNG seeded, inside ``torch.random.fork_rng``, from (seed, the batch's prompts), so a run is
+  reproducible at the same batching, but -- unlike our engine -- a problem's samples depend on
+  which problems share its batch. Timing: prefill_s ends when the first logits processor call
+  happens (the prompt forward is done), decode_s is the rest.
+* ``vllm``: vLLM's offline ``LLM.generate`` with one ``SamplingParams(n, temperature, top_p,
+  top_k, max_tokens, seed, stop, logprobs=0)`` per prompt; the per-prompt seed is derived from
+  (seed, prompt tokens), so a problem's samples do not depend on batching or resuming. vLLM is
+  imported only when this backend is chosen; without it the error says how to install it.
+  Prefix caching is turned off so each call pays its own prefill, as our engine does. Timing:
+  prefill_s is the batch's time to first token from vLLM's per-request metrics when it reports
+  them, else it is measured by a 1-token call on the same prompts just before (whose result is
+  discarded); decode_s is the main call's time minus prefill_s. Logprobs are vLLM's
+  (``raw_logprobs`` by default in the V1 engine: temperature 1, unfiltered, like our engine).
+
+Greedy decoding (temperature 0) asks hf and vLLM for one sequence per prompt and repeats it n
+times (all n greedy samples are the same sequence; both libraries refuse n > 1 greedy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from ..runtime import UserError
+
+BACKENDS = ("thinkfast", "hf", "vllm")
+
+VLLM_MISSING = ("--backend vllm needs vLLM, which is not installed: pip install 'thinkfast[vllm]' "
+                "(a CUDA GPU machine is required). --backend thinkfast and --backend hf work without it.")
+
+
+@dataclass
+class BackendSample:
+    text: str
+    token_ids: list[int]
+    logprobs: Optional[list[float]]
+    finish_reason: str
+
+
+@dataclass
+class BackendOutput:
+    prompt_ids: list[int]
+    samples: list[BackendSample]
+    timing: dict[str, Any] = field(default_factory=dict)
+
+
+def derive_seed(seed: int, prompt_ids: Sequence[Sequence[int]] | Sequence[int]) -> int:
+    """A 31-bit seed from (seed, prompt tokens): the same problem gets the same seed in any run."""
+    h = hashlib.blake2b(repr((int(seed), [list(p) if not isinstance(p, int) else p for p in prompt_ids])).encode(),
+                        digest_size=4).digest()
+    return int.from_bytes(h, "little") & 0x7FFFFFFF
+
+
+def _timing(prefill_s: float, decode_s: float, prompts: list[list[int]], n: int, new_tokens: int) -> dict[str, Any]:
+    return dict(prefill_s=float(prefill_s), decode_s=float(decode_s), batch_prompts=len(prompts),
+                batch_rows=len(prompts) * n, new_tokens=int(new_tokens), prompt_tokens=sum(len(p) for p in prompts))
+
+
+# --- transformers generate() ---------------------------------------------------------------------
+
+
+def _first_call_timer():
+    """A logits processor that notes when it is first called, i.e. when the prefill is done."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class FirstCall(LogitsProcessor):
+        def __init__(self):
+            self.t: Optional[float] = None
+
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+            if self.t is None:
+                self.t = time.perf_counter()
+            return scores
+
+    return FirstCall()
+
+
+def _stop_string_criteria(stopper: Any, prompt_len: int):
+    """Per-row stopping on our stop strings (the engine's rule: decode the tail, look for them).
+
+    transformers' own ``stop_strings`` needs to map every vocab token to its string, which fails
+    for some tokenizers (e.g. word-level ones), so the engine's checker is reused instead."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class StopStrings(StoppingCriteria):
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+            done = [stopper.hit(row[prompt_len:].tolist()) for row in input_ids]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return StopStrings()
+
+
+GenerateFn = Callable[[list[list[int]], int], list[BackendOutput]]
+
+
+def hf_generate_fn(model: Any, tokenizer: Any, settings: Any, stop: Sequence[str],
+                   eos_token_ids: Optional[Sequence[int]] = None) -> GenerateFn:
+    """A ``GenerateFn`` over a transformers causal LM's ``generate()`` with ``settings``
+    (a ``SampleSettings``: n, temperature, top_p, top_k, max_new_tokens)."""
+    import torch
+    from transformers import LogitsProcessorList, StoppingCriteriaList
+
+    from .engine import _StopChecker
+
+    stopper = _StopChecker(tuple(stop), tokenizer)
+    if eos_token_ids is None:
+        eos_token_ids = [tokenizer.eos_token_id] if getattr(tokenizer, "eos_token_id", None) is not None else []
+    eos = set(int(t) for t in eos_token_ids)
+    pad = getattr(tokenizer, "pad_token_id", None)
+    pad = pad if pad is not None else (min(eos) if eos else 0)
+    ctx = getattr(model.config, "max_position_embeddings", None)
+    greedy = settings.temperature == 0
+    n = settings.n
+
+    @torch.inference_mode()
+    def gen(prompts: list[list[int]], seed: int) -> list[BackendOutput]:
+        device = model.device
+        P, Lp = len(prompts), max(len(p) for p in prompts)
+        if ctx is not None and Lp > ctx:
+            raise ValueError(f"prompt of {Lp} tokens is longer than the model's context ({ctx})")
+        max_new = settings.max_new_tokens if ctx is None else min(settings.max_new_tokens, ctx - Lp)
+        ids = torch.full((P, Lp), pad, dtype=torch.long)
+        mask = torch.zeros(P, Lp, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, Lp - len(p):] = torch.tensor(p)
+            mask[i, Lp - len(p):] = 1
+        timer = _first_call_timer()
+        kw: dict[str, Any] = dict(
+            max_new_tokens=max_new, min_new_tokens=0, pad_token_id=pad, eos_token_id=sorted(eos) or None,
+            return_dict_in_generate=True, output_logits=True, logits_processor=LogitsProcessorList([timer]),
+            num_return_sequences=1 if greedy else n, do_sample=not greedy, top_k=0 if greedy else settings.top_k,
+            top_p=1.0 if greedy else settings.top_p, temperature=None if greedy else settings.temperature,
+            repetition_penalty=1.0,
+        )
+        if stopper.stops:
+            kw["stopping_criteria"] = StoppingCriteriaList([_stop_string_criteria(stopper, Lp)])
+        devices = [device] if device.type == "cuda" else []
+        t0 = time.perf_counter()
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(derive_seed(seed, prompts))
+            try:
+                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kw) \
+                    if max_new > 0 else None
+            except ValueError as e:
+                if "get_seq_length" in str(e):  # transformers cannot cache an all-Mamba GraniteMoeHybrid
+                    raise UserError(f"transformers' generate() fails on this model ({e}); use --backend "
+                                    "thinkfast (or vllm) for students without attention layers") from None
+                raise
+        t2 = time.perf_counter()
+        t1 = timer.t if timer.t is not None else t2
+        rows = 1 if greedy else n
+        if out is None:
+            seqs, lps = [[] for _ in range(P * rows)], [[] for _ in range(P * rows)]
+        else:
+            new = out.sequences[:, Lp:]
+            steps = torch.stack([lg.float() for lg in out.logits], 1)  # (R, L, V), raw model logits
+            lp = torch.log_softmax(steps, -1).gather(-1, new[:, : steps.shape[1], None])[..., 0]
+            seqs, lps = new.tolist(), lp.tolist()
+        outs, total_new = [], 0
+        for i, p in enumerate(prompts):
+            samples = []
+            for j in range(rows):
+                toks, lpr = seqs[i * rows + j], lps[i * rows + j]
+                length, reason = len(toks), "length"
+                for t in range(len(toks)):  # the engine's rule: EOS first, then a stop string
+                    if toks[t] in eos:
+                        length, reason = t + 1, "eos"
+                        break
+                    if stopper.stops and stopper.hit(toks[: t + 1]):
+                        length, reason = t + 1, "stop"
+                        break
+                toks, lpr = toks[:length], lpr[:length]
+                text = tokenizer.decode(toks, skip_special_tokens=True) if tokenizer is not None else ""
+                if reason == "stop":
+                    text = stopper.cut(text)
+                samples.append(BackendSample(text, toks, lpr, reason))
+            samples = samples * n if greedy else samples
+            total_new += sum(len(s.token_ids) for s in samples)
+            outs.append(BackendOutput(list(p), samples))
+        timing = _timing(t1 - t0, t2 - t1, prompts, n, total_new)
+        for o in outs:
+            o.timing = dict(timing)
+        return outs
+
+    return gen
+
+
+def load_hf_model(path: str, device: str = "cpu", dtype: Optional[str] = None):
+    """A transformers causal LM (no remote code), in eval mode on ``device``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    td = "auto" if dtype in (None, "auto") else getattr(torch, dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=td, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"transformers cannot load {path}: {e}") from None
+    return model.to(device).eval()
+
+
+# --- vLLM ------------------------------------------------------------------------------------------
+
+
+def import_vllm():
+    """The vllm module, or a UserError saying how to get it (never an ImportError)."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        raise UserError(VLLM_MISSING) from None
+    return vllm
+
+
+def load_vllm(path: str, dtype: Optional[str] = None, seed: int = 0, **engine_kwargs: Any):
+    """``vllm.LLM`` for a transformers checkpoint directory (no remote code, no prefix caching)."""
+    vllm = import_vllm()
+    kw = dict(model=str(path), tokenizer=str(path), dtype=dtype or "auto", seed=int(seed),
+              trust_remote_code=False, enable_prefix_caching=False)
+    kw.update(engine_kwargs)
+    return vllm.LLM(**kw)
+
+
+def _vllm_ttft(o: Any) -> Optional[float]:
+    """Seconds from arrival to first token of one vLLM request, when its metrics say."""
+    m = getattr(o, "metrics", None)
+    if m is None:
+        return None
+    first, arrival = getattr(m, "first_token_time", None), getattr(m, "arrival_time", None)
+    if first is not None and arrival is not None:
+        return max(0.0, float(first) - float(arrival))
+    lat = getattr(m, "first_token_latency", None)
+    return float(lat) if lat is not None else None
+
+
+def vllm_generate_fn(llm: Any, tokenizer: Any, settings: Any, stop: Sequence[str],
+                     context_len: Optional[int] = None) -> GenerateFn:
+    """A ``GenerateFn`` over ``llm.generate`` (an offline ``vllm.LLM``) with ``settings``."""
+    vllm = import_vllm()
+    SamplingParams = vllm.SamplingParams
+    greedy = settings.temperature == 0
+    n = settings.n
+    stops = [s for s in stop if s]
+
+    def params_for(p: list[int], seed: int):
+        max_tokens = settings.max_new_tokens
+        if context_len is not None:
+            if len(p) > context_len:
+                raise ValueError(f"prompt of {len(p)} tokens is longer than the model's context ({context_len})")
+            max_tokens = min(max_tokens, context_len - len(p))
+        if max_tokens < 1:
+            raise ValueError(f"prompt of {len(p)} tokens leaves no room for new tokens in the context")
+        return SamplingParams(n=1 if greedy else n, temperature=0.0 if greedy else settings.temperature,
+                              top_p=1.0 if greedy else settings.top_p,
+                              top_k=-1 if greedy or not settings.top_k else settings.top_k,  # -1 = off in all versions
+                              max_tokens=max_tokens, seed=derive_seed(seed, p), stop=stops or None, logprobs=0)
+
+    def gen(prompts: list[list[int]], seed: int) -> list[BackendOutput]:
+        inputs = [{"prompt_token_ids": list(p)} for p in prompts]
+        params = [params_for(list(p), seed) for p in prompts]
+        t0 = time.perf_counter()
+        res = list(llm.generate(inputs, params, use_tqdm=False))
+        t1 = time.perf_counter()
+        if len(res) != len(prompts):
+            raise RuntimeError(f"vLLM returned {len(res)} outputs for {len(prompts)} prompts")
+        ttfts = [_vllm_ttft(o) for o in res]
+        if all(t is not None for t in ttfts):
+            prefill = min(max(ttfts), t1 - t0)
+            total = t1 - t0
+        else:  # no per-request metrics: time a 1-token call on the same prompts (prefill + 1 step)
+            probe = [SamplingParams(n=1, temperature=0.0, max_tokens=1, seed=0) for _ in prompts]
+            tp = time.perf_counter()
+            llm.generate(inputs, probe, use_tqdm=False)
+            prefill = time.perf_counter() - tp
+            total = max(t1 - t0, prefill)
+        outs, total_new = [], 0
+        for p, o in zip(prompts, res):
+            comps = sorted(o.outputs, key=lambda c: getattr(c, "index", 0))
+            samples = []
+            for c in comps:
+                toks = [int(t) for t in c.token_ids]
+                lps = None
+                if getattr(c, "logprobs", None) is not None:
+                    lps = [float(d[t].logprob) for t, d in zip(toks, c.logprobs)]
+                if c.finish_reason == "length":
+                    reason = "length"
+                else:  # 'stop': a stop string (stop_reason is the string) or EOS / a stop token id
+                    reason = "stop" if isinstance(getattr(c, "stop_reason", None), str) else "eos"
+                samples.append(BackendSample(c.text, toks, lps, reason))
+            samples = samples * n if greedy else samples
+            total_new += sum(len(s.token_ids) for s in samples)
+            outs.append(BackendOutput(list(p), samples))
+        timing = _timing(prefill, total - prefill, prompts, n, total_new)
+        for o in outs:
+            o.timing = dict(timing)
+        return outs
+
+    return gen
+
+
+# --- one entry point for `thinkfast sample` --------------------------------------------------------
+
+
+@dataclass
+class Backend:
+    name: str
+    tokenizer: Any
+    context_len: Optional[int]
+    device: str
+    """Where it runs, for ``eval.budget.hardware_string``."""
+    make_generate_fn: Callable[[Any, Sequence[str]], Callable]
+    """(settings, stop strings) -> GenerateFn."""
+
+
+def _hf_context(path: str) -> Optional[int]:
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"transformers cannot read the config of {path}: {e}") from None
+    n = getattr(cfg, "max_position_embeddings", None)
+    return int(n) if n else None
+
+
+def open_backend(name: str, model_path: str, device: Optional[str] = None, dtype: Optional[str] = None,
+                 seed: int = 0, vllm_kwargs: Optional[dict[str, Any]] = None) -> Backend:
+    """Load ``model_path`` for backend ``name`` (thinkfast, hf or vllm)."""
+    from ..checkpoint import is_thinkfast_dir, load_tokenizer
+
+    if name not in BACKENDS:
+        raise UserError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    if name == "thinkfast":
+        import torch
+
+        from ..checkpoint import load_pretrained
+        from ..eval.sampling import context_length, engine_generate_fn
+
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model, tok = load_pretrained(model_path, device=dev, dtype=getattr(torch, dtype) if dtype else None)
+        return Backend(name, tok, context_length(model), dev,
+                       lambda settings, stop: engine_generate_fn(model, tok, settings, stop))
+    if is_thinkfast_dir(model_path):
+        raise UserError(f"{model_path} is a thinkfast model directory; --backend {name} reads transformers "
+                        f"checkpoints: run `thinkfast export {model_path} OUT_DIR` and pass --model OUT_DIR")
+    if name == "vllm":
+        import_vllm()  # the clear message before any loading
+    ctx = _hf_context(model_path)
+    tok = load_tokenizer(model_path) if Path(model_path).is_dir() else None
+    if tok is None:
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=False)
+        except (OSError, ValueError, TypeError):
+            tok = None
+    if name == "hf":
+        import torch
+
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_hf_model(model_path, dev, dtype)
+        return Backend(name, tok, ctx, dev, lambda settings, stop: hf_generate_fn(model, tok, settings, stop))
+    llm = load_vllm(model_path, dtype=dtype, seed=seed, **(vllm_kwargs or {}))
+    return Backend(name, tok, ctx, device or "cuda",
+                   lambda settings, stop: vllm_generate_fn(llm, tok, settings, stop, context_len=ctx))
