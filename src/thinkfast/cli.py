@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-rm": ("thinkfast.commands.train_rm", "train an outcome reward model on graded samples"),
     "evaluate": ("thinkfast.commands.evaluate", "metrics, budgets and the Pareto front to JSON"),
     "report": ("thinkfast.commands.report", "Markdown report with plots from evaluated runs"),
+    "select-layers": ("thinkfast.commands.select_layers", "score the teacher's layers and choose the attention "
+                      "layers a hybrid keeps (layers.json)"),
     "export": ("thinkfast.commands.export", "write a student as a transformers / vLLM checkpoint (Llama, "
                "GraniteMoeHybrid, Llamba)"),
 }
