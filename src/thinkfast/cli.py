@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("thinkfast.commands.report", "Markdown report with plots from evaluated runs"),
     "select-layers": ("thinkfast.commands.select_layers", "score the teacher's layers and choose the attention "
                       "layers a hybrid keeps (layers.json)"),
+    "compress": ("thinkfast.commands.compress", "a narrower student through trained width projections (RED)"),
+    "erank": ("thinkfast.commands.erank", "per-layer effective rank of hidden states, models side by side"),
     "export": ("thinkfast.commands.export", "write a student as a transformers / vLLM checkpoint (Llama, "
                "GraniteMoeHybrid, Llamba)"),
 }

@@ -195,7 +195,8 @@ class Trainer:
                                   f"(use another out_dir, or restore the settings): " + "; ".join(diffs))
         if step > self.cfg.steps:
             raise CheckpointError(f"{ckpt} is at step {step}, beyond train.steps={self.cfg.steps}")
-        model = load_model(ckpt / "model")  # CheckpointError when corrupt
+        # An objective whose student is not a plain LanguageModel (compress) reads its own checkpoints.
+        model = getattr(self.obj, "load_student", load_model)(ckpt / "model")  # CheckpointError when corrupt
         have, want = model.config.to_dict(), self.obj.student.config.to_dict()
         have_p, want_p = have.pop("layer_pattern"), want.pop("layer_pattern")
         diffs = _diff(have, want)
