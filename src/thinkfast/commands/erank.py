@@ -34,6 +34,7 @@ def _plot(results: dict, path: Path) -> None:
                            (axes[1], "cov_erank", "covariance eRank (Diff-eRank)")):
         for name, r in results.items():
             ax.plot(range(len(r[key])), r[key], marker="o", label=name)
+        ax.set_xticks(range(max(len(r[key]) for r in results.values())))
         ax.set_xlabel("layer (0 = embeddings)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
