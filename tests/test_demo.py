@@ -7,7 +7,7 @@ import pytest
 import thinkfast.demo as demo
 from thinkfast.cli import main
 
-RESULT_KEYS = {"config", "task", "teacher", "temperatures", "runs", "pareto", "throughput", "claim",
+RESULT_KEYS = {"config", "task", "teacher", "temperatures", "greedy", "runs", "pareto", "throughput", "claim",
                "stage_seconds", "models"}
 
 

@@ -250,4 +250,6 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     ),
     # A few-hundred-thousand-parameter model for tests.
     "tiny": dict(vocab_size=256, d_model=64, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=128, max_seq_len=512),
+    # The demo teacher's shape (src/thinkfast/assets/demo_teacher_recipe.yaml; its word-level vocabulary).
+    "demo": dict(vocab_size=197, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=384, max_seq_len=1024),
 }

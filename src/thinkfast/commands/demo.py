@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         print("--quick: tiny budgets, the numbers below are meaningless")
     for name, run in results["runs"].items():
-        print(f"{name:8s} coverage@1 {run['metrics']['coverage'][0]['mean']:.3f}  "
+        print(f"{name:8s} greedy {results['greedy'][name]['accuracy']:.3f}  coverage@1 {run['metrics']['coverage'][0]['mean']:.3f}  "
               f"coverage@{run['n']} {run['metrics']['coverage'][-1]['mean']:.3f}  "
               f"majority@{run['n']} {run['metrics']['majority'][-1]['mean']:.3f}")
     print(f"report: {out / 'report.md'}\nresults: {out / 'results.json'}")
