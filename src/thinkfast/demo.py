@@ -55,8 +55,9 @@ class DemoConfig:
     """Steps of MOHAWK's matrix, hidden and KD stages (Llamba)."""
     hybrid_kd_steps: int = 450
     sft_steps: int = 150
-    batch_size: int = 16
-    seq_len: int = 256
+    batch_size: int = 4
+    seq_len: int = 1024
+    """Students train on the positions they sample at (a few-shot prompt plus a chain is ~850 tokens)."""
     lr: float = 1e-3
     # sampling
     temperatures: list[float] = field(default_factory=lambda: [0.6, 0.8, 1.0])

@@ -43,8 +43,8 @@ def _check_cot(p: syn.Problem, width: int):
     if p.naming == "names":
         sentences = re.findall(r"[A-Z][a-z]+, [^.?]*\.", p.question)
     else:
-        sentences = re.findall(r"The [a-z]+ box has [^.?]*\.", p.question)
-        assert p.question.endswith(f"How many {p.item} are in the last box?")
+        sentences = re.findall(r"Box [a-z]+ has [^.?]*\.", p.question)
+        assert p.question.endswith(f"How many {p.item} are in box {p.steps[-1].name}?")
     assert len(sentences) == len(p.steps)
     phrase = {"add": "more {item}than", "sub": "fewer {item}than", "mul": "times as many {item}as"}
     for i, (sent, s) in enumerate(zip(sentences, p.steps)):  # the question states the structured form
@@ -54,7 +54,7 @@ def _check_cot(p: syn.Problem, width: int):
         if p.naming == "names":
             ref = p.steps[s.ref].name
         else:
-            ref = "the previous box" if s.ref == i - 1 else f"the {p.steps[s.ref].name} box"
+            ref = f"box {p.steps[s.ref].name}"
         assert sent.endswith(phrase[s.op].format(item=p.item + " ") + f" {ref}.")
     for i, (line, s) in enumerate(zip(lines, p.steps)):
         head, rest = line.split(". ", 1)
@@ -62,9 +62,9 @@ def _check_cot(p: syn.Problem, width: int):
         if p.naming == "names":
             assert head + "." == sentences[i]  # the sentence is restated verbatim
         else:  # restated without the item, naming the quantity read
-            expect = f"The {syn.ORDINALS[i]} box has {s.operand}"
+            expect = f"Box {syn.NUMBER_WORDS[i]} has {s.operand}"
             if s.op != "set":
-                expect += " " + phrase[s.op].format(item="") + f" the {p.steps[s.ref].name} box"
+                expect += " " + phrase[s.op].format(item="") + f" box {p.steps[s.ref].name}"
             assert head == expect
         if s.op == "set":
             m = re.fullmatch(rf" {s.name} = {d}", rest)
@@ -135,7 +135,7 @@ def test_answers_and_chain_of_thought_are_correct():
         assert all(0 <= v < 10 ** CFG.width for v in vals)
         assert p.solution.endswith(f"#### {p.answer}")
         assert syn.parse_answer(p.solution) == p.answer
-        assert [s.name for s in p.steps] == list(syn.ORDINALS[:len(p.steps)])
+        assert [s.name for s in p.steps] == list(syn.NUMBER_WORDS[:len(p.steps)])
         _check_cot(p, CFG.width)
 
 

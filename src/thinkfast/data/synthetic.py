@@ -4,9 +4,9 @@ thought designed to be learnable by a ~1M-parameter Llama in minutes of CPU trai
 A problem is a chain of named quantities. The first sentence sets one; each later sentence
 derives a new one from an earlier one (by default the one just before) with one operation::
 
-    The first box has 347 apples. The second box has 128 more apples than the first box. The
-    third box has 3 times as many apples as the second box. The fourth box has 56 fewer apples
-    than the third box. How many apples are in the fourth box?
+    Box one has 347 apples. Box two has 128 more apples than box one. Box three has 3 times as
+    many apples as box two. Box four has 56 fewer apples than box three. How many apples are in
+    box four?
 
 The number of operations is the problem's number of *steps* (3 above): the main difficulty knob.
 
@@ -14,30 +14,37 @@ The chain of thought has one line per sentence. Everything a line needs is eithe
 close before it or found through a key the model must learn anyway, and no line ever copies a
 word that carries no meaning (a person's name, the item):
 
-  * a quantity's name is its sentence's ordinal ("third"): the line's marker ("Third:") is the
-    previous line's plus one, and it is also the key that finds the sentence in the question;
-  * the line restates only what matters of its sentence: "Third: 3 times second.";
-  * the value it reads is restated as ``second = digits``, copied from the line that bound it;
+  * a quantity's name is a number word ("three"): the line's name is the previous line's plus
+    one, and it is the key that finds the sentence in the question. It sits right before "has",
+    so the operand is two tokens after the key -- the copy a small model learns. (With ordinals,
+    "The third box has 669", the key was three tokens before the operand, and a 0.8M Llama
+    trained on 12M tokens copied the wrong operand from the third sentence on: teacher-forced,
+    every error of a test chain was that first operand digit.)
+  * the line restates its sentence without the item: "Box three has 3 times as many as box two.";
+  * the value it reads is restated as ``two = digits``, copied from the line that bound it;
   * numbers are written at a fixed width (``width`` digits), least-significant digit first, one
     token per digit, so column i of every number sits at the same offset;
   * the operation is worked column by column, each column written out with its carry / borrow
     ("a + b + carry_in = carry_out digit"); multiplication is by a single digit;
-  * the line ends by binding the result: ``third = 5 2 4 1``.
+  * the line ends by binding the result: ``three = 5 2 4 1``;
+  * ``answer = 1 4 2 5`` restates the last value most significant digit first, so writing the
+    answer is a copy, not a reversal.
 
 The answer line is ``#### N`` with N written normally, so grading is an integer comparison::
 
-    First: 347. first = 7 4 3 0
-    Second: 128 more than first. first = 7 4 3 0 plus 8 2 1 0 : 7 + 8 + 0 = 1 5 ,
-      4 + 2 + 1 = 0 7 , 3 + 1 + 0 = 0 4 , 0 + 0 + 0 = 0 0 . second = 5 7 4 0
-    Third: 3 times second. second = 5 7 4 0 times 3 : 5 * 3 + 0 = 1 5 , 7 * 3 + 1 = 2 2 ,
-      4 * 3 + 2 = 1 4 , 0 * 3 + 1 = 0 1 . third = 5 2 4 1
-    Fourth: 56 fewer than third. third = 5 2 4 1 minus 6 5 0 0 : 5 - 6 - 0 = 1 9 , ... . fourth = 9 6 3 1
+    Box one has 347. one = 7 4 3 0
+    Box two has 128 more than box one. one = 7 4 3 0 plus 8 2 1 0 : 7 + 8 + 0 = 1 5 ,
+      4 + 2 + 1 = 0 7 , 3 + 1 + 0 = 0 4 , 0 + 0 + 0 = 0 0 . two = 5 7 4 0
+    Box three has 3 times as many as box two. two = 5 7 4 0 times 3 : 5 * 3 + 0 = 1 5 ,
+      7 * 3 + 1 = 2 2 , 4 * 3 + 2 = 1 4 , 0 * 3 + 1 = 0 1 . three = 5 2 4 1
+    Box four has 56 fewer than box three. three = 5 2 4 1 minus 6 5 0 0 : ... . four = 9 6 3 1
+    answer = 1 3 6 9
     #### 1369
 
-(each CoT line is one text line; wrapped here). ``naming="names"`` is the earlier design with
+(each CoT line is one text line; wrapped here). ``naming="names"`` is an earlier design with
 people ("Bob has 128 more apples than Ann.") whose CoT restates each sentence verbatim; a 0.8M
-Llama did not learn to copy names or item words in 15 CPU minutes (see
-benchmarks/synthetic_teacher_probe.md), so it is kept only for comparison.
+Llama did not learn to copy names or item words in 15 CPU minutes, so it is kept only for
+comparison.
 
 Train and test problems are disjoint by construction: a problem belongs to the test split iff a
 hash of its question text falls in the test fraction of the hash space, so no size or seed
@@ -65,6 +72,8 @@ ITEMS = (
 )
 MARKERS = ("First", "Second", "Third", "Fourth", "Fifth", "Sixth", "Seventh", "Eighth", "Ninth")
 ORDINALS = tuple(m.lower() for m in MARKERS)
+NUMBER_WORDS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+"""Names of the quantities in 'ordinal' naming: "Box three has 669 more shells than box two."."""
 CONTAINERS = ("box",)
 """Containers for 'ordinal' naming (one: a CoT line names it, and copying a word that varies
 from problem to problem was measured not to be learned)."""
@@ -100,9 +109,9 @@ class SyntheticConfig:
     backref_prob: float = 0.0
     """Probability that a step refers to an earlier quantity than the previous one."""
     naming: str = "ordinal"
-    """How quantities are named. 'ordinal': "the third box" -- the name is the sentence's
-    marker, and a CoT line restates its sentence compactly ("Third: 3 times second."), so the
-    chain never has to copy a name or an item word. 'names': people ("Cal"), each CoT line restates
+    """How quantities are named. 'ordinal': numbered boxes ("Box three") -- the name is the
+    sentence's position, and a CoT line restates its sentence without the item ("Box three has 3
+    times as many as box two."), so the chain never has to copy a name or an item word. 'names': people ("Cal"), each CoT line restates
     its sentence verbatim (names and item words included)."""
     msb_line: bool = True
     """End the chain with ``answer = 0 3 7 1`` (the answer's digits most significant first, fixed
@@ -239,19 +248,14 @@ def _sentence(i: int, steps: Sequence[Step], item: str, container: str = "", cot
     """Sentence ``i`` of the question, or (``cot``) its restatement in the chain of thought.
 
     'names' (no container): "Bob has 128 more apples than Ann." -- the CoT repeats it verbatim.
-    'ordinal': "The second box has 128 more apples than the previous box." The CoT drops the item
-    and names the quantity it reads: "The second box has 128 more than the first box."
+    'ordinal': "Box two has 128 more apples than box one." The CoT drops the item: "Box two has
+    128 more than box one."
     """
     step = steps[i]
     item_ = "" if cot else f" {item}"
     if container:
-        subj = f"The {step.name} {container}"
-        if step.ref is None:
-            ref = ""
-        elif step.ref == i - 1 and not cot:
-            ref = f"the previous {container}"
-        else:
-            ref = f"the {steps[step.ref].name} {container}"
+        subj = f"{container.capitalize()} {step.name}"
+        ref = "" if step.ref is None else f"{container} {steps[step.ref].name}"
     else:
         subj = step.name
         ref = steps[step.ref].name if step.ref is not None else ""
@@ -305,10 +309,10 @@ def columns_text(op: str, a: int, b: int, width: int) -> str:
 
 
 def render_question(steps: Sequence[Step], item: str, markers: bool = True, container: str = "") -> str:
-    """The question. ``container`` given = 'ordinal' naming (steps are named by ordinals)."""
+    """The question. ``container`` given = 'ordinal' naming (steps are named "one", "two", ...)."""
     if container:
         parts = [_sentence(i, steps, item, container) for i in range(len(steps))]
-        parts.append(f"How many {item} are in the last {container}?")
+        parts.append(f"How many {item} are in {container} {steps[-1].name}?")
     else:
         parts = [_marked(i, _sentence(i, steps, item), markers) for i in range(len(steps))]
         parts.append(f"How many {item} does {steps[-1].name} have?")
@@ -360,7 +364,7 @@ def _draw_steps(rng: random.Random, cfg: SyntheticConfig) -> Optional[list[Step]
     """One random chain, or None when the draw got stuck (no operation fits a value)."""
     counts = list(range(cfg.min_steps, cfg.max_steps + 1))
     n_ops = rng.choices(counts, weights=cfg.step_weights)[0] if cfg.step_weights else rng.choice(counts)
-    names = list(ORDINALS[:n_ops + 1]) if cfg.naming == "ordinal" else rng.sample(NAMES, n_ops + 1)
+    names = list(NUMBER_WORDS[:n_ops + 1]) if cfg.naming == "ordinal" else rng.sample(NAMES, n_ops + 1)
     top = cfg.max_value
     v0 = rng.randint(*cfg.start_range)
     steps = [Step(names[0], "set", v0, None, v0)]
@@ -527,7 +531,8 @@ def format_example(question: str, solution: str) -> str:
 def tokenizer_texts(cfg: Optional[SyntheticConfig] = None) -> list[str]:
     """Texts that together contain every piece the task (prompts included) can produce."""
     cfg = cfg or SyntheticConfig()
-    words = list(NAMES) + list(ITEMS) + list(MARKERS) + list(ORDINALS) + list(CONTAINERS)
+    words = list(NAMES) + list(ITEMS) + list(MARKERS) + list(ORDINALS) + list(CONTAINERS) + list(NUMBER_WORDS)
+    words += [c.capitalize() for c in CONTAINERS]
     words += list(_OP_WORD.values())
     words += ["has", "more", "fewer", "than", "times", "as", "many", "How", "does", "have", "are", "in",
               "the", "The", "previous", "last", "Question", "Answer"]

@@ -2,9 +2,9 @@
 
 Prompt format (plain text, GSM8K style)::
 
-    Question: The first box has 347 apples. The second box has ... How many apples are in the last box?
-    Answer: The first box has 347. first = 7 4 3 0
-    The second box has 128 more than the first box. first = 7 4 3 0 plus 8 2 1 0 : ... . second = 5 7 4 0
+    Question: Box one has 347 apples. Box two has 128 more apples than box one. ... How many apples are in box four?
+    Answer: Box one has 347. one = 7 4 3 0
+    Box two has 128 more than box one. one = 7 4 3 0 plus 8 2 1 0 : ... . two = 5 7 4 0
     ...
     #### 1369
 
