@@ -228,7 +228,7 @@ def kl_guided_scores(teacher_dir: str, data: DataConfig, work_dir: str | os.Path
 def choose_layers(scores: list[Optional[float]], k: int) -> tuple[list[int], list[str]]:
     """The k best-scoring layers (ties: the lower index), sorted, and notes on the choice.
 
-    Greedy: each layer was scored with all the others as they were, so two adjacent layers may
+    Greedy: each layer was scored alone (the others as in its method), so two adjacent layers may
     be partly redundant; chosen neighbours are pointed out rather than silently accepted.
     """
     ranked = sorted((i for i, s in enumerate(scores) if s is not None and not math.isnan(s)),
@@ -237,8 +237,8 @@ def choose_layers(scores: list[Optional[float]], k: int) -> tuple[list[int], lis
         raise UserError(f"cannot keep {k} attention layers: only {len(ranked)} of {len(scores)} layers "
                         f"are attention in the teacher")
     chosen = sorted(ranked[:k])
-    notes = [f"layers {a} and {b} are adjacent: each was scored with the other still attention, so keeping "
-             f"both may buy less than their scores suggest" for a, b in zip(chosen, chosen[1:]) if b == a + 1]
+    notes = [f"layers {a} and {b} are adjacent: each was scored alone, so keeping both may buy less than "
+             f"their two scores suggest" for a, b in zip(chosen, chosen[1:]) if b == a + 1]
     if k < len(ranked) and scores[ranked[k - 1]] == scores[ranked[k]]:
         notes.append(f"layers {ranked[k - 1]} and {ranked[k]} tie at score {scores[ranked[k]]:.6g}; "
                      f"the lower index was kept")
