@@ -41,10 +41,13 @@ The answer line is ``#### N`` with N written normally, so grading is an integer 
     answer = 1 3 6 9
     #### 1369
 
-(each CoT line is one text line; wrapped here). ``naming="names"`` is an earlier design with
-people ("Bob has 128 more apples than Ann.") whose CoT restates each sentence verbatim; a 0.8M
-Llama did not learn to copy names or item words in 15 CPU minutes, so it is kept only for
-comparison.
+(each CoT line is one text line; wrapped here). ``naming="names"`` names people ("Second, Bob
+has 128 more apples than Ann.") and the CoT restates each sentence verbatim. The shipped demo
+teacher uses it: with a 0.8M Llama, 1500 steps x 8 x 1024 tokens, it reached 10% greedy on the
+test split, against 4% for numbered boxes at 1400 steps. In both, what the model had not learned
+is the look-up of sentence k in the question (teacher-forced, nearly every remaining error is
+the first token of a restated sentence: the name after "Third," or the operand after "Box three
+has"), while the column arithmetic and the bindings were learned.
 
 Train and test problems are disjoint by construction: a problem belongs to the test split iff a
 hash of its question text falls in the test fraction of the hash space, so no size or seed
