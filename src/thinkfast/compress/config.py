@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from ..config import ConfigError, from_dict, to_dict
 from ..data.dataset import DataConfig
-from ..distill.config import TrainConfig, apply_overrides, check_types, precheck
+from ..distill.config import TrainConfig, check_types, precheck, read_recipe
 from .init import INITS
 
 
@@ -73,15 +73,4 @@ def build_config(data: dict[str, Any]) -> CompressConfig:
 
 
 def load_config(path: str | Path, overrides: Optional[list[str]] = None) -> CompressConfig:
-    import yaml
-
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe is a mapping at the top level")
-    return build_config(apply_overrides(data, overrides or []))
+    return build_config(read_recipe(path, overrides))

@@ -300,7 +300,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | Path, overrides: Optional[list[str]] = None) -> DistillConfig:
+def read_recipe(path: str | Path, overrides: Optional[list[str]] = None) -> dict[str, Any]:
+    """A YAML recipe as a mapping, with ``key=value`` overrides applied (clear errors on bad files)."""
     import yaml
 
     path = Path(path)
@@ -312,7 +313,11 @@ def load_config(path: str | Path, overrides: Optional[list[str]] = None) -> Dist
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe is a mapping at the top level")
-    return build_config(apply_overrides(data, overrides or []))
+    return apply_overrides(data, overrides or [])
+
+
+def load_config(path: str | Path, overrides: Optional[list[str]] = None) -> DistillConfig:
+    return build_config(read_recipe(path, overrides))
 
 
 def config_to_yaml(cfg: DistillConfig) -> str:
