@@ -1,0 +1,50 @@
+"""Where a demo teacher's chain of thought goes wrong, teacher-forced.
+
+For the first ``--problems`` test problems, feeds ``Question: q\\nAnswer: cot\\n\\n`` (the training
+layout) and reports the response-token accuracy, the chains with no error, and the commonest
+contexts (the three tokens before) of a wrong argmax prediction -- e.g. ``'/Third,' 40`` says the
+name after the marker "Third," was wrong in 40 chains: the look-up of sentence 3 in the question.
+
+    python benchmarks/teacher_errors.py --model demo_out/teacher/model --data demo_out/data/test.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+
+import torch
+
+from thinkfast.checkpoint import load_model, load_tokenizer
+
+
+@torch.inference_mode()
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data", required=True, help="JSONL with question / answer")
+    ap.add_argument("--problems", type=int, default=40)
+    ap.add_argument("--top", type=int, default=12)
+    args = ap.parse_args()
+    model, tok = load_model(args.model).eval(), load_tokenizer(args.model)
+    with open(args.data) as f:
+        rows = [json.loads(line) for line in f if line.strip()][: args.problems]
+    errors: collections.Counter[str] = collections.Counter()
+    total = wrong_total = perfect = 0
+    for r in rows:
+        p = tok("Question: " + r["question"] + "\nAnswer:", add_special_tokens=False)["input_ids"]
+        a = tok(" " + r["answer"] + "\n\n", add_special_tokens=False)["input_ids"]
+        x = torch.tensor([p + a])  # (1, T)
+        pred = model(x).logits[0, -len(a) - 1:-1].argmax(-1)  # (len(a),) predictions of the answer tokens
+        wrong = (pred != x[0, -len(a):]).nonzero().flatten().tolist()
+        total, wrong_total, perfect = total + len(a), wrong_total + len(wrong), perfect + (not wrong)
+        for w in wrong:
+            errors[tok.decode(a[max(0, w - 3):w]).replace("\n", "/")] += 1
+    print(f"response-token accuracy {1 - wrong_total / total:.4f}; chains with no error {perfect}/{len(rows)}")
+    for ctx, n in errors.most_common(args.top):
+        print(f"{n:5d}  after {ctx!r}")
+
+
+if __name__ == "__main__":
+    main()
