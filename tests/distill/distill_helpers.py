@@ -4,10 +4,9 @@ A module with a unique name (not conftest) so test files can import it unambiguo
 
 from __future__ import annotations
 
-import json
-import random
 from pathlib import Path
 
+import token_data
 import torch
 
 from thinkfast.config import ModelConfig
@@ -31,13 +30,7 @@ def tiny_teacher(seed: int = 0, **kw) -> LanguageModel:
 
 def write_token_data(path: Path, n: int = 48, seed: int = 0) -> Path:
     """Rows of token ids: a prompt [1, a] and a response counting up from a (learnable)."""
-    rng = random.Random(seed)
-    with open(path, "w") as f:
-        for _ in range(n):
-            a = rng.randrange(4, VOCAB - 4)
-            resp = [(a + k) % (VOCAB - 4) + 4 for k in range(9)]
-            f.write(json.dumps({"prompt_ids": [1, a], "response_ids": resp + [2]}) + "\n")
-    return path
+    return token_data.write_token_data(path, VOCAB, n=n, seed=seed)
 
 
 def recipe(tmp: Path, teacher_dir: Path, data: Path, stages: list[dict], **top) -> dict:

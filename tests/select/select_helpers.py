@@ -4,10 +4,9 @@ A module with a unique name (not conftest) so test files can import it unambiguo
 
 from __future__ import annotations
 
-import json
-import random
 from pathlib import Path
 
+import token_data
 import torch
 
 from thinkfast.checkpoint import save_model
@@ -31,13 +30,7 @@ def make_teacher(seed: int = 0, zero_o_proj: tuple[int, ...] = (), n_layers: int
 
 
 def write_token_data(path: Path, n: int = 40, seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    with open(path, "w") as f:
-        for _ in range(n):
-            a = rng.randrange(4, VOCAB - 4)
-            resp = [(a + 3 * k) % (VOCAB - 4) + 4 for k in range(11)]
-            f.write(json.dumps({"prompt_ids": [1, a], "response_ids": resp}) + "\n")
-    return path
+    return token_data.write_token_data(path, VOCAB, n=n, seed=seed, stride=3, length=11, eos=None)
 
 
 def data_config(path: Path) -> DataConfig:
