@@ -35,9 +35,11 @@ SHIPPED_TEACHER = ASSETS / "demo_teacher"
 TEACHER_RECIPE = ASSETS / "demo_teacher_recipe.yaml"
 MODELS = ("teacher", "llamba", "hybrid")
 TASK_FORMAT = {"prompt_template": "Question: {question}\nAnswer:", "response_template": " {answer}\n\n",
-               "add_bos": False, "add_eos": False}
-"""How training rows are laid out: back to back exactly as the few-shot prompt shows them (the
-teacher recipe's YAML says the same)."""
+               "add_bos": False, "add_eos": False, "pack": False}
+"""How training rows are laid out: one problem per row, exactly as the (zero-shot) prompt shows it
+and right-padded (the teacher recipe's YAML says the same). Rows are not packed: a packed row holds
+earlier problems whose sentences ("Third Vic has ...") are decoys for the look-up of sentence k in
+the current question, which is the step a small model learns last."""
 
 
 @dataclass
@@ -56,8 +58,8 @@ class DemoConfig:
     hybrid_kd_steps: int = 450
     sft_steps: int = 150
     batch_size: int = 4
-    seq_len: int = 1024
-    """Students train on the positions they sample at (a few-shot prompt plus a chain is ~850 tokens)."""
+    seq_len: int = 512
+    """Row length: a prompt plus the longest chain is ~400 tokens."""
     lr: float = 1e-3
     # sampling
     temperatures: list[float] = field(default_factory=lambda: [0.6, 0.8, 1.0])

@@ -41,7 +41,7 @@ def _check_cot(p: syn.Problem, width: int):
     assert len(lines) == len(p.steps)
     d = r"((?:\d ){%d}\d)" % (width - 1)
     if p.naming == "names":
-        sentences = re.findall(r"[A-Z][a-z]+, [^.?]*\.", p.question)
+        sentences = re.findall(r"[A-Z][a-z]+,? [^.?\n]*\.", p.question)
     else:
         sentences = re.findall(r"Box [a-z]+ has [^.?]*\.", p.question)
         assert p.question.endswith(f"How many {p.item} are in box {p.steps[-1].name}?")
@@ -186,6 +186,26 @@ def test_difficulty_knobs():
     assert not any(m + "," in p.question for p in plain for m in syn.MARKERS)
 
 
+def test_demo_layout_keys_each_line_by_its_first_token():
+    """No comma after the marker and one sentence per line: a CoT line and its sentence start with
+    the same tokens ("Third" "▁Vic"), so restating sentence k starts with a one-token look-up."""
+    from thinkfast.data.tokenizer import pieces
+
+    cfg = syn.SyntheticConfig(naming="names", marker_comma=False, sentence_sep="\n", max_steps=5)
+    for p in syn.generate(cfg, "train", 30, seed=5):
+        _check_cot(p, cfg.width)
+        sentences = p.question.split("\n")
+        assert len(sentences) == len(p.steps) + 1 and sentences[-1].startswith("How many")
+        lines = p.solution.split("\n")
+        for i, (sent, line) in enumerate(zip(sentences[:-1], lines)):
+            assert sent.startswith(f"{syn.MARKERS[i]} {p.steps[i].name} has {p.steps[i].operand}")
+            assert line.startswith(sent)
+            if i:  # after a newline in both the question and the chain: the very same pieces
+                assert pieces("\n" + line)[:4] == pieces("\n" + sent)[:4]
+    with pytest.raises(syn.SyntheticError):
+        syn.SyntheticConfig(sentence_sep="; ")
+
+
 def test_bad_configs_are_refused():
     for bad in [dict(min_steps=0), dict(min_steps=4, max_steps=3), dict(max_steps=20), dict(ops=["div"]),
                 dict(step_weights=[1, 2]), dict(mul_range=[2, 12]), dict(width=2, start_range=[10, 999]),
@@ -244,6 +264,8 @@ def test_task_plugin(tmp_path):
     assert syn.split_of(shot.question, task.config) == "train" and shot.n_steps == task.shot_steps
     with pytest.raises(ValueError):
         task.prompt(e, "chat")
+    zero = SyntheticTask(n_shots=0)  # no worked example: the few-shot prompt is the plain one
+    assert zero.shots() == [] and zero.prompt(e, "fewshot") == plain
     # a completion stops at the blank line that ends a worked example
     assert "\n\n" in task.stop and "\n\n" not in e.gold
     # reading a JSONL file instead of generating

@@ -122,6 +122,14 @@ class SyntheticConfig:
     where the line stops, instead of a reversal that must count digits."""
     markers: bool = True
     """'names' only: start each sentence with an ordinal marker ("Second,") that the CoT repeats."""
+    marker_comma: bool = True
+    """Write the marker as "Third, Fay has ..." (True) or "Third Fay has ..." (False). Without the
+    comma the name sits right after its key, so restating the sentence starts with a one-token
+    look-up (the token after "Third"), not a two-token one (the token after "Third ,")."""
+    sentence_sep: str = " "
+    """Between the question's sentences. "\n" puts each on a line of its own, so a sentence's first
+    word is the same token in the question and in the chain of thought, where every line starts
+    after a newline (the tokenizer tells "Third" from " Third")."""
     test_fraction: float = 0.2
     """Share of the question-hash space reserved for the test split."""
 
@@ -149,6 +157,8 @@ class SyntheticConfig:
             raise SyntheticError("operand_range must start at 1 or more")
         if self.mul_range[0] < 2 or self.mul_range[1] > 9:
             raise SyntheticError("mul_range must lie in [2, 9] (single-digit multipliers)")
+        if self.sentence_sep not in (" ", "\n"):
+            raise SyntheticError(f"sentence_sep must be ' ' or '\\n', got {self.sentence_sep!r}")
         if self.naming not in NAMINGS:
             raise SyntheticError(f"naming must be one of {NAMINGS}, got {self.naming!r}")
         if not 0 <= self.backref_prob <= 1:
@@ -271,8 +281,10 @@ def _sentence(i: int, steps: Sequence[Step], item: str, container: str = "", cot
     return f"{subj} has {step.operand} times as many{item_} as {ref}."
 
 
-def _marked(i: int, sentence: str, markers: bool) -> str:
-    return f"{MARKERS[i]}, {sentence}" if markers else sentence
+def _marked(i: int, sentence: str, markers: bool, comma: bool = True) -> str:
+    if not markers:
+        return sentence
+    return f"{MARKERS[i]}, {sentence}" if comma else f"{MARKERS[i]} {sentence}"
 
 
 def columns_text(op: str, a: int, b: int, width: int) -> str:
@@ -311,19 +323,20 @@ def columns_text(op: str, a: int, b: int, width: int) -> str:
     return " , ".join(cols)
 
 
-def render_question(steps: Sequence[Step], item: str, markers: bool = True, container: str = "") -> str:
+def render_question(steps: Sequence[Step], item: str, markers: bool = True, container: str = "",
+                    marker_comma: bool = True, sep: str = " ") -> str:
     """The question. ``container`` given = 'ordinal' naming (steps are named "one", "two", ...)."""
     if container:
         parts = [_sentence(i, steps, item, container) for i in range(len(steps))]
         parts.append(f"How many {item} are in {container} {steps[-1].name}?")
     else:
-        parts = [_marked(i, _sentence(i, steps, item), markers) for i in range(len(steps))]
+        parts = [_marked(i, _sentence(i, steps, item), markers, marker_comma) for i in range(len(steps))]
         parts.append(f"How many {item} does {steps[-1].name} have?")
-    return " ".join(parts)
+    return sep.join(parts)
 
 
 def render_solution(steps: Sequence[Step], item: str, width: int, markers: bool = True,
-                    container: str = "", msb_line: bool = True) -> str:
+                    container: str = "", msb_line: bool = True, marker_comma: bool = True) -> str:
     """The chain of thought, one line per sentence, then ``#### N``."""
     values = evaluate(steps)
     lines = []
@@ -331,7 +344,7 @@ def render_solution(steps: Sequence[Step], item: str, width: int, markers: bool 
         if container:
             head = _sentence(i, steps, item, container, cot=True)
         else:
-            head = _marked(i, _sentence(i, steps, item), markers)
+            head = _marked(i, _sentence(i, steps, item), markers, marker_comma)
         if s.op == "set":
             lines.append(f"{head} {s.name} = {_digits_text(values[i], width)}")
             continue
@@ -413,8 +426,8 @@ def make_problem(steps: list[Step], item: str, cfg: SyntheticConfig, container: 
     if cfg.naming == "ordinal" and not container:
         raise ValueError("'ordinal' naming needs a container word")
     container = container if cfg.naming == "ordinal" else ""
-    question = render_question(steps, item, cfg.markers, container)
-    solution = render_solution(steps, item, cfg.width, cfg.markers, container, cfg.msb_line)
+    question = render_question(steps, item, cfg.markers, container, cfg.marker_comma, cfg.sentence_sep)
+    solution = render_solution(steps, item, cfg.width, cfg.markers, container, cfg.msb_line, cfg.marker_comma)
     return Problem(item, steps, question, solution, evaluate(steps)[-1], container, cfg.naming)
 
 
@@ -434,7 +447,7 @@ def iter_problems(cfg: SyntheticConfig, split: str, seed: int = 0) -> Iterator[P
             continue
         item = rng.choice(ITEMS)
         container = rng.choice(CONTAINERS) if cfg.naming == "ordinal" else ""
-        question = render_question(steps, item, cfg.markers, container)
+        question = render_question(steps, item, cfg.markers, container, cfg.marker_comma, cfg.sentence_sep)
         if split_of(question, cfg) != split:
             continue
         h = question_hash(question)
@@ -462,7 +475,7 @@ def problem_from_record(rec: dict, cfg: Optional[SyntheticConfig] = None) -> Pro
     prob = Problem(rec["item"], steps, rec["question"], rec["answer"], values[-1], container,
                    rec.get("naming", "ordinal" if container else "names"))
     if cfg is not None:
-        if render_question(steps, rec["item"], cfg.markers, container) != rec["question"]:
+        if render_question(steps, rec["item"], cfg.markers, container, cfg.marker_comma, cfg.sentence_sep) != rec["question"]:
             raise ValueError("record's question does not match its steps")
     return prob
 

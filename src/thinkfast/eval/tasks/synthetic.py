@@ -70,8 +70,8 @@ class SyntheticTask(Task):
     def shots(self) -> list[syn.Problem]:
         """The worked examples of the few-shot prompt: train problems, never test ones."""
         if self._shots is None:
-            out = []
-            for p in syn.iter_problems(self.config, "train", self.seed):
+            out: list[syn.Problem] = []
+            for p in syn.iter_problems(self.config, "train", self.seed) if self.n_shots > 0 else ():
                 if p.n_steps == self.shot_steps:
                     out.append(p)
                     if len(out) == self.n_shots:
