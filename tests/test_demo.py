@@ -8,7 +8,7 @@ import thinkfast.demo as demo
 from thinkfast.cli import main
 
 RESULT_KEYS = {"config", "task", "teacher", "temperatures", "greedy", "runs", "pareto", "throughput", "claim",
-               "stage_seconds", "models"}
+               "stage_seconds", "models", "hybrid_layers"}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,15 @@ def test_quick_demo_writes_a_complete_report(quick_run):
         assert (quick_run / png).stat().st_size > 1000
         assert f"({png})" in report
     stages = json.loads((quick_run / "stages.json").read_text())
-    assert {"data", "teacher", "llamba", "hybrid", "orm", "sample-teacher"} <= set(stages)
+    assert {"data", "teacher", "select", "llamba", "hybrid", "orm", "sample-teacher"} <= set(stages)
+    # the hybrid keeps the half of the layers chosen by leave-one-out KL, and distils with exactly those
+    chosen = results["hybrid_layers"]
+    n = len(chosen["scores"])
+    assert len(chosen["layers"]) == n // 2 and chosen["method"] == "loo"
+    ranked = sorted(range(n), key=lambda i: (-chosen["scores"][i], i))
+    assert chosen["layers"] == sorted(ranked[: n // 2])
+    hybrid = json.loads((quick_run / "hybrid" / "model" / "config.json").read_text())["model"]["layer_pattern"]
+    assert [i for i, c in enumerate(hybrid) if c == "A"] == chosen["layers"]
 
 
 def test_second_run_reuses_finished_stages(quick_run, capsys):

@@ -53,10 +53,14 @@ class DemoConfig:
     n_test: int = 100
     """Test problems evaluated."""
     # students
-    mohawk_steps: list[int] = field(default_factory=lambda: [150, 150, 300])
+    mohawk_steps: list[int] = field(default_factory=lambda: [200, 300, 1000])
     """Steps of MOHAWK's matrix, hidden and KD stages (Llamba)."""
-    hybrid_kd_steps: int = 450
-    sft_steps: int = 150
+    hybrid_keep: float = 0.5
+    """Share of the teacher's layers the hybrid keeps as attention, chosen by leave-one-out KL."""
+    select_rows: int = 64
+    """Train problems the leave-one-out scores are measured on (half of them held out)."""
+    hybrid_kd_steps: int = 1000
+    sft_steps: int = 300
     batch_size: int = 4
     seq_len: int = 512
     """Row length: a prompt plus the longest chain is ~400 tokens."""
@@ -76,8 +80,8 @@ class DemoConfig:
     def preset(cls, quick: bool) -> "DemoConfig":
         if not quick:
             return cls()
-        return cls(quick=True, n_train=400, n_test=8, mohawk_steps=[4, 4, 6], hybrid_kd_steps=6, sft_steps=4,
-                   batch_size=4, seq_len=128, temperatures=[0.8, 1.0], temp_problems=4, temp_samples=2,
+        return cls(quick=True, select_rows=8, n_train=400, n_test=8, mohawk_steps=[4, 4, 6], hybrid_kd_steps=6,
+                   sft_steps=4, batch_size=4, seq_len=128, temperatures=[0.8, 1.0], temp_problems=4, temp_samples=2,
                    orm_problems=8, orm_samples=4, n_samples=4, batch_problems=4, max_new_tokens=64)
 
 
@@ -193,8 +197,31 @@ def llamba_recipe(cfg: DemoConfig, out_dir: Path, teacher_dir: Path, train: Path
     ])
 
 
-def hybrid_recipe(cfg: DemoConfig, out_dir: Path, teacher_dir: Path, train: Path):
-    return _student_recipe(cfg, out_dir, teacher_dir, train, 0.5, "mamba2", [
+def select_hybrid_layers(cfg: DemoConfig, teacher_dir: Path, train: Path, out_path: Path,
+                         log: Callable[[str], None]) -> dict[str, Any]:
+    """The hybrid's attention layers: the half of the teacher's layers whose leave-one-out KL is
+    largest (``thinkfast select-layers --method loo``), measured on train rows. On the earlier demo
+    teacher this choice distilled to a KL 27x lower than even spacing (README, layer selection)."""
+    from .checkpoint import load_model, load_tokenizer
+    from .data.dataset import DataConfig, load_data
+    from .select import layers as S
+
+    teacher = load_model(teacher_dir).eval()
+    data = DataConfig(train=str(train), **TASK_FORMAT, loss_on="response", seq_len=cfg.seq_len,
+                      max_examples=cfg.select_rows, eval_fraction=0.5, seed=cfg.seed)
+    bundle = load_data(data, load_tokenizer(teacher_dir), teacher.config.vocab_size)
+    result = S.loo_scores(teacher, bundle.eval, "mamba2", cfg.seed)
+    k = S.keep_count(cfg.hybrid_keep, teacher.config.n_layers)
+    chosen, notes = S.choose_layers(result.scores, k)
+    doc = S.layers_document(teacher.config.n_layers, chosen, result, notes, keep=cfg.hybrid_keep, method="loo")
+    S.write_layers_json(out_path, doc)
+    log(f"hybrid keeps attention layers {chosen} (leave-one-out KL "
+        + ", ".join("-" if v is None else f"{v:.3g}" for v in result.scores) + ")")
+    return doc
+
+
+def hybrid_recipe(cfg: DemoConfig, out_dir: Path, teacher_dir: Path, train: Path, keep: Any = 0.5):
+    return _student_recipe(cfg, out_dir, teacher_dir, train, keep, "mamba2", [
         {"name": "kd", "objective": "kd", "loss": {"kind": "reverse"}, "train": {"steps": cfg.hybrid_kd_steps}},
         {"name": "sft", "objective": "lm", "train": {"steps": cfg.sft_steps, "lr": cfg.lr / 3}},
     ])
@@ -362,6 +389,9 @@ def demo_markdown(results: dict[str, Any]) -> list[str]:
                       f"({r['llamba_k']}) | {_pct(r['hybrid'])} ({r['hybrid_k']}) |")
         md += ["", f"Budgets where a student is above the teacher: Llamba {v['student_wins']['llamba']}, "
                f"hybrid {v['student_wins']['hybrid']} of {v['budgets_compared']}.", ""]
+    hl = results["hybrid_layers"]
+    md += [f"The hybrid keeps attention in layers {hl['layers']} ({hl['pattern']}), chosen by {hl['method']} "
+           "KL on train problems.", ""]
     md += ["## Accuracy at k = 1 and greedy", "", "| model | greedy | temperature | accuracy@1 | coverage@n |",
            "|---|---|---|---|---|"]
     for name in MODELS:
@@ -436,9 +466,13 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teache
                   "hybrid": out / "hybrid" / "model"}
     from .distill.recipe import run_recipe
 
-    for name, recipe in (("llamba", llamba_recipe), ("hybrid", hybrid_recipe)):
-        stages.run(name, lambda name=name, recipe=recipe: run_recipe(
-            recipe(cfg, out / name, model_dirs["teacher"], train_path))["stages"])
+    layers_json = out / "select" / "layers.json"
+    hybrid_layers = stages.run("select", lambda: select_hybrid_layers(cfg, model_dirs["teacher"], train_path,
+                                                                      layers_json, log))
+    stages.run("llamba", lambda: run_recipe(llamba_recipe(cfg, out / "llamba", model_dirs["teacher"],
+                                                          train_path))["stages"])
+    stages.run("hybrid", lambda: run_recipe(hybrid_recipe(cfg, out / "hybrid", model_dirs["teacher"], train_path,
+                                                          str(layers_json)))["stages"])
 
     train_examples = task.load("train", path=str(train_path))
     temp_ex = train_examples[: cfg.temp_problems]
@@ -470,6 +504,7 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teache
     write_json_atomic(out / "metrics.json", metrics)
     results = {
         "config": to_dict(cfg), "task": task_meta, "teacher": teacher_tag, "temperatures": temps, "greedy": greedy,
+        "hybrid_layers": {k: hybrid_layers[k] for k in ("layers", "pattern", "method", "scores")},
         "runs": runs, "pareto": metrics["pareto"], "throughput": throughput_table(list(runs.values())),
         "claim": claim_verdict(runs), "stage_seconds": stages.seconds(),
         "models": {k: str(v) for k, v in model_dirs.items()},

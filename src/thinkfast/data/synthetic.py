@@ -42,12 +42,25 @@ The answer line is ``#### N`` with N written normally, so grading is an integer 
     #### 1369
 
 (each CoT line is one text line; wrapped here). ``naming="names"`` names people ("Second, Bob
-has 128 more apples than Ann.") and the CoT restates each sentence verbatim. The shipped demo
-teacher uses it: with a 0.8M Llama, 1500 steps x 8 x 1024 tokens, it reached 10% greedy on the
-test split, against 4% for numbered boxes at 1400 steps. In both, what the model had not learned
-is the look-up of sentence k in the question (teacher-forced, nearly every remaining error is
-the first token of a restated sentence: the name after "Third," or the operand after "Box three
-has"), while the column arithmetic and the bindings were learned.
+has 128 more apples than Ann.") and the CoT restates each sentence verbatim.
+
+What a 0.8M Llama learns, and what it does not (each run ~12M tokens or less, CPU minutes): the
+column arithmetic, the bindings and the answer line are learned early; the step learned last is
+the **look-up of sentence k in the question** -- teacher-forced, nearly every remaining error is
+the first token of a restated sentence (the name after "Third," or the operand after "Box three
+has"). Three things made that look-up learnable, measured on the names design with 2-5 steps:
+
+  * one problem per training row, not packed rows: earlier problems in a packed row hold other
+    "Third" sentences, decoys for the look-up (with a one-shot prompt and packed rows: greedy 10%);
+  * many small steps: batch 4 x 3000 steps reached a loss of 0.05 where batch 16 x 800 steps
+    reached 0.22 (both zero-shot, unpacked; greedy 4% and 7%: the look-up was still missing);
+  * ``marker_comma=False`` and ``sentence_sep="\n"``: "Third Vic has ..." on a line of its own.
+    The name then follows its key directly, and the key is the same token in the question and in
+    the chain (both after a newline; the tokenizer tells "Third" from " Third"). Greedy went from
+    4% to 25% at the same budget (2 operations: 84%), and the errors left moved to the operand
+    after "Vic has" (a two-token key).
+
+The shipped demo teacher uses all three, with 2-4 operations (``assets/demo_task.json``).
 
 Train and test problems are disjoint by construction: a problem belongs to the test split iff a
 hash of its question text falls in the test fraction of the hash space, so no size or seed
