@@ -59,8 +59,8 @@ class DemoConfig:
     """Share of the teacher's layers the hybrid keeps as attention, chosen by leave-one-out KL."""
     select_rows: int = 64
     """Train problems the leave-one-out scores are measured on (half of them held out)."""
-    hybrid_kd_steps: int = 1000
-    sft_steps: int = 300
+    hybrid_kd_steps: int = 2000
+    sft_steps: int = 600
     batch_size: int = 4
     seq_len: int = 512
     """Row length: a prompt plus the longest chain is ~400 tokens."""
