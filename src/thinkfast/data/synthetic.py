@@ -60,7 +60,9 @@ has"). Three things made that look-up learnable, measured on the names design wi
     4% to 25% at the same budget (2 operations: 84%), and the errors left moved to the operand
     after "Vic has" (a two-token key).
 
-The shipped demo teacher uses all three, with 2-4 operations (``assets/demo_task.json``).
+The shipped demo teacher uses all three, with 2-5 operations (``assets/demo_task.json``), trained
+for 8000 steps x 4 rows: greedy 61% (by operations 100 / 77 / 57 / 12%). The same recipe on 2-4
+operations reached 95%, on 2-6 only 28%.
 
 Train and test problems are disjoint by construction: a problem belongs to the test split iff a
 hash of its question text falls in the test fraction of the hash space, so no size or seed
