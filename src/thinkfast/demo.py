@@ -63,7 +63,7 @@ class DemoConfig:
     sft_steps: int = 600
     batch_size: int = 4
     seq_len: int = 512
-    """Row length: a prompt plus the longest chain is ~400 tokens."""
+    """Row length: a prompt plus the longest chain of the shipped task is ~430 tokens."""
     lr: float = 1e-3
     # sampling
     temperatures: list[float] = field(default_factory=lambda: [0.6, 0.8, 1.0])

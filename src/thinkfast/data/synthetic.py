@@ -490,7 +490,8 @@ def problem_from_record(rec: dict, cfg: Optional[SyntheticConfig] = None) -> Pro
     prob = Problem(rec["item"], steps, rec["question"], rec["answer"], values[-1], container,
                    rec.get("naming", "ordinal" if container else "names"))
     if cfg is not None:
-        if render_question(steps, rec["item"], cfg.markers, container, cfg.marker_comma, cfg.sentence_sep) != rec["question"]:
+        question = render_question(steps, rec["item"], cfg.markers, container, cfg.marker_comma, cfg.sentence_sep)
+        if question != rec["question"]:
             raise ValueError("record's question does not match its steps")
     return prob
 
