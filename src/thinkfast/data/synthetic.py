@@ -436,12 +436,17 @@ def split_of(question: str, cfg: SyntheticConfig) -> str:
     return "test" if question_hash(question) < cfg.test_fraction * 2.0 ** 64 else "train"
 
 
+def _question(steps: Sequence[Step], item: str, cfg: SyntheticConfig, container: str) -> str:
+    """``render_question`` with the layout knobs of ``cfg``."""
+    return render_question(steps, item, cfg.markers, container, cfg.marker_comma, cfg.sentence_sep)
+
+
 def make_problem(steps: list[Step], item: str, cfg: SyntheticConfig, container: str = "") -> Problem:
     """Render a structured chain (``container`` is needed for 'ordinal' naming)."""
     if cfg.naming == "ordinal" and not container:
         raise ValueError("'ordinal' naming needs a container word")
     container = container if cfg.naming == "ordinal" else ""
-    question = render_question(steps, item, cfg.markers, container, cfg.marker_comma, cfg.sentence_sep)
+    question = _question(steps, item, cfg, container)
     solution = render_solution(steps, item, cfg.width, cfg.markers, container, cfg.msb_line, cfg.marker_comma)
     return Problem(item, steps, question, solution, evaluate(steps)[-1], container, cfg.naming)
 
@@ -462,7 +467,7 @@ def iter_problems(cfg: SyntheticConfig, split: str, seed: int = 0) -> Iterator[P
             continue
         item = rng.choice(ITEMS)
         container = rng.choice(CONTAINERS) if cfg.naming == "ordinal" else ""
-        question = render_question(steps, item, cfg.markers, container, cfg.marker_comma, cfg.sentence_sep)
+        question = _question(steps, item, cfg, container)
         if split_of(question, cfg) != split:
             continue
         h = question_hash(question)
@@ -490,8 +495,7 @@ def problem_from_record(rec: dict, cfg: Optional[SyntheticConfig] = None) -> Pro
     prob = Problem(rec["item"], steps, rec["question"], rec["answer"], values[-1], container,
                    rec.get("naming", "ordinal" if container else "names"))
     if cfg is not None:
-        question = render_question(steps, rec["item"], cfg.markers, container, cfg.marker_comma, cfg.sentence_sep)
-        if question != rec["question"]:
+        if _question(steps, rec["item"], cfg, container) != rec["question"]:
             raise ValueError("record's question does not match its steps")
     return prob
 
