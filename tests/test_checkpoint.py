@@ -9,11 +9,12 @@ from thinkfast.models.lm import LanguageModel
 
 
 @pytest.mark.parametrize("pattern,kind,tie", [("AAAA", "mamba2", True), ("AMAM", "mamba2", False),
-                                              ("MMMM", "discrete", True)])
+                                              ("MMMM", "discrete", True), ("MMMM", "discrete+bias", True)])
 def test_save_load_round_trips_exactly(tmp_path, pattern, kind, tie):
     torch.manual_seed(0)
+    mamba = dict(kind="discrete", decay_bias=[2, 64]) if kind == "discrete+bias" else dict(kind=kind)
     model = LanguageModel(ModelConfig.from_name("tiny", layer_pattern=pattern, tie_embeddings=tie,
-                                                mamba=dict(kind=kind))).eval()
+                                                mamba=mamba)).eval()
     save_model(model, tmp_path / "m")
     loaded, tok = load_pretrained(tmp_path / "m")
     assert tok is None

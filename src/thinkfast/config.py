@@ -123,10 +123,25 @@ class MambaConfig:
     dt_max: float = 0.1
     A_init_min: float = 1.0
     A_init_max: float = 16.0
+    decay_bias: Optional[list[float]] = None
+    """``discrete`` only: [tau_min, tau_max] adds a learned per-head bias to a_t,
+    alpha_t = exp(-softplus(a_t + a_bias)), set at init so the heads' memory timescales
+    1 / softplus(a_bias) are log-spaced from tau_min to tau_max tokens. None (the default) is
+    Llamba's mixer, whose a_t has no bias: every head starts at alpha ~ 0.5, a one-token memory."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("mamba2", "discrete"):
             raise ConfigError(f"mamba.kind must be 'mamba2' or 'discrete', got {self.kind!r}")
+        if self.decay_bias is not None:
+            if self.kind != "discrete":
+                raise ConfigError("mamba.decay_bias applies to the discrete mixer only "
+                                  "(mamba2 has dt_bias and A_log)")
+            tb = self.decay_bias
+            if (not isinstance(tb, (list, tuple)) or len(tb) != 2
+                    or not all(isinstance(v, (int, float)) and v > 0 for v in tb) or tb[0] > tb[1]):
+                raise ConfigError(f"mamba.decay_bias must be [tau_min, tau_max] with 0 < tau_min <= tau_max "
+                                  f"(tokens), got {tb!r}")
+            self.decay_bias = [float(v) for v in tb]
         if self.conv_kernel < 1:
             raise ConfigError("mamba.conv_kernel must be >= 1")
 

@@ -299,6 +299,13 @@ def test_a_discrete_hybrid_is_refused_naming_the_kinds_that_have_a_target(tmp_pa
     assert not (tmp_path / "x").exists()
 
 
+def test_a_discrete_student_with_a_decay_bias_is_refused(tmp_path):
+    model = make_model(layer_pattern="MM", mamba=dict(kind="discrete", d_state=6, decay_bias=[2, 32]))
+    with pytest.raises(ExportError, match="decay_bias"):
+        export_model(model, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("over,match", [
     (dict(norm_eps=1e-6), "norm_eps"),
     (dict(mlp_bias=True), "mlp_bias"),

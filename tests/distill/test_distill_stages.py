@@ -39,15 +39,18 @@ def test_lm_pretraining_loss_falls(tmp_path, token_data):
     assert result["eval_loss"] is not None and result["tokens"] > 0
 
 
-def test_matrix_orientation_loss_falls_and_trains_only_matrix_parameters(tmp_path, token_data):
+@pytest.mark.parametrize("mamba", [None, {"decay_bias": [2, 32]}])
+def test_matrix_orientation_loss_falls_and_trains_only_matrix_parameters(tmp_path, token_data, mamba):
     teacher = tiny_teacher()
-    student = student_from_teacher(teacher, 0.0, "discrete")
+    student = student_from_teacher(teacher, 0.0, "discrete", mamba=mamba)
     before = {k: v.clone() for k, v in student.state_dict().items()}
     losses, _ = train(tmp_path, MatrixObjective(student, teacher), token_data, lr=1e-2)
     assert falls(losses, 0.8), losses
     after = student.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert "layers.0.mixer.in_proj.weight" in changed and "layers.1.mixer.conv1d.weight" in changed
+    if mamba:  # the decay bias shapes the mixing matrix, so stage 1 trains it
+        assert "layers.0.mixer.a_bias" in changed
     assert not any(".mlp." in k or "embed" in k or "out_proj" in k for k in changed), changed
 
 

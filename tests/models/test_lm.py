@@ -4,12 +4,15 @@ import torch
 from thinkfast.config import ConfigError, ModelConfig
 from thinkfast.models.lm import LanguageModel
 
-KINDS = [("AAAA", "mamba2"), ("MMMM", "mamba2"), ("AMMA", "mamba2"), ("MMMM", "discrete"), ("MAMA", "discrete")]
+KINDS = [("AAAA", "mamba2"), ("MMMM", "mamba2"), ("AMMA", "mamba2"), ("MMMM", "discrete"), ("MAMA", "discrete"),
+         ("MMMM", "discrete+bias")]
 
 
 def _model(pattern, kind, seed=0, **over):
+    """kind "discrete+bias": the discrete mixer with mamba.decay_bias."""
     torch.manual_seed(seed)
-    cfg = ModelConfig.from_name("tiny", layer_pattern=pattern, mamba=dict(kind=kind, chunk_size=8), **over)
+    mamba = dict(kind="discrete", decay_bias=[2, 64]) if kind == "discrete+bias" else dict(kind=kind)
+    cfg = ModelConfig.from_name("tiny", layer_pattern=pattern, mamba=dict(mamba, chunk_size=8), **over)
     return LanguageModel(cfg).eval()
 
 
@@ -44,7 +47,7 @@ def test_left_padding_does_not_change_real_tokens(pattern, kind):
     torch.testing.assert_close(step, ref, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("pattern,kind", [("AMAM", "mamba2"), ("MMMM", "discrete")])
+@pytest.mark.parametrize("pattern,kind", [("AMAM", "mamba2"), ("MMMM", "discrete"), ("MMMM", "discrete+bias")])
 def test_bf16_decoding_tracks_fp32(pattern, kind):
     model = _model(pattern, kind)
     ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(3))
@@ -88,3 +91,30 @@ def test_unknown_and_bad_config_keys_are_errors():
         ModelConfig.from_name("tiny", layer_pattern="AMX")
     with pytest.raises(ConfigError, match="n_kv_heads"):
         ModelConfig.from_name("tiny", n_kv_heads=3)
+
+
+def test_decay_bias_sets_each_heads_memory_at_init():
+    from thinkfast.models.mamba2 import decay_bias_init
+
+    b = decay_bias_init(4, 2.0, 128.0)
+    taus = 1.0 / torch.nn.functional.softplus(b.double())
+    torch.testing.assert_close(taus, torch.tensor([2.0, 8.0, 32.0, 128.0], dtype=torch.float64), rtol=1e-5, atol=0)
+    model = _model("MMMM", "discrete+bias")
+    mixer = model.layers[0].mixer
+    assert mixer.a_bias.shape == (mixer.H,) and mixer.a_bias.requires_grad
+    # a_t = 0: alpha = exp(-softplus(a_bias)) = exp(-1/tau); the plain Llamba mixer has 0.5 everywhere
+    xbc = torch.zeros(1, 1, mixer.conv_dim)
+    _, log_a, *_ = mixer._heads(xbc, torch.zeros(1, 1, mixer.H))
+    taus = decay_bias_init(mixer.H, 2.0, 64.0)
+    torch.testing.assert_close(log_a[0, 0], -torch.nn.functional.softplus(taus))
+    plain = _model("MMMM", "discrete").layers[0].mixer
+    assert plain.a_bias is None
+    torch.testing.assert_close(plain._heads(xbc, torch.zeros(1, 1, plain.H))[1].exp(), torch.full((1, 1, plain.H), 0.5))
+
+
+@pytest.mark.parametrize("bad", [[2], [0, 4], [8, 2], "2,8"])
+def test_bad_decay_bias_is_a_config_error(bad):
+    with pytest.raises(ConfigError, match="decay_bias"):
+        ModelConfig.from_name("tiny", layer_pattern="MM", mamba=dict(kind="discrete", decay_bias=bad))
+    with pytest.raises(ConfigError, match="discrete mixer only"):
+        ModelConfig.from_name("tiny", layer_pattern="MM", mamba=dict(kind="mamba2", decay_bias=[2, 8]))

@@ -142,6 +142,8 @@ def _llamba_problems(cfg: ModelConfig) -> list[str]:
                    f"d_model {cfg.d_model} (Llamba's ssm_cfg.expand must be an integer)")
     if cfg.norm_eps != _LLAMBA_BLOCK_EPS:
         out.append(f"norm_eps {cfg.norm_eps} != 1e-5 (Llamba's block norms hard-code 1e-5)")
+    if m.decay_bias is not None:
+        out.append("mamba.decay_bias is set (Llamba's mixer has no per-head bias on a_t)")
     return out
 
 

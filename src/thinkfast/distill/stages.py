@@ -35,7 +35,7 @@ from .losses import IGNORE, cross_entropy, distillation_loss, hidden_alignment_l
     matrix_orientation_loss
 
 # Mixer parameters that shape the mixing matrix (stage 1 trains these and nothing else).
-MATRIX_PARAMS = ("in_proj", "conv1d", "dt_bias", "A_log")
+MATRIX_PARAMS = ("in_proj", "conv1d", "dt_bias", "A_log", "a_bias")
 
 
 def check_compatible(student: LanguageModel, teacher: LanguageModel, need: tuple[str, ...]) -> None:

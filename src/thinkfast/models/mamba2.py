@@ -203,12 +203,20 @@ class Mamba2Mixer(_MambaBase):
         return ssd_matrix(log_a, Bh, Ch) * dt_s[:, :, None, :]
 
 
+def decay_bias_init(n_heads: int, tau_min: float, tau_max: float) -> torch.Tensor:
+    """(H,) biases b with 1 / softplus(b) log-spaced over [tau_min, tau_max]: with a_t = 0 head h
+    keeps alpha = exp(-1/tau_h) of its state per token, a memory of about tau_h tokens."""
+    taus = torch.logspace(math.log10(tau_min), math.log10(tau_max), n_heads, dtype=torch.float64)
+    return torch.log(torch.expm1(1.0 / taus)).float()  # softplus^-1(1 / tau)
+
+
 class DiscreteMamba2Mixer(_MambaBase):
     """The discrete Mamba-2 mixer of Llamba / MOHAWK.
 
     in_proj -> x (H*P), B (H*N), C (H*N), z (H*P), a (H); identity causal conv over x|B|C;
     alpha_t = exp(-softplus(a_t)) and no dt on the input; y = SSD(x, log alpha, B, C) + D x;
     y * silu(z + z_bias); out_proj. Heads are independent (n_qk_heads = n_v_heads = H).
+    With ``mamba.decay_bias`` a learned per-head ``a_bias`` (H,) is added to a_t (see MambaConfig).
     """
 
     conv_activation = "identity"
@@ -227,13 +235,18 @@ class DiscreteMamba2Mixer(_MambaBase):
                                 padding=m.conv_kernel - 1, bias=True)
         self.D = nn.Parameter(torch.ones(self.H))
         self.out_proj = nn.Linear(self.d_inner, cfg.d_model, bias=False)
+        if m.decay_bias is not None:
+            self.a_bias = nn.Parameter(decay_bias_init(self.H, *m.decay_bias))
+        else:
+            self.register_parameter("a_bias", None)
 
     def _heads(self, xbc: torch.Tensor, a: torch.Tensor):
         x, Bm, Cm = torch.split(xbc, [self.d_inner, self.H * self.N, self.H * self.N], dim=-1)
         x = x.unflatten(-1, (self.H, self.P))
         Bm = Bm.unflatten(-1, (self.H, self.N))
         Cm = Cm.unflatten(-1, (self.H, self.N))
-        log_a = -F.softplus(a.float())  # (..., H)
+        a = a.float() if self.a_bias is None else a.float() + self.a_bias.float()
+        log_a = -F.softplus(a)  # (..., H)
         return x.float(), log_a, Bm, Cm, x
 
     def _out(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,95 @@
+"""Try a distillation design for one of the demo's students: run the demo's recipe for it with
+``--override`` changes, then report greedy accuracy on the demo's test problems (by number of
+operations) and the teacher-forced response-token accuracy.
+
+It reads a finished demo directory (default ``demo_out``: its data and teacher), so the students
+are compared on exactly what the demo uses. For example::
+
+    OMP_NUM_THREADS=1 python benchmarks/student_design.py runs/student/base --kind llamba
+    OMP_NUM_THREADS=1 python benchmarks/student_design.py runs/student/kd2k --kind llamba \\
+        --override stages.kd.train.steps=2000
+
+Overrides use ``thinkfast distill``'s dotted keys (stages by name). Everything lands in OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from thinkfast.checkpoint import load_model, load_tokenizer
+from thinkfast.demo import DemoConfig, demo_task_config, greedy_stage, hybrid_recipe, llamba_recipe
+from thinkfast.distill.config import apply_overrides, build_config
+from thinkfast.distill.recipe import run_recipe
+from thinkfast.eval.grading import grade_rows
+from thinkfast.eval.io import read_jsonl
+from thinkfast.eval.tasks.synthetic import SyntheticTask
+from thinkfast.data import synthetic as syn
+
+
+@torch.inference_mode()
+def teacher_forced_accuracy(model_dir: Path, rows: list[dict]) -> float:
+    """Share of response tokens whose argmax is right when the reference chain is fed in."""
+    model, tok = load_model(model_dir).eval(), load_tokenizer(model_dir)
+    right = total = 0
+    for r in rows:
+        p = tok("Question: " + r["question"] + "\nAnswer:", add_special_tokens=False)["input_ids"]
+        a = tok(" " + r["answer"] + "\n\n", add_special_tokens=False)["input_ids"]
+        x = torch.tensor([p + a])  # (1, T)
+        pred = model(x).logits[0, -len(a) - 1:-1].argmax(-1)  # (len(a),)
+        right += int((pred == x[0, -len(a):]).sum())
+        total += len(a)
+    return right / max(total, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--kind", choices=["llamba", "hybrid"], default="llamba")
+    ap.add_argument("--demo", type=Path, default=Path("demo_out"), help="a finished demo run (data, teacher)")
+    ap.add_argument("--override", action="append", default=[], help="a recipe override, e.g. stages.kd.train.steps=2000")
+    ap.add_argument("--n-test", type=int, default=100)
+    args = ap.parse_args()
+
+    cfg = DemoConfig()
+    teacher, train = args.demo / "teacher" / "model", args.demo / "data" / "train.jsonl"
+    make = llamba_recipe if args.kind == "llamba" else hybrid_recipe
+    recipe = make(cfg, args.out / "student", teacher, train).to_dict()
+    if args.kind == "hybrid":
+        layers = json.loads((args.demo / "select" / "layers.json").read_text())
+        recipe["student"]["keep"] = layers["attention_layers"]
+    recipe = build_config(apply_overrides(recipe, args.override))
+    t0 = time.perf_counter()
+    result = run_recipe(recipe)
+    train_s = time.perf_counter() - t0
+
+    meta = demo_task_config()
+    task = SyntheticTask(syn.SyntheticConfig.from_dict(meta["config"]), seed=meta["seed"], n_shots=meta["n_shots"])
+    test = args.demo / "data" / "test.jsonl"
+    examples = task.load("test", path=str(test))[: args.n_test]
+    model = Path(result["model_dir"])
+    greedy = args.out / "greedy.jsonl"
+    if greedy.exists():
+        greedy.unlink()
+    res = greedy_stage(model, task, examples, greedy, args.out.name, DemoConfig(batch_problems=100), print)
+    by_steps: dict[int, list[bool]] = collections.defaultdict(list)
+    steps_of = {e.id: e.meta.get("n_steps") for e in examples}
+    for r in grade_rows(task, read_jsonl(greedy), str(greedy)):
+        by_steps[steps_of[r["problem_id"]]].append(bool(r["correct"]))
+    tf = teacher_forced_accuracy(model, list(read_jsonl(test))[:50])
+    out = {"kind": args.kind, "overrides": args.override, "train_seconds": round(train_s),
+           "stages": [{k: s[k] for k in ("stage", "steps", "wall_s", "final_loss", "eval_loss")}
+                      for s in result["stages"]],
+           "greedy": res["accuracy"], "by_steps": {k: f"{sum(v)}/{len(v)}" for k, v in sorted(by_steps.items())},
+           "teacher_forced_token_accuracy": tf}
+    (args.out / "result.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps({k: out[k] for k in ("greedy", "by_steps", "teacher_forced_token_accuracy", "train_seconds")}))
+
+
+if __name__ == "__main__":
+    main()
