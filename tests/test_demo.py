@@ -42,6 +42,10 @@ def test_quick_demo_writes_a_complete_report(quick_run):
     assert chosen["layers"] == sorted(ranked[: n // 2])
     hybrid = json.loads((quick_run / "hybrid" / "model" / "config.json").read_text())["model"]["layer_pattern"]
     assert [i for i, c in enumerate(hybrid) if c == "A"] == chosen["layers"]
+    # the Llamba student is pure discrete Mamba with the configured decay bias
+    llamba = json.loads((quick_run / "llamba" / "model" / "config.json").read_text())["model"]
+    assert set(llamba["layer_pattern"]) == {"M"} and llamba["mamba"]["kind"] == "discrete"
+    assert llamba["mamba"]["decay_bias"] == results["config"]["llamba_decay_bias"] is not None
 
 
 def test_second_run_reuses_finished_stages(quick_run, capsys):

@@ -53,13 +53,16 @@ class DemoConfig:
     n_test: int = 100
     """Test problems evaluated."""
     # students
-    mohawk_steps: list[int] = field(default_factory=lambda: [200, 300, 1000])
+    mohawk_steps: list[int] = field(default_factory=lambda: [200, 150, 1600])
     """Steps of MOHAWK's matrix, hidden and KD stages (Llamba)."""
+    llamba_decay_bias: Optional[list[float]] = field(default_factory=lambda: [4.0, 1024.0])
+    """The Llamba student's ``mamba.decay_bias`` (heads' initial memory, in tokens); None = none,
+    as in Llamba's release, where every head starts with a one-token memory (README, Results)."""
     hybrid_keep: float = 0.5
     """Share of the teacher's layers the hybrid keeps as attention, chosen by leave-one-out KL."""
     select_rows: int = 64
     """Train problems the leave-one-out scores are measured on (half of them held out)."""
-    hybrid_kd_steps: int = 2000
+    hybrid_kd_steps: int = 1600
     sft_steps: int = 600
     batch_size: int = 4
     seq_len: int = 512
@@ -172,12 +175,12 @@ def teacher_recipe(out_dir: Path, tokenizer_dir: Path, train_path: Path):
 # --- students -----------------------------------------------------------------------------------
 
 def _student_recipe(cfg: DemoConfig, out_dir: Path, teacher_dir: Path, train: Path, keep: float, kind: str,
-                    stages: list[dict[str, Any]]):
+                    stages: list[dict[str, Any]], mamba: Optional[dict[str, Any]] = None):
     from .distill.config import build_config
 
     return build_config({
         "out_dir": str(out_dir), "teacher": str(teacher_dir),
-        "student": {"init": "teacher", "keep": keep, "kind": kind, "seed": cfg.seed},
+        "student": {"init": "teacher", "keep": keep, "kind": kind, "seed": cfg.seed, "mamba": mamba or {}},
         "data": {"train": str(train), **TASK_FORMAT, "loss_on": "response", "seq_len": cfg.seq_len,
                  "eval_fraction": 0.02, "seed": cfg.seed},
         "train": {"batch_size": cfg.batch_size, "lr": cfg.lr, "schedule": "cosine", "warmup_steps": 10,
@@ -194,7 +197,7 @@ def llamba_recipe(cfg: DemoConfig, out_dir: Path, teacher_dir: Path, train: Path
         {"name": "hidden", "objective": "hidden", "train": {"steps": h}},
         {"name": "kd", "objective": "kd", "loss": {"kind": "forward"}, "train": {"steps": k}},
         {"name": "sft", "objective": "lm", "train": {"steps": cfg.sft_steps, "lr": cfg.lr / 3}},
-    ])
+    ], mamba={"decay_bias": cfg.llamba_decay_bias} if cfg.llamba_decay_bias else None)
 
 
 def select_hybrid_layers(cfg: DemoConfig, teacher_dir: Path, train: Path, out_path: Path,
