@@ -15,7 +15,6 @@ Overrides use ``thinkfast distill``'s dotted keys (stages by name). Everything l
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import time
 from pathlib import Path
@@ -23,13 +22,14 @@ from pathlib import Path
 import torch
 
 from thinkfast.checkpoint import load_model, load_tokenizer
-from thinkfast.demo import DemoConfig, demo_task_config, greedy_stage, hybrid_recipe, llamba_recipe
+from teacher_design import greedy_by_steps  # benchmarks/ is on sys.path when a script there runs
+
+from thinkfast.data import synthetic as syn
+from thinkfast.demo import DemoConfig, demo_task_config, hybrid_recipe, llamba_recipe
 from thinkfast.distill.config import apply_overrides, build_config
 from thinkfast.distill.recipe import run_recipe
-from thinkfast.eval.grading import grade_rows
 from thinkfast.eval.io import read_jsonl
 from thinkfast.eval.tasks.synthetic import SyntheticTask
-from thinkfast.data import synthetic as syn
 
 
 @torch.inference_mode()
@@ -73,19 +73,12 @@ def main() -> None:
     test = args.demo / "data" / "test.jsonl"
     examples = task.load("test", path=str(test))[: args.n_test]
     model = Path(result["model_dir"])
-    greedy = args.out / "greedy.jsonl"
-    if greedy.exists():
-        greedy.unlink()
-    res = greedy_stage(model, task, examples, greedy, args.out.name, DemoConfig(batch_problems=100), print)
-    by_steps: dict[int, list[bool]] = collections.defaultdict(list)
-    steps_of = {e.id: e.meta.get("n_steps") for e in examples}
-    for r in grade_rows(task, read_jsonl(greedy), str(greedy)):
-        by_steps[steps_of[r["problem_id"]]].append(bool(r["correct"]))
+    accuracy, by_steps = greedy_by_steps(model, task, examples, args.out)
     tf = teacher_forced_accuracy(model, list(read_jsonl(test))[:50])
     out = {"kind": args.kind, "overrides": args.override, "train_seconds": round(train_s),
            "stages": [{k: s[k] for k in ("stage", "steps", "wall_s", "final_loss", "eval_loss")}
                       for s in result["stages"]],
-           "greedy": res["accuracy"], "by_steps": {k: f"{sum(v)}/{len(v)}" for k, v in sorted(by_steps.items())},
+           "greedy": accuracy, "by_steps": by_steps,
            "teacher_forced_token_accuracy": tf}
     (args.out / "result.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: out[k] for k in ("greedy", "by_steps", "teacher_forced_token_accuracy", "train_seconds")}))

@@ -30,6 +30,20 @@ from thinkfast.eval.io import read_jsonl
 from thinkfast.eval.tasks.synthetic import SyntheticTask
 
 
+def greedy_by_steps(model: Path, task: SyntheticTask, examples: list, out: Path) -> tuple[float, dict[int, str]]:
+    """Greedy accuracy of ``model`` on ``examples`` (written to OUT/greedy.jsonl, redone each time)
+    and the right / asked count per number of operations, e.g. {2: "25/25", 3: "17/22"}."""
+    greedy = out / "greedy.jsonl"
+    if greedy.exists():
+        greedy.unlink()
+    res = greedy_stage(model, task, examples, greedy, out.name, DemoConfig(batch_problems=100), print)
+    by_steps: dict[int, list[bool]] = collections.defaultdict(list)
+    steps_of = {e.id: e.meta.get("n_steps") for e in examples}
+    for r in grade_rows(task, read_jsonl(greedy), str(greedy)):
+        by_steps[steps_of[r["problem_id"]]].append(bool(r["correct"]))
+    return res["accuracy"], {k: f"{sum(v)}/{len(v)}" for k, v in sorted(by_steps.items())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", type=Path)
@@ -64,16 +78,9 @@ def main() -> None:
     task = SyntheticTask(cfg, seed=meta["seed"], n_shots=shots)
     examples = task.load("test", path=str(paths["test"]))
     model = args.model or args.out / "teacher" / "model"
-    greedy = args.out / "greedy.jsonl"
-    if greedy.exists():
-        greedy.unlink()
-    res = greedy_stage(model, task, examples, greedy, args.out.name, DemoConfig(batch_problems=100), print)
-    by_steps: dict[int, list[bool]] = collections.defaultdict(list)
-    steps_of = {e.id: e.meta.get("n_steps") for e in examples}
-    for r in grade_rows(task, read_jsonl(greedy), str(greedy)):
-        by_steps[steps_of[r["problem_id"]]].append(bool(r["correct"]))
+    accuracy, by_steps = greedy_by_steps(model, task, examples, args.out)
     result = {"config": cfg.to_dict(), "shots": shots, "overrides": args.override, "train_seconds": train_s,
-              "greedy": res["accuracy"], "by_steps": {k: f"{sum(v)}/{len(v)}" for k, v in sorted(by_steps.items())}}
+              "greedy": accuracy, "by_steps": by_steps}
     (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("greedy", "by_steps", "train_seconds")}))
 
