@@ -238,7 +238,10 @@ def llamba_reference_logits(path, x):
     for i in range(meta["n_layer"]):
         g = lambda k: sd[f"backbone.layers.{i}.{k}"]  # noqa: E731
         u = _rms(h, g("input_layernorm.weight"), 1e-5)
-        xbc, z, a = torch.split(u @ g("mixer.in_proj.weight").T, [d_inner + 2 * H * N, d_inner, H], -1)
+        proj = u @ g("mixer.in_proj.weight").T
+        if ssm["bias"]:  # the release's biased mixer: in_proj / out_proj biases and no z_bias
+            proj = proj + g("mixer.in_proj.bias")
+        xbc, z, a = torch.split(proj, [d_inner + 2 * H * N, d_inner, H], -1)
         K = g("mixer.conv1d.weight").shape[-1]
         xbc = F.conv1d(xbc.transpose(1, 2), g("mixer.conv1d.weight"), g("mixer.conv1d.bias"), padding=K - 1,
                        groups=xbc.shape[-1])[..., :T].transpose(1, 2)
@@ -253,8 +256,8 @@ def llamba_reference_logits(path, x):
                 * Bm[:, t, :, None, :]
             ys.append((state * Cm[:, t, :, None, :]).sum(-1))
         y = torch.stack(ys, 1) + g("mixer.D")[:, None] * xs
-        y = y.reshape(Bsz, T, d_inner) * F.silu(z + g("mixer.z_bias"))
-        h = h + y @ g("mixer.out_proj.weight").T
+        y = y.reshape(Bsz, T, d_inner) * F.silu(z + (0.0 if ssm["bias"] else g("mixer.z_bias")))
+        h = h + y @ g("mixer.out_proj.weight").T + (g("mixer.out_proj.bias") if ssm["bias"] else 0.0)
         v = _rms(h, g("post_attention_layernorm.weight"), 1e-5)
         gate, up = v @ g("mlp.gate_proj.weight").T, v @ g("mlp.up_proj.weight").T
         h = h + (F.silu(gate) * up) @ g("mlp.down_proj.weight").T
@@ -299,11 +302,35 @@ def test_a_discrete_hybrid_is_refused_naming_the_kinds_that_have_a_target(tmp_pa
     assert not (tmp_path / "x").exists()
 
 
-def test_a_discrete_student_with_a_decay_bias_is_refused(tmp_path):
-    model = make_model(layer_pattern="MM", mamba=dict(kind="discrete", d_state=6, decay_bias=[2, 32]))
-    with pytest.raises(ExportError, match="decay_bias"):
-        export_model(model, tmp_path / "x")
-    assert not (tmp_path / "x").exists()
+def test_a_decay_bias_exports_as_the_releases_biased_mixer(tmp_path):
+    model = make_model(layer_pattern="MM", n_heads=4, mamba=dict(kind="discrete", d_state=6, chunk_size=8,
+                                                                decay_bias=[2, 32]))
+    with torch.no_grad():  # trained-looking biases, so a dropped or misplaced one changes the logits
+        for layer in model.layers:
+            layer.mixer.z_bias.normal_(0, 0.5)
+            layer.mixer.a_bias.add_(torch.randn(4))
+    export_model(model, tmp_path / "llamba")
+    meta = json.loads((tmp_path / "llamba" / "config.json").read_text())
+    assert meta["ssm_cfg"]["bias"] is True
+    x = ids(T=13)
+    torch.testing.assert_close(llamba_reference_logits(tmp_path / "llamba", x), logits(model, x),
+                               atol=2e-5, rtol=1e-4)
+    back, _ = import_llamba(tmp_path / "llamba")
+    assert back.config.mamba.decay_bias is not None
+    torch.testing.assert_close(logits(back, x), logits(model, x), atol=0, rtol=0)
+
+
+def test_a_biased_llamba_checkpoint_with_a_bias_thinkfast_lacks_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = make_model(layer_pattern="MM", n_heads=4, mamba=dict(kind="discrete", d_state=6, decay_bias=[2, 32]))
+    export_model(model, tmp_path / "llamba")
+    path = tmp_path / "llamba" / "model.safetensors"
+    sd = load_file(str(path))
+    sd["backbone.layers.1.mixer.out_proj.bias"] = torch.ones_like(sd["backbone.layers.1.mixer.out_proj.bias"])
+    save_file(sd, str(path))
+    with pytest.raises(UserError, match=r"layers \[1\] have a nonzero"):
+        import_llamba(tmp_path / "llamba")
 
 
 @pytest.mark.parametrize("over,match", [

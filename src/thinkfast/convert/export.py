@@ -63,6 +63,9 @@ shipped transformers / vLLM architecture matches, so a pure discrete student is 
 checkpoint format of the original Llamba release (cartesia-ai/edge, ``cartesia_pytorch.Llamba``:
 ``LlambaLMHeadModel`` with ``backbone.*`` keys, ``ssm_cfg`` / ``mlp_cfg``), which that code loads;
 vLLM does not serve it. Hybrids with discrete mixers have no target at all and are refused.
+A student with ``mamba.decay_bias`` is written with the release's ``ssm_cfg.bias: true``, whose
+mixer has biased in_proj / out_proj and no separate z_bias: in_proj's bias holds [0 on x|B|C,
+z_bias, a_bias] and out_proj's is zero, which is the same function.
 
 Every export is written to a temporary directory next to OUT_DIR and renamed into place.
 """
@@ -142,8 +145,6 @@ def _llamba_problems(cfg: ModelConfig) -> list[str]:
                    f"d_model {cfg.d_model} (Llamba's ssm_cfg.expand must be an integer)")
     if cfg.norm_eps != _LLAMBA_BLOCK_EPS:
         out.append(f"norm_eps {cfg.norm_eps} != 1e-5 (Llamba's block norms hard-code 1e-5)")
-    if m.decay_bias is not None:
-        out.append("mamba.decay_bias is set (Llamba's mixer has no per-head bias on a_t)")
     return out
 
 
@@ -331,7 +332,8 @@ def llamba_config(cfg: ModelConfig) -> dict[str, Any]:
         "mlp_cfg": {"intermediate_size": cfg.d_ff, "bias": bool(cfg.mlp_bias), "act_fn": "silu"},
         "ssm_cfg": {"d_state": m.d_state, "n_v_heads": m.n_heads, "n_qk_heads": m.n_heads,
                     "expand": (m.n_heads * m.head_dim) // cfg.d_model, "chunk_size": m.chunk_size,
-                    "activation": "identity", "bias": False, "d_conv": m.conv_kernel, "conv_bias": True},
+                    "activation": "identity", "bias": m.decay_bias is not None, "d_conv": m.conv_kernel,
+                    "conv_bias": True},
         # thinkfast-only hint (the release ignores it): max context the student was trained for
         "max_position_embeddings": cfg.max_seq_len,
     }
@@ -356,8 +358,18 @@ def _llamba_key_map(cfg: ModelConfig) -> dict[str, str]:
 
 
 def to_llamba_state_dict(model) -> dict[str, torch.Tensor]:
-    sd = model.state_dict()
-    return {v: sd[k].detach() for k, v in _llamba_key_map(model.config).items()}
+    cfg = model.config
+    sd = {k: v.detach() for k, v in model.state_dict().items()}
+    out = {v: sd[k] for k, v in _llamba_key_map(cfg).items()}
+    if cfg.mamba.decay_bias is not None:  # ssm_cfg.bias: the biases live in in_proj / out_proj
+        for i in range(cfg.n_layers):
+            s, d = f"layers.{i}.mixer.", f"backbone.layers.{i}.mixer."
+            conv_dim = sd[s + "conv1d.weight"].shape[0]
+            out[d + "in_proj.bias"] = torch.cat([sd[s + "z_bias"].new_zeros(conv_dim), sd[s + "z_bias"],
+                                                 sd[s + "a_bias"]])
+            out[d + "out_proj.bias"] = sd[s + "z_bias"].new_zeros(cfg.d_model)
+            del out[d + "z_bias"]
+    return out
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -708,8 +720,8 @@ def import_llamba(path: str | os.PathLike, device: str | torch.device = "cpu", d
         problems.append("n_qk_heads != n_v_heads (thinkfast's discrete heads are independent)")
     if ssm.get("activation", "identity") != "identity":
         problems.append(f"conv activation {ssm.get('activation')!r}")
-    if ssm.get("bias", False) or meta.get("lm_head_bias", False):
-        problems.append("projection / LM head bias")
+    if meta.get("lm_head_bias", False):
+        problems.append("LM head bias")
     if mlp.get("act_fn", "silu") != "silu":
         problems.append(f"MLP act_fn {mlp.get('act_fn')!r}")
     eps = float(meta.get("norm_epsilon", 1e-5))
@@ -732,19 +744,50 @@ def import_llamba(path: str | os.PathLike, device: str | torch.device = "cpu", d
     optional = {"lm_head.weight"} if cfg.tie_embeddings else set()
     if not ssm.get("conv_bias", True):
         optional |= {v for k, v in km.items() if k.endswith("conv1d.bias")}
-    _check_keys(sd, set(km.values()), optional, str(p), "Llamba")
+    biased = bool(ssm.get("bias", False))
+    want = set(km.values())
+    if biased:  # in_proj / out_proj biases instead of z_bias
+        want = {v for v in want if not v.endswith("mixer.z_bias")}
+        want |= {f"backbone.layers.{i}.mixer.{b}" for i in range(n_layers) for b in ("in_proj.bias", "out_proj.bias")}
+    _check_keys(sd, want, optional, str(p), "Llamba")
     ts = {}
     for k, v in km.items():
         if v in sd:
             ts[k] = sd[v].float()
         elif k.endswith("conv1d.bias"):
             ts[k] = torch.zeros(d_inner + 2 * H * cfg.mamba.d_state)
+    if biased:
+        ts.update(_llamba_biases(sd, cfg, str(p)))
+        taus = 1.0 / torch.nn.functional.softplus(torch.stack([v for k, v in ts.items() if k.endswith("a_bias")]).double())
+        cfg.mamba.decay_bias = [float(taus.min()), float(taus.max())]  # only an init range; a_bias is loaded
     model = LanguageModel(cfg)
     load_state_dict_strict(model, ts, str(p))
     model = model.to(device)
     if dtype is not None:
         model = model.to(dtype)
     return model.eval(), _load_tokenizer(p)
+
+
+def _llamba_biases(sd: dict[str, torch.Tensor], cfg: ModelConfig, where: str) -> dict[str, torch.Tensor]:
+    """z_bias and a_bias of each layer from a biased (``ssm_cfg.bias``) Llamba checkpoint; a nonzero
+    bias on x|B|C (before the conv) or on out_proj has no thinkfast counterpart and is refused."""
+    m = cfg.mamba
+    conv_dim, d_inner = m.n_heads * m.head_dim + 2 * m.n_heads * m.d_state, m.n_heads * m.head_dim
+    out, bad = {}, []
+    for i in range(cfg.n_layers):
+        d = f"backbone.layers.{i}.mixer."
+        b = sd[d + "in_proj.bias"].float()
+        if b.shape != (conv_dim + d_inner + m.n_heads,):
+            raise UserError(f"{where}: {d}in_proj.bias has shape {tuple(b.shape)}, "
+                            f"expected ({conv_dim + d_inner + m.n_heads},)")
+        if b[:conv_dim].any() or sd[d + "out_proj.bias"].any():
+            bad.append(i)
+        out[f"layers.{i}.mixer.z_bias"] = b[conv_dim:conv_dim + d_inner]
+        out[f"layers.{i}.mixer.a_bias"] = b[conv_dim + d_inner:]
+    if bad:
+        raise UserError(f"{where}: this Llamba checkpoint has no exact thinkfast equivalent: layers {bad} have "
+                        "a nonzero in_proj bias on x/B/C or a nonzero out_proj bias")
+    return out
 
 
 def exported_architecture(path: str | os.PathLike) -> Optional[str]:
