@@ -1,13 +1,17 @@
 """Try a distillation design for one of the demo's students: run the demo's recipe for it with
-``--override`` changes, then report greedy accuracy on the demo's test problems (by number of
-operations) and the teacher-forced response-token accuracy.
+``--override`` changes, then report greedy accuracy (by number of operations) and the
+teacher-forced response-token accuracy on *validation* problems.
 
 It reads a finished demo directory (default ``demo_out``: its data and teacher), so the students
-are compared on exactly what the demo uses. For example::
+are compared on exactly what the demo uses. The validation problems are the 100 train-split
+problems that follow the demo's ``n_train``: never trained on, and disjoint from the test
+problems by construction, so a recipe is chosen without looking at the test set
+(``--split test`` scores the test problems instead). For example::
 
     OMP_NUM_THREADS=1 python benchmarks/student_design.py runs/student/base --kind llamba
     OMP_NUM_THREADS=1 python benchmarks/student_design.py runs/student/kd2k --kind llamba \\
         --override stages.kd.train.steps=2000
+    python benchmarks/student_design.py runs/student/base --eval-only runs/student/base/student/model
 
 Overrides use ``thinkfast distill``'s dotted keys (stages by name). Everything lands in OUT.
 """
@@ -53,9 +57,42 @@ def main() -> None:
     ap.add_argument("--kind", choices=["llamba", "hybrid"], default="llamba")
     ap.add_argument("--demo", type=Path, default=Path("demo_out"), help="a finished demo run (data, teacher)")
     ap.add_argument("--override", action="append", default=[], help="a recipe override, e.g. stages.kd.train.steps=2000")
-    ap.add_argument("--n-test", type=int, default=100)
+    ap.add_argument("--n-test", type=int, default=100, help="problems scored")
+    ap.add_argument("--split", choices=["val", "test"], default="val")
+    ap.add_argument("--eval-only", type=Path, default=None, metavar="MODEL", help="score MODEL; train nothing")
     args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.eval_only:
+        model, result, train_s = args.eval_only, {"stages": []}, 0.0
+    else:
+        model, result, train_s = train_student(args)
 
+    meta = demo_task_config()
+    syn_cfg = syn.SyntheticConfig.from_dict(meta["config"])
+    task = SyntheticTask(syn_cfg, seed=meta["seed"], n_shots=meta["n_shots"])
+    if args.split == "test":
+        path = args.demo / "data" / "test.jsonl"
+    else:
+        n_train = json.loads((args.demo / "data" / "config.json").read_text())["n_train"]
+        problems = syn.generate(syn_cfg, "train", n_train + args.n_test, seed=meta["seed"])[n_train:]
+        path = args.out / "val.jsonl"
+        syn.write_jsonl(problems, path)
+    examples = task.load("test", path=str(path))[: args.n_test]
+    accuracy, by_steps = greedy_by_steps(model, task, examples, args.out)
+    tf = teacher_forced_accuracy(model, list(read_jsonl(path))[:50])
+    out = {"kind": args.kind, "overrides": args.override, "split": args.split, "model": str(model),
+           "train_seconds": round(train_s),
+           "stages": [{k: s[k] for k in ("stage", "steps", "wall_s", "final_loss", "eval_loss")}
+                      for s in result["stages"]],
+           "greedy": accuracy, "by_steps": by_steps, "teacher_forced_token_accuracy": tf}
+    name = "result.json" if not args.eval_only else f"eval_{args.split}.json"
+    (args.out / name).write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps({k: out[k] for k in ("split", "greedy", "by_steps", "teacher_forced_token_accuracy",
+                                          "train_seconds")}))
+
+
+def train_student(args) -> tuple[Path, dict, float]:
+    """Run the demo's recipe for ``args.kind`` with the overrides; (model dir, run result, seconds)."""
     cfg = DemoConfig()
     teacher, train = args.demo / "teacher" / "model", args.demo / "data" / "train.jsonl"
     make = llamba_recipe if args.kind == "llamba" else hybrid_recipe
@@ -66,22 +103,7 @@ def main() -> None:
     recipe = build_config(apply_overrides(recipe, args.override))
     t0 = time.perf_counter()
     result = run_recipe(recipe)
-    train_s = time.perf_counter() - t0
-
-    meta = demo_task_config()
-    task = SyntheticTask(syn.SyntheticConfig.from_dict(meta["config"]), seed=meta["seed"], n_shots=meta["n_shots"])
-    test = args.demo / "data" / "test.jsonl"
-    examples = task.load("test", path=str(test))[: args.n_test]
-    model = Path(result["model_dir"])
-    accuracy, by_steps = greedy_by_steps(model, task, examples, args.out)
-    tf = teacher_forced_accuracy(model, list(read_jsonl(test))[:50])
-    out = {"kind": args.kind, "overrides": args.override, "train_seconds": round(train_s),
-           "stages": [{k: s[k] for k in ("stage", "steps", "wall_s", "final_loss", "eval_loss")}
-                      for s in result["stages"]],
-           "greedy": accuracy, "by_steps": by_steps,
-           "teacher_forced_token_accuracy": tf}
-    (args.out / "result.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({k: out[k] for k in ("greedy", "by_steps", "teacher_forced_token_accuracy", "train_seconds")}))
+    return Path(result["model_dir"]), result, time.perf_counter() - t0
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ class DemoConfig:
     # students
     mohawk_steps: list[int] = field(default_factory=lambda: [200, 150, 1600])
     """Steps of MOHAWK's matrix, hidden and KD stages (Llamba)."""
+    llamba_kd_lr: float = 2e-3
+    """Peak learning rate of Llamba's KD stage (chosen on validation problems, README)."""
     llamba_decay_bias: Optional[list[float]] = field(default_factory=lambda: [4.0, 1024.0])
     """The Llamba student's ``mamba.decay_bias`` (heads' initial memory, in tokens); None = none,
     as in Llamba's release, where every head starts with a one-token memory (README, Results)."""
@@ -195,7 +197,7 @@ def llamba_recipe(cfg: DemoConfig, out_dir: Path, teacher_dir: Path, train: Path
     return _student_recipe(cfg, out_dir, teacher_dir, train, 0.0, "discrete", [
         {"name": "matrix", "objective": "matrix", "seq_len": min(64, cfg.seq_len), "train": {"steps": m}},
         {"name": "hidden", "objective": "hidden", "train": {"steps": h}},
-        {"name": "kd", "objective": "kd", "loss": {"kind": "forward"}, "train": {"steps": k}},
+        {"name": "kd", "objective": "kd", "loss": {"kind": "forward"}, "train": {"steps": k, "lr": cfg.llamba_kd_lr}},
         {"name": "sft", "objective": "lm", "train": {"steps": cfg.sft_steps, "lr": cfg.lr / 3}},
     ], mamba={"decay_bias": cfg.llamba_decay_bias} if cfg.llamba_decay_bias else None)
 
