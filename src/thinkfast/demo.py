@@ -5,7 +5,7 @@ and reused by the next run; ``force`` redoes them):
 
   data         synthetic train/test problems (the task the shipped teacher was trained on)
   teacher      the shipped teacher (or ``retrain_teacher``: thinkfast's own pretraining recipe)
-  llamba       Llamba student: MOHAWK stages 1-3 (matrix, hidden, KD), then SFT
+  llamba       Llamba student (with a decay bias): MOHAWK stages 1-3 (matrix, hidden, KD), then SFT
   hybrid       50% MambaInLlama hybrid: attention initialisation, reverse-KL KD, then SFT
   temperature  each model's sampling temperature, chosen on TRAIN problems (majority@n)
   orm          an outcome reward model trained on graded teacher samples of TRAIN problems
