@@ -56,7 +56,8 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--kind", choices=["llamba", "hybrid"], default="llamba")
     ap.add_argument("--demo", type=Path, default=Path("demo_out"), help="a finished demo run (data, teacher)")
-    ap.add_argument("--override", action="append", default=[], help="a recipe override, e.g. stages.kd.train.steps=2000")
+    ap.add_argument("--override", action="append", default=[],
+                    help="a recipe override, e.g. stages.kd.train.steps=2000")
     ap.add_argument("--n-test", type=int, default=100, help="problems scored")
     ap.add_argument("--split", choices=["val", "test"], default="val")
     ap.add_argument("--eval-only", type=Path, default=None, metavar="MODEL", help="score MODEL; train nothing")

@@ -197,7 +197,8 @@ def llamba_recipe(cfg: DemoConfig, out_dir: Path, teacher_dir: Path, train: Path
     return _student_recipe(cfg, out_dir, teacher_dir, train, 0.0, "discrete", [
         {"name": "matrix", "objective": "matrix", "seq_len": min(64, cfg.seq_len), "train": {"steps": m}},
         {"name": "hidden", "objective": "hidden", "train": {"steps": h}},
-        {"name": "kd", "objective": "kd", "loss": {"kind": "forward"}, "train": {"steps": k, "lr": cfg.llamba_kd_lr}},
+        {"name": "kd", "objective": "kd", "loss": {"kind": "forward"},
+         "train": {"steps": k, "lr": cfg.llamba_kd_lr}},
         {"name": "sft", "objective": "lm", "train": {"steps": cfg.sft_steps, "lr": cfg.lr / 3}},
     ], mamba={"decay_bias": cfg.llamba_decay_bias} if cfg.llamba_decay_bias else None)
 

@@ -748,7 +748,7 @@ def import_llamba(path: str | os.PathLike, device: str | torch.device = "cpu", d
     want = set(km.values())
     if biased:  # in_proj / out_proj biases instead of z_bias
         want = {v for v in want if not v.endswith("mixer.z_bias")}
-        want |= {f"backbone.layers.{i}.mixer.{b}" for i in range(n_layers) for b in ("in_proj.bias", "out_proj.bias")}
+        want |= {f"backbone.layers.{i}.mixer.{b}.bias" for i in range(n_layers) for b in ("in_proj", "out_proj")}
     _check_keys(sd, want, optional, str(p), "Llamba")
     ts = {}
     for k, v in km.items():
@@ -758,7 +758,8 @@ def import_llamba(path: str | os.PathLike, device: str | torch.device = "cpu", d
             ts[k] = torch.zeros(d_inner + 2 * H * cfg.mamba.d_state)
     if biased:
         ts.update(_llamba_biases(sd, cfg, str(p)))
-        taus = 1.0 / torch.nn.functional.softplus(torch.stack([v for k, v in ts.items() if k.endswith("a_bias")]).double())
+        a_bias = torch.stack([v for k, v in ts.items() if k.endswith("a_bias")]).double()  # (layers, H)
+        taus = 1.0 / torch.nn.functional.softplus(a_bias)
         cfg.mamba.decay_bias = [float(taus.min()), float(taus.max())]  # only an init range; a_bias is loaded
     model = LanguageModel(cfg)
     load_state_dict_strict(model, ts, str(p))
