@@ -1,6 +1,6 @@
 #!/bin/bash
 # Issue 5 evidence: RED vs Gaussian init at d_s = 64 of 128 on the demo teacher.
-# Usage: [STEPS=N LIMIT=N] bash benchmarks/red/evidence.sh [TEACHER_DIR] [DEMO_OUT]  (default: demo_out/teacher/model, demo_out)
+# Usage: [STEPS=N LIMIT=N PROMPT=plain|fewshot] bash benchmarks/red/evidence.sh [TEACHER_DIR] [DEMO_OUT]  (default: demo_out/teacher/model, demo_out)
 # The teacher, tokenizer and data of a demo run are copied first, so a later demo run cannot change them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,7 +26,7 @@ $TF erank --model $T $R/random_50/model $R/red_50/model --tokenizer $R/tokenizer
 mkdir -p $R/samples
 for m in teacher:$T red:$R/red_50/model random:$R/random_50/model; do
   name=${m%%:*}; dir=${m#*:}
-  common="--model $dir --task synthetic --data $R/data/test.jsonl --limit ${LIMIT:-50} --prompt-style fewshot --max-new-tokens 400 --batch-problems 8 --threads 1"
+  common="--model $dir --task synthetic --data $R/data/test.jsonl --limit ${LIMIT:-50} --prompt-style ${PROMPT:-plain} --max-new-tokens 400 --batch-problems 8 --threads 1"
   $TF sample $common --n 1 --temperature 0 --out $R/samples/$name-greedy.jsonl 2>&1 | tail -1
   $TF sample $common --n 16 --temperature 1.0 --out $R/samples/$name-k16.jsonl 2>&1 | tail -1
 done
