@@ -27,6 +27,7 @@ import torch
 
 from thinkfast.checkpoint import load_model, load_tokenizer
 from teacher_design import greedy_by_steps  # benchmarks/ is on sys.path when a script there runs
+from teacher_errors import answer_predictions
 
 from thinkfast.data import synthetic as syn
 from thinkfast.demo import DemoConfig, demo_task_config, hybrid_recipe, llamba_recipe
@@ -36,17 +37,13 @@ from thinkfast.eval.io import read_jsonl
 from thinkfast.eval.tasks.synthetic import SyntheticTask
 
 
-@torch.inference_mode()
 def teacher_forced_accuracy(model_dir: Path, rows: list[dict]) -> float:
     """Share of response tokens whose argmax is right when the reference chain is fed in."""
     model, tok = load_model(model_dir).eval(), load_tokenizer(model_dir)
     right = total = 0
     for r in rows:
-        p = tok("Question: " + r["question"] + "\nAnswer:", add_special_tokens=False)["input_ids"]
-        a = tok(" " + r["answer"] + "\n\n", add_special_tokens=False)["input_ids"]
-        x = torch.tensor([p + a])  # (1, T)
-        pred = model(x).logits[0, -len(a) - 1:-1].argmax(-1)  # (len(a),)
-        right += int((pred == x[0, -len(a):]).sum())
+        a, pred = answer_predictions(model, tok, r)
+        right += int((pred == torch.tensor(a)).sum())
         total += len(a)
     return right / max(total, 1)
 

@@ -20,6 +20,16 @@ from thinkfast.checkpoint import load_model, load_tokenizer
 
 
 @torch.inference_mode()
+def answer_predictions(model, tok, row: dict) -> tuple[list[int], torch.Tensor]:
+    """The chain's token ids (the training layout's response) and the model's argmax prediction
+    of each, with the question and the chain before it fed in (teacher forcing)."""
+    p = tok("Question: " + row["question"] + "\nAnswer:", add_special_tokens=False)["input_ids"]
+    a = tok(" " + row["answer"] + "\n\n", add_special_tokens=False)["input_ids"]
+    x = torch.tensor([p + a])  # (1, T)
+    return a, model(x).logits[0, -len(a) - 1:-1].argmax(-1)  # (len(a),)
+
+
+@torch.inference_mode()
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
@@ -33,11 +43,8 @@ def main() -> None:
     errors: collections.Counter[str] = collections.Counter()
     total = wrong_total = perfect = 0
     for r in rows:
-        p = tok("Question: " + r["question"] + "\nAnswer:", add_special_tokens=False)["input_ids"]
-        a = tok(" " + r["answer"] + "\n\n", add_special_tokens=False)["input_ids"]
-        x = torch.tensor([p + a])  # (1, T)
-        pred = model(x).logits[0, -len(a) - 1:-1].argmax(-1)  # (len(a),) predictions of the answer tokens
-        wrong = (pred != x[0, -len(a):]).nonzero().flatten().tolist()
+        a, pred = answer_predictions(model, tok, r)
+        wrong = (pred != torch.tensor(a)).nonzero().flatten().tolist()
         total, wrong_total, perfect = total + len(a), wrong_total + len(wrong), perfect + (not wrong)
         for w in wrong:
             errors[tok.decode(a[max(0, w - 3):w]).replace("\n", "/")] += 1
