@@ -1,5 +1,5 @@
 """Build the hybrids named by the layers.json files (duplicates skipped), measure them.
-   python benchmarks/layer_selection/study.py R TEACHER KD_STEPS LIMIT N MAX_NEW"""
+   [PROMPT=plain|fewshot] python benchmarks/layer_selection/study.py R TEACHER KD_STEPS LIMIT N MAX_NEW"""
 import json
 import os
 import subprocess
@@ -39,7 +39,7 @@ models = {k: f"{b['dir']}/model" for k, b in own.items()}
 models["teacher"] = T
 for name, d in models.items():
     common = ["--model", d, "--task", "synthetic", "--data", os.environ.get("DATA", "runs/demo/data") + "/test.jsonl", "--limit", LIMIT,
-              "--prompt-style", "fewshot", "--max-new-tokens", MAXNEW, "--batch-problems", "8", "--threads", "1"]
+              "--prompt-style", os.environ.get("PROMPT", "plain"), "--max-new-tokens", MAXNEW, "--batch-problems", "8", "--threads", "1"]
     sh("python", "-m", "thinkfast.cli", "sample", *common, "--n", N, "--temperature", "1.0",
        "--out", f"{R}/samples/{name}_t1.jsonl")
     sh("python", "-m", "thinkfast.cli", "sample", *common, "--n", "1", "--temperature", "0",
