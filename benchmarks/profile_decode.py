@@ -25,8 +25,10 @@ from thinkfast.models.lm import LanguageModel  # noqa: E402
 MODELS = {"teacher": ("AAAA", "mamba2"), "llamba": ("MMMM", "discrete"), "hybrid": ("AMAM", "mamba2")}
 
 
-def build(pattern: str, kind: str) -> LanguageModel:
-    cfg = ModelConfig.from_name("demo", layer_pattern=pattern, mamba={"kind": kind})
+def build(pattern: str, kind: str, preset: str = "demo") -> LanguageModel:
+    n_layers = ModelConfig.from_name(preset).n_layers
+    pattern = (pattern * n_layers)[:n_layers]  # the 4-layer pattern repeated to the preset's depth
+    cfg = ModelConfig.from_name(preset, layer_pattern=pattern, mamba={"kind": kind})
     torch.manual_seed(0)
     return LanguageModel(cfg).eval()
 
@@ -39,10 +41,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--top", type=int, default=8)
+    ap.add_argument("--preset", default="demo", help="a ModelConfig preset, e.g. smollm2-135m")
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    for name, (pattern, kind) in MODELS.items():
-        model = build(pattern, kind)
+    for name in args.models.split(","):
+        pattern, kind = MODELS[name]
+        model = build(pattern, kind, args.preset)
         cache = model.allocate_cache(args.batch, args.prompt + args.steps + 8)
         ids = torch.randint(4, model.config.vocab_size, (args.batch, args.prompt))
         model(ids, cache=cache, logits_to_keep=1)  # prefill

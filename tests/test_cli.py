@@ -52,3 +52,8 @@ def test_bench_writes_figures_and_ratios(tmp_path, capsys):
     tps = {(r["engine"], r["kind"]): r.get("decode_tokens_per_s") for r in data["results"]}
     assert all(v and v > 0 for v in tps.values()), data["results"]
     assert {"llama_vs_hf_ratio", "mamba_vs_hf_ratio", "mamba_vs_llama_ratio"} <= set(data["ratios"])
+    by = {(r["engine"], r["kind"]): r for r in data["results"]}
+    assert all(r["matmul_floor_ms"] > 0 and r["decode_step_ms"] > 0 for r in by.values())
+    for kind in ("llama", "mamba"):  # the ceiling: transformers' step over our matmul floor
+        want = by[("hf", kind)]["decode_step_ms"] / by[("thinkfast", kind)]["matmul_floor_ms"]
+        assert data["ratios"][f"{kind}_vs_hf_ratio_ceiling"] == pytest.approx(want)

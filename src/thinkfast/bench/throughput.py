@@ -8,6 +8,12 @@ thinkfast Llama's weights through the exporter.
 Decode tokens/s = batch * (gen - 1) / (T(gen) - T(1)): the time of a generate() with ``gen``
 new tokens minus one with a single new token (the prefill), measured the same way for every
 engine, greedy, no early stopping.
+
+Each case also times its model's **matmul floor**: one pass of every ``nn.Linear`` weight of the
+model (LM head included) over a (batch, in_features) input, in model order, best of five. A decode
+step must do at least these products, so no engine's step beats its floor, and
+``hf_step_ms / thinkfast_floor_ms`` caps the speed-up any rewrite of the rest could reach
+(``*_vs_hf_ratio_ceiling``).
 """
 
 from __future__ import annotations
@@ -100,6 +106,25 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def matmul_floor_ms(model: torch.nn.Module, batch: int, repeats: int = 5) -> float:
+    """Milliseconds for one pass of the model's Linear products at ``batch`` rows (best of
+    ``repeats``). The pass streams every weight once, as a decode step does, so the weights do not
+    sit in cache between products (a model of this size is far larger than the CPU's caches)."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    p = next(model.parameters())
+    xs = {m.in_features: torch.randn(batch, m.in_features, device=p.device, dtype=p.dtype) for m in linears}
+
+    def one_pass():
+        for m in linears:
+            torch.nn.functional.linear(xs[m.in_features], m.weight, m.bias)
+        if p.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    with torch.inference_mode():
+        one_pass()  # warm-up
+        return 1000 * min(_timed(one_pass) for _ in range(repeats))
+
+
 def measure(case: BenchCase) -> dict[str, Any]:
     """Run one case in this process; returns its figures."""
     torch.set_num_threads(case.threads)
@@ -134,7 +159,9 @@ def measure(case: BenchCase) -> dict[str, Any]:
     t_total = min(_timed(lambda: run(case.gen)) for _ in range(case.repeats))
     decode_s = max(t_total - t_prefill, 1e-9)
     out = dict(asdict(case), params=n_params, prefill_s=t_prefill, total_s=t_total, decode_s=decode_s,
-               decode_tokens_per_s=case.batch * (case.gen - 1) / decode_s)
+               decode_tokens_per_s=case.batch * (case.gen - 1) / decode_s,
+               decode_step_ms=1000 * decode_s / max(case.gen - 1, 1),
+               matmul_floor_ms=matmul_floor_ms(model, case.batch))
     if dev.type == "cuda":
         out["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -164,12 +191,18 @@ def hardware() -> dict[str, Any]:
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
-    """Decode-throughput ratios named after the two things compared."""
-    tps = {(r["engine"], r["kind"]): r["decode_tokens_per_s"] for r in results if "decode_tokens_per_s" in r}
+    """Decode-throughput ratios named after the two things compared, and for each thinkfast-vs-hf
+    pair its ceiling: transformers' decode step over thinkfast's matmul floor."""
+    ok = [r for r in results if "decode_tokens_per_s" in r]
+    tps = {(r["engine"], r["kind"]): r["decode_tokens_per_s"] for r in ok}
+    by = {(r["engine"], r["kind"]): r for r in ok}
     out = {}
     for kind, name in (("llama", "llama"), ("mamba", "mamba"), ("hybrid", "hybrid")):
         if ("thinkfast", kind) in tps and ("hf", kind) in tps:
             out[f"{name}_vs_hf_ratio"] = tps[("thinkfast", kind)] / tps[("hf", kind)]
+            floor = by[("thinkfast", kind)].get("matmul_floor_ms")
+            if floor:
+                out[f"{name}_vs_hf_ratio_ceiling"] = by[("hf", kind)]["decode_step_ms"] / floor
     for kind in ("mamba", "hybrid"):
         if ("thinkfast", kind) in tps and ("thinkfast", "llama") in tps:
             out[f"{kind}_vs_llama_ratio"] = tps[("thinkfast", kind)] / tps[("thinkfast", "llama")]

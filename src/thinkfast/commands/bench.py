@@ -43,11 +43,12 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{engine:9s} {kind:7s} failed: {r['error']}", flush=True)
             else:
                 print(f"{engine:9s} {kind:7s} decode {r['decode_tokens_per_s']:9.1f} tok/s  "
+                      f"step {r['decode_step_ms']:7.1f} ms (matmul floor {r['matmul_floor_ms']:7.1f})  "
                       f"prefill {r['prefill_s']:6.2f}s  total {r['total_s']:7.2f}s  "
                       f"peak {r['peak_mem_mb']:7.0f} MB", flush=True)
     rat = ratios(results)
     for k, v in rat.items():
-        print(f"{k:24s} {v:6.2f}x")
+        print(f"{k:32s} {v:6.2f}x")
     if args.json_out:
         atomic_write_text(args.json_out, json.dumps(dict(settings=vars(args), hardware=hardware(),
                                                          results=results, ratios=rat), indent=2) + "\n")
