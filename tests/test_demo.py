@@ -8,7 +8,7 @@ import thinkfast.demo as demo
 from thinkfast.cli import main
 
 RESULT_KEYS = {"config", "task", "teacher", "temperatures", "greedy", "runs", "pareto", "throughput", "claim",
-               "stage_seconds", "models", "hybrid_layers"}
+               "stage_seconds", "models", "hybrid_layers", "samples_per_problem", "train_decode_s_per_sample"}
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,23 @@ def test_quick_demo_writes_a_complete_report(quick_run):
     llamba = json.loads((quick_run / "llamba" / "model" / "config.json").read_text())["model"]
     assert set(llamba["layer_pattern"]) == {"M"} and llamba["mamba"]["kind"] == "discrete"
     assert llamba["mamba"]["decay_bias"] == results["config"]["llamba_decay_bias"] is not None
+    # each model sampled the n the budget rule gave it, at the same rows per engine call
+    n_by = results["samples_per_problem"]
+    assert n_by == demo.samples_per_problem(demo.DemoConfig.preset(True), results["train_decode_s_per_sample"])
+    cfg = results["config"]
+    for name, run in results["runs"].items():
+        assert run["n"] == n_by[name] and run["ks"][-1] == n_by[name]
+        assert run["timing"]["mean_batch_rows"] == cfg["batch_problems"] * cfg["n_samples"]
+
+
+def test_samples_per_problem_follows_measured_speed():
+    cfg = demo.DemoConfig()  # n_samples 32, factor at most 4
+    speeds = {"teacher": 0.030, "llamba": 0.018, "hybrid": 0.024, "fast": 0.004, "slow": 0.05}
+    # speed-ups 1.67 -> 2, 1.25 -> 1, 7.5 -> 8 capped at 4, 0.6 -> never fewer than the teacher
+    assert demo.samples_per_problem(cfg, speeds) == {"teacher": 32, "llamba": 64, "hybrid": 32, "fast": 128,
+                                                     "slow": 32}
+    assert demo.samples_per_problem(demo.DemoConfig(match_budget=False), speeds) == dict.fromkeys(speeds, 32)
+    assert demo.samples_per_problem(cfg, {"teacher": None, "llamba": 0.01}) == {"teacher": 32, "llamba": 32}
 
 
 def test_second_run_reuses_finished_stages(quick_run, capsys):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -78,8 +79,16 @@ class DemoConfig:
     orm_problems: int = 160
     orm_samples: int = 8
     n_samples: int = 32
+    """Samples per test problem for the teacher, and the least any model draws."""
     batch_problems: int = 8
-    """Problems per engine call: each call decodes batch_problems * n_samples rows."""
+    """Problems per engine call for the teacher: every call of every model, temperature choice
+    included, decodes ``batch_problems * n_samples`` rows."""
+    match_budget: bool = True
+    """A student that decodes m times as fast as the teacher (measured in its temperature stage, on
+    train problems, at the same rows per call) draws n_samples * 2**round(log2(m)) samples per
+    problem, so its curves reach the teacher's largest budget."""
+    max_budget_factor: int = 4
+    """The most that factor may be."""
     max_new_tokens: int = 400
 
     @classmethod
@@ -238,8 +247,10 @@ def hybrid_recipe(cfg: DemoConfig, out_dir: Path, teacher_dir: Path, train: Path
 # --- sampling -----------------------------------------------------------------------------------
 
 def sample_file(model_dir: Path, task: Any, examples: list, out_path: Path, name: str, n: int,
-                temperature: float, cfg: DemoConfig, log: Callable[[str], None]) -> dict[str, Any]:
-    """Sample ``n`` completions per example into ``out_path`` (resumable); returns the report."""
+                temperature: float, cfg: DemoConfig, log: Callable[[str], None],
+                batch_problems: Optional[int] = None) -> dict[str, Any]:
+    """Sample ``n`` completions per example into ``out_path`` (resumable), ``batch_problems``
+    (default ``cfg.batch_problems``) per engine call; returns the report."""
     from .checkpoint import load_model, load_tokenizer
     from .eval.budget import hardware_string
     from .eval.sampling import SampleSettings, encode_prompts, engine_generate_fn, run_sampling
@@ -258,7 +269,7 @@ def sample_file(model_dir: Path, task: Any, examples: list, out_path: Path, name
         if done is not None:
             bar.update(done - bar.n)
 
-    rep = run_sampling(examples, prompts, gen, out_path, settings, batch_problems=cfg.batch_problems,
+    rep = run_sampling(examples, prompts, gen, out_path, settings, batch_problems=batch_problems or cfg.batch_problems,
                        context_len=model.config.max_seq_len, hardware=hardware_string(), log=progress)
     bar.close()
     if rep.failed:
@@ -281,21 +292,43 @@ def greedy_stage(model_dir: Path, task: Any, examples: list, out_path: Path, nam
 
 def choose_temperature(model_dir: Path, task: Any, examples: list, out_dir: Path, name: str,
                        cfg: DemoConfig, log: Callable[[str], None]) -> dict[str, Any]:
-    """The temperature with the best majority@n on TRAIN problems (ties: the lower one)."""
+    """The temperature with the best majority@n on TRAIN problems (ties: the lower one), and the
+    model's decode seconds per sample at it, at the test sampling's rows per call."""
     from .eval.evaluation import EvalSettings, evaluate_run
     from .eval.io import read_jsonl
 
+    rows_per_call = cfg.batch_problems * cfg.n_samples
     scores = {}
     for t in cfg.temperatures:
         path = out_dir / f"{name}_T{t}.jsonl"
-        sample_file(model_dir, task, examples, path, name, cfg.temp_samples, t, cfg, log)
+        sample_file(model_dir, task, examples, path, name, cfg.temp_samples, t, cfg, log,
+                    batch_problems=max(1, rows_per_call // cfg.temp_samples))
         run = evaluate_run(read_jsonl(path), task, name, str(path), EvalSettings(n_boot=10, seed=cfg.seed))
         maj = run["metrics"]["majority"][-1]["mean"]
-        scores[str(t)] = {"majority": maj, "coverage": run["metrics"]["coverage"][-1]["mean"]}
+        scores[str(t)] = {"majority": maj, "coverage": run["metrics"]["coverage"][-1]["mean"],
+                          "decode_s_per_sample": (run.get("timing") or {}).get("decode_s_per_sample")}
     best = max(cfg.temperatures, key=lambda t: (scores[str(t)]["majority"], -t))
     log(f"{name}: temperature {best} (majority@{cfg.temp_samples} on train: "
         + ", ".join(f"T={t}: {v['majority']:.2f}" for t, v in scores.items()) + ")")
-    return {"temperature": best, "train_scores": scores}
+    return {"temperature": best, "train_scores": scores,
+            "decode_s_per_sample": scores[str(best)]["decode_s_per_sample"]}
+
+
+def samples_per_problem(cfg: DemoConfig, decode_s_per_sample: dict[str, Optional[float]]) -> dict[str, int]:
+    """Samples per test problem for each model: the teacher draws ``cfg.n_samples``; a student
+    that is m times as fast per sample draws ``n_samples * 2**round(log2(m))`` (at least
+    n_samples, at most ``max_budget_factor`` times it), so at the teacher's largest budget it
+    has about as many samples as those seconds buy. Without ``match_budget``, or without a
+    timing, every model draws n_samples."""
+    teacher = decode_s_per_sample.get("teacher")
+    out = {}
+    for name, t in decode_s_per_sample.items():
+        factor = 1
+        if cfg.match_budget and name != "teacher" and teacher and t:
+            factor = 2 ** max(0, round(math.log2(teacher / t)))
+            factor = min(factor, cfg.max_budget_factor)
+        out[name] = cfg.n_samples * factor
+    return out
 
 
 def train_orm_stage(teacher_dir: Path, samples: Path, out_dir: Path, cfg: DemoConfig,
@@ -388,6 +421,10 @@ def demo_markdown(results: dict[str, Any]) -> list[str]:
         md += ["**--quick run: tiny budgets everywhere, so these numbers are meaningless;** it only "
                "shows that every stage runs.", ""]
     md += ["## Does a student beat its teacher at equal seconds per problem?", ""]
+    if results.get("samples_per_problem"):
+        md += ["Samples per test problem: " + ", ".join(f"{k} {v}" for k, v in results["samples_per_problem"].items())
+               + " (a student's n grows with its measured speed, so its curves reach the teacher's largest "
+               "budget).", ""]
     for method in ("coverage", "majority"):
         v = results["claim"][method]
         md += [f"### {method}", "", "| teacher k | seconds/problem | teacher | best Llamba within it (k) | "
@@ -485,10 +522,13 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teache
     train_examples = task.load("train", path=str(train_path))
     temp_ex = train_examples[: cfg.temp_problems]
     orm_ex = train_examples[cfg.temp_problems: cfg.temp_problems + cfg.orm_problems]
-    temps = {}
+    temps, speeds = {}, {}
     for name in MODELS:
-        temps[name] = stages.run(f"temperature-{name}", lambda name=name: choose_temperature(
-            model_dirs[name], task, temp_ex, out / "temperature", name, cfg, log))["temperature"]
+        chosen = stages.run(f"temperature-{name}", lambda name=name: choose_temperature(
+            model_dirs[name], task, temp_ex, out / "temperature", name, cfg, log))
+        temps[name], speeds[name] = chosen["temperature"], chosen.get("decode_s_per_sample")
+    n_by_model = samples_per_problem(cfg, speeds)
+    log("samples per test problem: " + ", ".join(f"{k} {v}" for k, v in n_by_model.items()))
 
     def orm():
         path = out / "orm" / "teacher_train_samples.jsonl"
@@ -501,8 +541,10 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teache
     greedy: dict[str, dict[str, Any]] = {}
     for name in MODELS:
         raw, scored = out / "samples" / f"{name}.jsonl", out / "samples" / f"{name}.scored.jsonl"
-        stages.run(f"sample-{name}", lambda name=name, raw=raw: sample_file(
-            model_dirs[name], task, test_examples, raw, name, cfg.n_samples, temps[name], cfg, log))
+        n = n_by_model[name]  # same rows per call for every model: fewer problems when n is larger
+        stages.run(f"sample-{name}", lambda name=name, raw=raw, n=n: sample_file(
+            model_dirs[name], task, test_examples, raw, name, n, temps[name], cfg, log,
+            batch_problems=max(1, cfg.batch_problems * cfg.n_samples // n)))
         greedy[name] = stages.run(f"greedy-{name}", lambda name=name: greedy_stage(
             model_dirs[name], task, test_examples, out / "samples" / f"{name}.greedy.jsonl", name, cfg, log))
         stages.run(f"score-{name}", lambda raw=raw, scored=scored: score_stage(raw, scored, out / "orm" / "model"))
@@ -511,7 +553,8 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teache
     metrics = {"runs": list(runs.values()), "pareto": pareto_by_task(list(runs.values()))}
     write_json_atomic(out / "metrics.json", metrics)
     results = {
-        "config": to_dict(cfg), "task": task_meta, "teacher": teacher_tag, "temperatures": temps, "greedy": greedy,
+        "config": to_dict(cfg), "task": task_meta, "teacher": teacher_tag, "temperatures": temps,
+        "samples_per_problem": n_by_model, "train_decode_s_per_sample": speeds, "greedy": greedy,
         "hybrid_layers": {k: hybrid_layers[k] for k in ("layers", "pattern", "method", "scores")},
         "runs": runs, "pareto": metrics["pareto"], "throughput": throughput_table(list(runs.values())),
         "claim": claim_verdict(runs), "stage_seconds": stages.seconds(),
