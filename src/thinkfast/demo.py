@@ -315,18 +315,19 @@ def choose_temperature(model_dir: Path, task: Any, examples: list, out_dir: Path
 
 
 def samples_per_problem(cfg: DemoConfig, decode_s_per_sample: dict[str, Optional[float]]) -> dict[str, int]:
-    """Samples per test problem for each model: the teacher draws ``cfg.n_samples``; a student
-    that is m times as fast per sample draws ``n_samples * 2**round(log2(m))`` (at least
-    n_samples, at most ``max_budget_factor`` times it), so at the teacher's largest budget it
-    has about as many samples as those seconds buy. Without ``match_budget``, or without a
-    timing, every model draws n_samples."""
+    """Samples per test problem for each model. The teacher draws ``cfg.n_samples``; a student
+    that is m times as fast per sample draws ``n_samples * 2**round(log2(m))``, so that at the
+    teacher's largest budget it holds about as many samples as those seconds buy. The factor is
+    at least 1 and at most ``max_budget_factor`` and ``batch_problems`` (so every model's engine
+    calls hold the same rows). Without ``match_budget``, or without a timing, every model draws
+    n_samples."""
     teacher = decode_s_per_sample.get("teacher")
     out = {}
     for name, t in decode_s_per_sample.items():
         factor = 1
         if cfg.match_budget and name != "teacher" and teacher and t:
             factor = 2 ** max(0, round(math.log2(teacher / t)))
-            factor = min(factor, cfg.max_budget_factor)
+            factor = min(factor, cfg.max_budget_factor, cfg.batch_problems)  # rows per call stay equal
         out[name] = cfg.n_samples * factor
     return out
 
