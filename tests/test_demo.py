@@ -53,6 +53,17 @@ def test_quick_demo_writes_a_complete_report(quick_run):
     for name, run in results["runs"].items():
         assert run["n"] == n_by[name] and run["ks"][-1] == n_by[name]
         assert run["timing"]["mean_batch_rows"] == cfg["batch_problems"] * cfg["n_samples"]
+    # a student is also scored at the most samples that fit each teacher budget, by its own timings
+    from thinkfast.eval.budget import RunTiming, largest_k_within
+
+    for name in ("llamba", "hybrid"):
+        run = results["runs"][name]
+        timing = RunTiming(**run["timing"])
+        for b in results["claim"]["coverage"]["budgets"]:
+            k = largest_k_within(b["seconds"], timing, run["n"])
+            assert k == 0 or k in run["ks"]
+            within = [e for e in run["metrics"]["coverage"] if e["seconds"] <= b["seconds"]]
+            assert b[f"{name}_k"] == (max(within, key=lambda e: e["mean"])["k"] if within else None)
 
 
 def test_samples_per_problem_follows_measured_speed():

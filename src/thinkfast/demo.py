@@ -19,6 +19,7 @@ majority accuracy than its teacher once the budget allows several teacher sample
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
@@ -389,6 +390,21 @@ def throughput_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def budget_ks(teacher_run: dict[str, Any], rows: list[dict[str, Any]]) -> list[int]:
+    """For each of the teacher's budgets (seconds per problem at its k = 2, 4, ...), the most
+    samples a student's ``rows`` fit in it, by the student's own measured timings: the student is
+    also scored at exactly those k, so the comparison uses each budget whole."""
+    from .eval.budget import largest_k_within, timing_from_rows
+
+    timing = timing_from_rows(rows)
+    if timing is None:
+        return []
+    n = min(collections.Counter(r["problem_id"] for r in rows).values())
+    ks = [largest_k_within(e["seconds"], timing, n) for e in teacher_run["metrics"]["coverage"]
+          if e["k"] >= 2 and e["seconds"] is not None]
+    return sorted({k for k in ks if k >= 1})
+
+
 def claim_verdict(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """For each teacher budget with k >= 2: the best a student reaches within that many seconds."""
     teacher = runs["teacher"]
@@ -549,7 +565,9 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teache
         greedy[name] = stages.run(f"greedy-{name}", lambda name=name: greedy_stage(
             model_dirs[name], task, test_examples, out / "samples" / f"{name}.greedy.jsonl", name, cfg, log))
         stages.run(f"score-{name}", lambda raw=raw, scored=scored: score_stage(raw, scored, out / "orm" / "model"))
-        runs[name] = evaluate_run(read_jsonl(scored), task, name, str(scored), EvalSettings(seed=cfg.seed))
+        rows = list(read_jsonl(scored))
+        extra = budget_ks(runs["teacher"], rows) if name != "teacher" else []
+        runs[name] = evaluate_run(rows, task, name, str(scored), EvalSettings(seed=cfg.seed), extra_ks=extra)
 
     metrics = {"runs": list(runs.values()), "pareto": pareto_by_task(list(runs.values()))}
     write_json_atomic(out / "metrics.json", metrics)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from thinkfast.eval.budget import Point, best_at_budget, pareto_front, timing_from_rows
+from thinkfast.eval.budget import Point, RunTiming, best_at_budget, largest_k_within, pareto_front, timing_from_rows
 
 
 def _rows(problems, n, batch_problems, prefill_s, decode_s):
@@ -36,6 +36,16 @@ def test_uneven_last_batch_is_counted_once():
     t = timing_from_rows(_rows(5, 2, 2, prefill_s=2.0, decode_s=4.0))  # calls of 2, 2 and 1 problems
     assert t.calls == pytest.approx(3)
     assert t.prefill_s_per_problem * 5 + t.decode_s_per_sample * 10 == pytest.approx(3 * (2.0 + 4.0))
+
+
+@pytest.mark.parametrize("prefill,decode", [(0.5, 1.0), (0.0017, 0.0139), (0.0, 0.1), (0.3, 0.0)])
+def test_largest_k_within_matches_brute_force(prefill, decode):
+    t = RunTiming(prefill_s_per_problem=prefill, decode_s_per_sample=decode, problems=1, samples=1, calls=1,
+                  mean_batch_rows=1, new_tokens_per_sample=None, hardware="x")
+    n = 64
+    for seconds in [0.0, 0.2, 0.5, 1.5, 2.5, 0.0478, 0.737, 0.3 + 3 * 0.1, 100.0]:
+        brute = max([k for k in range(1, n + 1) if t.seconds_per_problem(k) <= seconds], default=0)
+        assert largest_k_within(seconds, t, n) == brute, seconds
 
 
 def test_no_timings_no_budget():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from math import comb
 
 import pytest
 
@@ -49,6 +50,23 @@ def test_evaluate_run_groups_by_value_and_scores_rewards(tmp_path):
     assert m["best_of_n"][-1]["mean"] == pytest.approx(m["coverage"][-1]["mean"])
     # seconds: prefill 0.1 + k * 1.0 / 4 per problem
     assert [e["seconds"] for e in m["majority"]] == pytest.approx([0.1 + k / 4 for k in (1, 2, 4)])
+
+
+def test_extra_ks_add_points_and_leave_the_grid_alone(tmp_path):
+    rows = _write_run(tmp_path / "a.jsonl", 0.5, 1.0, seed=1)
+    task, settings = get_task("gsm8k"), EvalSettings(n_boot=50)
+    base = evaluate_run(rows, task, "a", "a.jsonl", settings)
+    more = evaluate_run(rows, task, "a", "a.jsonl", settings, extra_ks=[3, 0, 9, 2])  # 0 and 9 > n are dropped
+    assert more["ks"] == [1, 2, 3, 4]
+    for method, entries in more["metrics"].items():
+        by_k = {e["k"]: e for e in entries}
+        assert [by_k[k]["mean"] for k in base["ks"]] == [e["mean"] for e in base["metrics"][method]]
+    # coverage@3 is the unbiased pass@k of each problem's 4 samples, averaged
+    per = {}
+    for r in rows:
+        per.setdefault(r["problem_id"], []).append(r["completion"].endswith(str(1000 + int(r["problem_id"]))))
+    want = sum(1 - comb(4 - sum(c), 3) / comb(4, 3) for c in per.values()) / len(per)
+    assert {e["k"]: e["mean"] for e in more["metrics"]["coverage"]}[3] == pytest.approx(want)
 
 
 def test_evaluate_and_report_cli(tmp_path):

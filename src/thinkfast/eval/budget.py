@@ -41,6 +41,19 @@ class RunTiming:
         return asdict(self)
 
 
+def largest_k_within(seconds: float, timing: RunTiming, n: int) -> int:
+    """The most samples (at most ``n``) whose seconds per problem fit in ``seconds``; 0 if none."""
+    if timing.decode_s_per_sample <= 0:
+        return n if timing.prefill_s_per_problem <= seconds else 0
+    k = int((seconds - timing.prefill_s_per_problem) / timing.decode_s_per_sample)
+    k = max(0, min(n, k))
+    while k > 0 and timing.seconds_per_problem(k) > seconds:  # float rounding at the boundary
+        k -= 1
+    while k < n and timing.seconds_per_problem(k + 1) <= seconds:
+        k += 1
+    return k
+
+
 def hardware_string(device: Any = None) -> str:
     """What the timings were measured on: the GPU name, or the CPU and its thread count."""
     import torch

@@ -75,8 +75,9 @@ def problem_values(p: ProblemSamples, n: int, ks: Sequence[int], same: Callable[
 
 
 def evaluate_run(rows: list[dict[str, Any]], task: Any, name: str, source: str,
-                 settings: EvalSettings) -> dict[str, Any]:
-    """Every metric of one samples file, as a JSON-ready dict."""
+                 settings: EvalSettings, extra_ks: Sequence[int] = ()) -> dict[str, Any]:
+    """Every metric of one samples file, as a JSON-ready dict, at k = 1, 2, 4, ..., n and at
+    ``extra_ks`` (those in 1..n; e.g. the k that fits another model's time budget)."""
     if rows and any("correct" not in r for r in rows):
         rows = grade_rows(task, rows, source)
     problems = group_by_problem(rows, settings.reward_key, source)
@@ -84,7 +85,7 @@ def evaluate_run(rows: list[dict[str, Any]], task: Any, name: str, source: str,
         raise UserError(f"{source}: no samples")
     sizes = [len(p.preds) for p in problems]
     n = min(sizes)  # problems with more samples use their first n (samples are i.i.d.)
-    ks = M.k_values(n)
+    ks = sorted(set(M.k_values(n)) | {int(k) for k in extra_ks if 1 <= k <= n})
     per_problem = [problem_values(p, n, ks, task.same_answer, settings, settings.seed * 1_000_003 + i)
                    for i, p in enumerate(problems)]
     timing = timing_from_rows(rows)
