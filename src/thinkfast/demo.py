@@ -7,11 +7,14 @@ and reused by the next run; ``force`` redoes them):
   teacher      the shipped teacher (or ``retrain_teacher``: thinkfast's own pretraining recipe)
   llamba       Llamba student (with a decay bias): MOHAWK stages 1-3 (matrix, hidden, KD), then SFT
   hybrid       50% MambaInLlama hybrid: attention initialisation, reverse-KL KD, then SFT
-  temperature  each model's sampling temperature, chosen on TRAIN problems (majority@n)
+  temperature  each model's sampling temperature, chosen on TRAIN problems (majority@n), and its
+               decode seconds per sample there
   orm          an outcome reward model trained on graded teacher samples of TRAIN problems
-  sample-*     n samples per TEST problem for each model, at one batch size for all
+  sample-*     samples of every TEST problem for each model, at one batch size for all: 32 for the
+               teacher, more for a student in proportion to its speed (``samples_per_problem``)
   score        grading and ORM scores
-  report       metrics, budgets, the Pareto front, report.md + plots, results.json
+  report       metrics, budgets, the Pareto front, report.md + plots, results.json; each student
+               is also scored at the most samples that fit each teacher budget (``budget_ks``)
 
 The claim tested: at equal seconds per problem, does a student reach a higher coverage and
 majority accuracy than its teacher once the budget allows several teacher samples?
@@ -270,8 +273,8 @@ def sample_file(model_dir: Path, task: Any, examples: list, out_path: Path, name
         if done is not None:
             bar.update(done - bar.n)
 
-    rep = run_sampling(examples, prompts, gen, out_path, settings, batch_problems=batch_problems or cfg.batch_problems,
-                       context_len=model.config.max_seq_len, hardware=hardware_string(), log=progress)
+    rep = run_sampling(examples, prompts, gen, out_path, settings,
+                       batch_problems=batch_problems or cfg.batch_problems, context_len=model.config.max_seq_len, hardware=hardware_string(), log=progress)
     bar.close()
     if rep.failed:
         log(f"{name}: {len(rep.failed)} problems could not be sampled: {rep.failed[:3]}")
