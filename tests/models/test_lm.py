@@ -118,3 +118,24 @@ def test_bad_decay_bias_is_a_config_error(bad):
         ModelConfig.from_name("tiny", layer_pattern="MM", mamba=dict(kind="discrete", decay_bias=bad))
     with pytest.raises(ConfigError, match="discrete mixer only"):
         ModelConfig.from_name("tiny", layer_pattern="MM", mamba=dict(kind="mamba2", decay_bias=[2, 8]))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("H,G", [(4, 2), (6, 2), (3, 3), (8, 1)])
+def test_grouped_decode_attention_matches_sdpa_with_repeated_kv(H, G, dtype, tol):
+    from thinkfast.models.layers import grouped_decode_attention, repeat_heads
+
+    g = torch.Generator().manual_seed(H * 10 + G)
+    B, S, hd = 3, 11, 16
+    cache_k = torch.randn(B, G, S + 5, hd, generator=g).to(dtype)
+    cache_v = torch.randn(B, G, S + 5, hd, generator=g).to(dtype)
+    k, v = cache_k[:, :, :S], cache_v[:, :, :S]  # a view of a larger cache, as in decoding
+    q = torch.randn(B, H, 1, hd, generator=g).to(dtype)
+    mask = torch.rand(B, 1, 1, S, generator=g) > 0.3
+    mask[..., -1] = True  # the token itself is always visible
+    for m in (None, mask):
+        ref = torch.nn.functional.scaled_dot_product_attention(
+            q.float(), repeat_heads(k, H // G).float(), repeat_heads(v, H // G).float(), attn_mask=m)
+        out = grouped_decode_attention(q, k, v, m)
+        assert out.shape == (B, H, 1, hd) and out.dtype == dtype
+        torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
