@@ -20,6 +20,7 @@ import collections
 import json
 from pathlib import Path
 
+from thinkfast.config import atomic_write_text
 from thinkfast.data import synthetic as syn
 from thinkfast.demo import DemoConfig, choose_temperature, demo_task_config, greedy_stage, sample_file
 from thinkfast.eval.grading import grade_rows
@@ -74,7 +75,7 @@ def main() -> None:
               "n_samples": args.n_samples,
               **headroom(task, list(read_jsonl(args.out / "greedy.jsonl")), list(read_jsonl(samples)),
                          {e.id: e.meta.get("n_steps") for e in val})}
-    (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.out / "result.json", json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("temperature", "greedy", "coverage", "gap_points", "by_steps")}))
 
 
