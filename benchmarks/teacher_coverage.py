@@ -22,7 +22,8 @@ from pathlib import Path
 
 from thinkfast.config import atomic_write_text
 from thinkfast.data import synthetic as syn
-from thinkfast.demo import DemoConfig, choose_temperature, demo_task_config, greedy_stage, sample_file
+from thinkfast.demo import (DemoConfig, choose_temperature, demo_task_config, greedy_stage, sample_file,
+                            teacher_train_config)
 from thinkfast.eval.grading import grade_rows
 from thinkfast.eval.io import read_jsonl
 from thinkfast.eval.tasks.synthetic import SyntheticTask
@@ -52,15 +53,27 @@ def main() -> None:
     ap.add_argument("--n-val", type=int, default=300, help="validation problems")
     ap.add_argument("--n-samples", type=int, default=32)
     ap.add_argument("--temperature", type=float, default=None, help="skip the demo's rule; sample at this T")
+    ap.add_argument("--teacher-train", action="append", default=[], metavar="KEY=JSON",
+                    help="a teacher_train field the model was trained with, e.g. step_weights=[1,1,1,2] "
+                         "(default: the shipped task's); validation problems among its training problems are dropped")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     cfg = DemoConfig()
     meta = demo_task_config()
+    for kv in args.teacher_train:
+        key, _, value = kv.partition("=")
+        meta.setdefault("teacher_train", {})[key] = json.loads(value)
     syn_cfg = syn.SyntheticConfig.from_dict(meta["config"])
     task = SyntheticTask(syn_cfg, seed=meta["seed"], n_shots=meta["n_shots"])
     problems = syn.generate(syn_cfg, "train", cfg.n_train + args.n_val, seed=meta["seed"])
     syn.write_jsonl(problems[: cfg.temp_problems], args.out / "temp.jsonl")
-    syn.write_jsonl(problems[cfg.n_train:], args.out / "val.jsonl")
+    val_problems = problems[cfg.n_train:]
+    if meta.get("teacher_train"):  # the teacher trained on another stream of train-split problems
+        seen = {p.question for p in syn.generate(teacher_train_config(meta), "train", cfg.n_train, seed=meta["seed"])}
+        kept = [p for p in val_problems if p.question not in seen]
+        print(f"{len(val_problems) - len(kept)} validation problems are among the teacher's training problems; dropped")
+        val_problems = kept
+    syn.write_jsonl(val_problems, args.out / "val.jsonl")
     temperature = args.temperature
     choice = None
     if temperature is None:

@@ -95,3 +95,35 @@ def test_missing_shipped_teacher_names_the_retrain_flag(tmp_path, monkeypatch, c
     monkeypatch.setattr(demo, "SHIPPED_TEACHER", tmp_path / "nowhere")
     assert main(["demo", "--quick", "--out", str(tmp_path / "o")]) == 2
     assert "--retrain-teacher" in capsys.readouterr().err
+
+
+def test_retrained_teacher_trains_on_its_own_mix(tmp_path, monkeypatch):
+    """--retrain-teacher draws the teacher's training problems with the task's ``teacher_train``
+    fields (here: 5 operations only), while the problems the students and the test use keep the task's mix."""
+    from thinkfast.eval.tasks.synthetic import SyntheticTask
+
+    meta = demo.demo_task_config()
+    meta["teacher_train"] = {"step_weights": [0, 0, 0, 1]}
+    monkeypatch.setattr(demo, "demo_task_config", lambda: meta)
+    seen = {}
+    full_recipe = demo.teacher_recipe
+
+    def short_recipe(out_dir, tokenizer_dir, train_path):
+        seen["train"] = train_path
+        recipe = full_recipe(out_dir, tokenizer_dir, train_path)
+        recipe.train.steps, recipe.train.warmup_steps = 2, 1
+        return recipe
+
+    monkeypatch.setattr(demo, "teacher_recipe", short_recipe)
+    out = tmp_path / "rt"
+    assert main(["demo", "--quick", "--retrain-teacher", "--out", str(out), "--threads", "1"]) == 0
+    task = SyntheticTask(demo.teacher_train_config(meta), seed=meta["seed"])
+    assert seen["train"] == out / "data" / "teacher_train.jsonl"
+    teacher_rows = task.load("train", path=str(seen["train"]))
+    assert len(teacher_rows) == demo.DemoConfig.preset(True).n_train
+    assert {e.meta["n_steps"] for e in teacher_rows} == {5}
+    student_rows = task.load("train", path=str(out / "data" / "train.jsonl"))
+    assert {e.meta["n_steps"] for e in student_rows} == {2, 3, 4, 5}
+    assert json.loads((out / "results.json").read_text())["teacher"] == "retrained"
+    with pytest.raises(Exception, match="no_such_field"):
+        demo.teacher_train_config({**meta, "teacher_train": {"no_such_field": 1}})

@@ -480,6 +480,16 @@ def demo_task_config() -> dict[str, Any]:
     return json.loads((ASSETS / "demo_task.json").read_text())
 
 
+def teacher_train_config(task_meta: dict[str, Any]):
+    """The SyntheticConfig the teacher's own training problems are drawn from: the demo task's
+    ``config`` with its ``teacher_train`` fields laid over it (e.g. a ``step_weights`` that trains
+    more on long chains). Only the teacher's pretraining uses it; the test problems, and the train
+    problems the students, the reward model and the temperature choice see, keep the task's own mix."""
+    from .data import synthetic as syn
+
+    return syn.SyntheticConfig.from_dict({**task_meta["config"], **task_meta.get("teacher_train", {})})
+
+
 def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teacher: bool = False,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage (reusing finished ones); returns results.json's content."""
@@ -518,7 +528,12 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teache
 
             tok = build_tokenizer(texts=syn.tokenizer_texts(syn_cfg))
             tok.save_pretrained(str(out / "tokenizer"))
-            summary = run_recipe(teacher_recipe(out / "teacher", out / "tokenizer", train_path))
+            teacher_train = train_path
+            if task_meta.get("teacher_train"):
+                teacher_train = data / "teacher_train.jsonl"
+                syn.write_jsonl(syn.generate(teacher_train_config(task_meta), "train", cfg.n_train,
+                                             seed=task_meta["seed"]), teacher_train)
+            summary = run_recipe(teacher_recipe(out / "teacher", out / "tokenizer", teacher_train))
             return {"source": "retrained", "stages": summary["stages"]}
         load_shipped_teacher()  # a clear error when missing or corrupt
         if dest.exists():

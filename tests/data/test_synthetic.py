@@ -186,6 +186,12 @@ def test_difficulty_knobs():
     assert not any(m + "," in p.question for p in plain for m in syn.MARKERS)
 
 
+def test_tokenizer_texts_ignore_the_step_mix():
+    """A config with step_weights (a train-only mix) yields the same tokenizer texts as without."""
+    weighted = syn.SyntheticConfig(min_steps=2, max_steps=5, step_weights=[1, 1, 0.5, 2])
+    assert syn.tokenizer_texts(weighted) == syn.tokenizer_texts(syn.SyntheticConfig(min_steps=2, max_steps=5))
+
+
 def test_demo_layout_keys_each_line_by_its_first_token():
     """No comma after the marker and one sentence per line: a CoT line and its sentence start with
     the same tokens ("Third" "▁Vic"), so restating sentence k starts with a one-token look-up."""

@@ -576,7 +576,7 @@ def tokenizer_texts(cfg: Optional[SyntheticConfig] = None) -> list[str]:
     # each piece with and without its leading space ("\n" + piece has none)
     texts = ["\n".join(every), " " + " ".join(every), EXAMPLE_END]
     # a few real problems, so nothing produced by the templates is missed
-    rng_cfg = SyntheticConfig(**{**cfg.to_dict(), "min_steps": cfg.max_steps})
+    rng_cfg = SyntheticConfig(**{**cfg.to_dict(), "min_steps": cfg.max_steps, "step_weights": None})
     for p in generate(rng_cfg, "train", 3, seed=12345):
         texts.append(format_example(p.question, p.solution))
     return texts
