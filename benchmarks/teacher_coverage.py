@@ -23,7 +23,7 @@ from pathlib import Path
 from thinkfast.config import atomic_write_text
 from thinkfast.data import synthetic as syn
 from thinkfast.demo import (DemoConfig, choose_temperature, demo_task_config, greedy_stage, sample_file,
-                            teacher_train_config)
+                            teacher_train_problems)
 from thinkfast.eval.grading import grade_rows
 from thinkfast.eval.io import read_jsonl
 from thinkfast.eval.tasks.synthetic import SyntheticTask
@@ -69,7 +69,7 @@ def main() -> None:
     syn.write_jsonl(problems[: cfg.temp_problems], args.out / "temp.jsonl")
     val_problems = problems[cfg.n_train:]
     if meta.get("teacher_train"):  # the teacher trained on another stream of train-split problems
-        seen = {p.question for p in syn.generate(teacher_train_config(meta), "train", cfg.n_train, seed=meta["seed"])}
+        seen = {p.question for p in teacher_train_problems(meta, cfg.n_train)}
         kept = [p for p in val_problems if p.question not in seen]
         print(f"{len(val_problems) - len(kept)} validation problems are among the teacher's training problems; dropped")
         val_problems = kept

@@ -490,6 +490,13 @@ def teacher_train_config(task_meta: dict[str, Any]):
     return syn.SyntheticConfig.from_dict({**task_meta["config"], **task_meta.get("teacher_train", {})})
 
 
+def teacher_train_problems(task_meta: dict[str, Any], n: int) -> list:
+    """The first ``n`` train-split problems of the teacher's own stream (``teacher_train_config``)."""
+    from .data import synthetic as syn
+
+    return syn.generate(teacher_train_config(task_meta), "train", n, seed=task_meta["seed"])
+
+
 def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teacher: bool = False,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage (reusing finished ones); returns results.json's content."""
@@ -531,8 +538,7 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teache
             teacher_train = train_path
             if task_meta.get("teacher_train"):
                 teacher_train = data / "teacher_train.jsonl"
-                syn.write_jsonl(syn.generate(teacher_train_config(task_meta), "train", cfg.n_train,
-                                             seed=task_meta["seed"]), teacher_train)
+                syn.write_jsonl(teacher_train_problems(task_meta, cfg.n_train), teacher_train)
             summary = run_recipe(teacher_recipe(out / "teacher", out / "tokenizer", teacher_train))
             return {"source": "retrained", "stages": summary["stages"]}
         load_shipped_teacher()  # a clear error when missing or corrupt
