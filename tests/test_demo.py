@@ -66,6 +66,29 @@ def test_quick_demo_writes_a_complete_report(quick_run):
             assert b[f"{name}_k"] == (max(within, key=lambda e: e["mean"])["k"] if within else None)
 
 
+def test_claim_scores_teacher_and_students_at_their_best_within_each_budget():
+    def run(points):  # (k, seconds, mean) per point, the same for both methods
+        pts = [{"k": k, "seconds": t, "mean": m} for k, t, m in points]
+        return {"metrics": {"coverage": pts, "majority": pts}}
+
+    # the teacher's curve dips at k = 4; the slow student fits only k = 1 in either budget
+    runs = {"teacher": run([(1, 0.1, 0.50), (2, 0.2, 0.60), (4, 0.4, 0.55)]),
+            "llamba": run([(1, 0.15, 0.40), (3, 0.45, 0.58), (6, 0.9, 0.70)]),
+            "hybrid": run([(1, 0.05, 0.52), (4, 0.2, 0.61), (8, 0.4, 0.59)])}
+    verdict = demo.claim_verdict(runs)["majority"]
+    rows = {r["budget_k"]: r for r in verdict["budgets"]}
+    assert set(rows) == {2, 4}  # k = 1 is not a budget
+    # brute force: the best point of each model costing at most the teacher's seconds at budget_k
+    for r in rows.values():
+        for name, pts in runs.items():
+            ok = [p for p in pts["metrics"]["majority"] if p["seconds"] <= r["seconds"]]
+            best = max(ok, key=lambda p: p["mean"]) if ok else None
+            assert (r[name], r[f"{name}_k"]) == ((best["mean"], best["k"]) if best else (None, None))
+    assert (rows[4]["teacher"], rows[4]["teacher_k"]) == (0.60, 2)  # its dip at k = 4 is not held against it
+    assert rows[4]["llamba_k"] == 1 and rows[4]["hybrid_k"] == 4
+    assert verdict["student_wins"] == {"llamba": 0, "hybrid": 2}
+
+
 def test_samples_per_problem_follows_measured_speed():
     cfg = demo.DemoConfig()  # n_samples 32, factor at most 4
     speeds = {"teacher": 0.030, "llamba": 0.018, "hybrid": 0.024, "fast": 0.004, "slow": 0.05}
