@@ -67,14 +67,14 @@ def test_quick_demo_writes_a_complete_report(quick_run):
 
 
 def test_claim_scores_teacher_and_students_at_their_best_within_each_budget():
-    def run(points):  # (k, seconds, mean) per point, the same for both methods
-        pts = [{"k": k, "seconds": t, "mean": m} for k, t, m in points]
-        return {"metrics": {"coverage": pts, "majority": pts}}
+    def run(name, points):  # (k, seconds, mean) per point, the same for both methods
+        pts = [{"k": k, "seconds": t, "mean": m, "lo": m, "hi": m} for k, t, m in points]
+        return {"name": name, "metrics": {"coverage": pts, "majority": pts}}
 
     # the teacher's curve dips at k = 4; the slow student fits only k = 1 in either budget
-    runs = {"teacher": run([(1, 0.1, 0.50), (2, 0.2, 0.60), (4, 0.4, 0.55)]),
-            "llamba": run([(1, 0.15, 0.40), (3, 0.45, 0.58), (6, 0.9, 0.70)]),
-            "hybrid": run([(1, 0.05, 0.52), (4, 0.2, 0.61), (8, 0.4, 0.59)])}
+    runs = {"teacher": run("teacher", [(1, 0.1, 0.50), (2, 0.2, 0.60), (4, 0.4, 0.55)]),
+            "llamba": run("llamba", [(1, 0.15, 0.40), (3, 0.45, 0.58), (6, 0.9, 0.70)]),
+            "hybrid": run("hybrid", [(1, 0.05, 0.52), (4, 0.2, 0.61), (8, 0.4, 0.59)])}
     verdict = demo.claim_verdict(runs)["majority"]
     rows = {r["budget_k"]: r for r in verdict["budgets"]}
     assert set(rows) == {2, 4}  # k = 1 is not a budget

@@ -408,17 +408,13 @@ def budget_ks(teacher_run: dict[str, Any], rows: list[dict[str, Any]]) -> list[i
     return sorted({k for k in ks if k >= 1})
 
 
-def best_within(points: list[dict[str, Any]], seconds: float) -> Optional[dict[str, Any]]:
-    """The point (k, seconds, mean) with the highest mean among those that cost at most ``seconds``
-    per problem: what a model reaches within that budget, whichever k it takes."""
-    within = [p for p in points if p["seconds"] is not None and p["seconds"] <= seconds]
-    return max(within, key=lambda p: p["mean"], default=None)
-
-
 def claim_verdict(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """For each teacher budget (the seconds per problem of its k >= 2): the best the teacher and
     each student reach within that many seconds. Teacher and students are scored alike, so a
     majority curve that dips at larger k counts its best point for every model."""
+    from .eval.budget import best_at_budget
+    from .eval.evaluation import run_points
+
     teacher = runs["teacher"]
     verdict: dict[str, Any] = {}
     for method in ("coverage", "majority"):
@@ -428,9 +424,9 @@ def claim_verdict(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 continue
             row: dict[str, Any] = {"budget_k": e["k"], "seconds": e["seconds"]}
             for name in MODELS:
-                best = best_within(runs[name]["metrics"][method], e["seconds"])
-                row[name] = best["mean"] if best else None
-                row[f"{name}_k"] = best["k"] if best else None
+                best = best_at_budget(run_points(runs[name], [method]), e["seconds"])
+                row[name] = best.value if best else None
+                row[f"{name}_k"] = best.k if best else None
             rows.append(row)
         wins = {name: sum(1 for r in rows if r[name] is not None and r[name] > r["teacher"]) for name in ("llamba", "hybrid")}
         verdict[method] = {"budgets": rows, "student_wins": wins, "budgets_compared": len(rows)}
