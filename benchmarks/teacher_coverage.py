@@ -27,6 +27,7 @@ from thinkfast.demo import (DemoConfig, choose_temperature, demo_task_config, gr
 from thinkfast.eval.grading import grade_rows
 from thinkfast.eval.io import read_jsonl
 from thinkfast.eval.tasks.synthetic import SyntheticTask
+from teacher_design import parse_sets  # benchmarks/ is on sys.path when a script there runs
 
 
 def headroom(task: SyntheticTask, greedy_rows: list[dict], sample_rows: list[dict],
@@ -60,9 +61,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     cfg = DemoConfig()
     meta = demo_task_config()
-    for kv in args.teacher_train:
-        key, _, value = kv.partition("=")
-        meta.setdefault("teacher_train", {})[key] = json.loads(value)
+    if args.teacher_train:
+        meta["teacher_train"] = {**meta.get("teacher_train", {}), **parse_sets(args.teacher_train, "--teacher-train")}
     syn_cfg = syn.SyntheticConfig.from_dict(meta["config"])
     task = SyntheticTask(syn_cfg, seed=meta["seed"], n_shots=meta["n_shots"])
     problems = syn.generate(syn_cfg, "train", cfg.n_train + args.n_val, seed=meta["seed"])

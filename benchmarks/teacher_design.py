@@ -44,6 +44,20 @@ def greedy_by_steps(model: Path, task: SyntheticTask, examples: list, out: Path)
     return res["accuracy"], {k: f"{sum(v)}/{len(v)}" for k, v in sorted(by_steps.items())}
 
 
+def parse_sets(pairs: list[str], option: str) -> dict:
+    """``KEY=JSON`` command-line pairs as a dict; a malformed pair is a clear error naming it."""
+    out = {}
+    for kv in pairs:
+        key, eq, value = kv.partition("=")
+        try:
+            if not (key and eq):
+                raise ValueError("expected KEY=JSON")
+            out[key] = json.loads(value)
+        except ValueError as e:
+            raise SystemExit(f"{option} {kv!r}: {e}") from None
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", type=Path)
@@ -58,10 +72,7 @@ def main() -> None:
     args = ap.parse_args()
 
     meta = demo_task_config()
-    fields = dict(meta["config"])
-    for kv in args.set:
-        key, _, value = kv.partition("=")
-        fields[key] = json.loads(value)
+    fields = {**meta["config"], **parse_sets(args.set, "--set")}
     cfg = syn.SyntheticConfig.from_dict(fields)
     shots = meta.get("n_shots", 0) if args.shots is None else args.shots
     args.out.mkdir(parents=True, exist_ok=True)
