@@ -1,6 +1,9 @@
 """`thinkfast demo --quick` end to end, and its bad-input handling."""
 
+import functools
 import json
+import operator
+import os
 
 import pytest
 
@@ -150,3 +153,25 @@ def test_retrained_teacher_trains_on_its_own_mix(tmp_path, monkeypatch):
     assert json.loads((out / "results.json").read_text())["teacher"] == "retrained"
     with pytest.raises(Exception, match="no_such_field"):
         demo.teacher_train_config({**meta, "teacher_train": {"no_such_field": 1}})
+
+
+def test_parallel_stages_record_each_and_name_a_failure(tmp_path):
+    """Students distil in worker processes: each finished stage is kept, a failing one is named,
+    and a rerun redoes only what failed."""
+    runner = demo.StageRunner(tmp_path, False, lambda msg: None)
+    with pytest.raises(demo.UserError, match="stage 'bad' failed: ZeroDivisionError"):
+        runner.run_parallel({"good": functools.partial(pow, 2, 10), "bad": functools.partial(operator.truediv, 1, 0)},
+                            workers=2)
+    state = json.loads((tmp_path / "stages.json").read_text())
+    assert state["good"]["result"] == 1024 and "bad" not in state
+    again = demo.StageRunner(tmp_path, False, lambda msg: None)
+    assert again.run_parallel({"good": functools.partial(pow, 3, 3), "bad": functools.partial(pow, 2, 3)},
+                              workers=2) == {"good": 1024, "bad": 8}
+
+
+def test_student_workers_fit_the_cores(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    assert demo.student_workers(threads=1, jobs=None) == 2  # at most the two students
+    assert demo.student_workers(threads=2, jobs=None) == 2
+    assert demo.student_workers(threads=3, jobs=None) == 1
+    assert demo.student_workers(threads=1, jobs=1) == 1

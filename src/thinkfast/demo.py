@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -127,13 +129,73 @@ class StageRunner:
         except Exception as e:  # a stage that crashes names itself; earlier stages stay on disk
             raise UserError(f"stage {name!r} failed: {type(e).__name__}: {e} "
                             f"(earlier stages are kept in {self.out})") from e
-        self.state[name] = {"seconds": time.perf_counter() - t0, "result": result}
-        atomic_write_text(self.path, json.dumps(self.state, indent=2) + "\n")
-        self.log(f"[{name}] finished in {self.state[name]['seconds']:.0f}s")
+        self._record(name, result, time.perf_counter() - t0)
         return result
+
+    def run_parallel(self, jobs: dict[str, Callable[[], Any]], workers: int) -> dict[str, Any]:
+        """Run independent stages at once, each in a spawned worker process, and record each as it
+        finishes (its own wall time; they overlap). ``jobs`` values must pickle (module-level
+        functions, ``functools.partial`` of them). With ``workers`` <= 1, or one stage left to do,
+        they run here one after another. A failing stage is named; the others still finish and
+        are kept, so a rerun redoes only the failed one."""
+        todo = [name for name in jobs if name not in self.state]
+        if workers <= 1 or len(todo) <= 1:
+            return {name: self.run(name, fn) for name, fn in jobs.items()}
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        self.log(f"[{', '.join(todo)}] ... (in parallel, {min(workers, len(todo))} processes)")
+        errors: dict[str, BaseException] = {}
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked OpenMP or torch state
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+            futures = {pool.submit(_timed, jobs[name]): name for name in todo}
+            for future in as_completed(futures):
+                name = futures[future]
+                try:
+                    result, seconds = future.result()
+                except BaseException as e:  # noqa: BLE001 -- named and re-raised below
+                    errors[name] = e
+                    continue
+                self._record(name, result, seconds)
+        for name, e in errors.items():
+            detail = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+            raise UserError(f"stage {name!r} failed: {detail} (earlier stages are kept in {self.out})") from e
+        return {name: self.state[name]["result"] for name in jobs}
+
+    def _record(self, name: str, result: Any, seconds: float) -> None:
+        self.state[name] = {"seconds": seconds, "result": result}
+        atomic_write_text(self.path, json.dumps(self.state, indent=2) + "\n")
+        self.log(f"[{name}] finished in {seconds:.0f}s")
 
     def seconds(self) -> dict[str, float]:
         return {k: round(v["seconds"], 1) for k, v in self.state.items()}
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - t0
+
+
+def distil_worker(recipe, threads: int, position: int) -> list[dict[str, Any]]:
+    """One student's recipe, run in a worker process with ``threads`` PyTorch threads and its
+    progress bars on terminal line ``position``; returns the recipe's stage summaries."""
+    from .distill import trainer
+    from .distill.recipe import run_recipe
+    from .runtime import configure_threads
+
+    configure_threads(threads)
+    trainer.PROGRESS_POSITION = position
+    return run_recipe(recipe)["stages"]
+
+
+def student_workers(threads: int, jobs: Optional[int]) -> int:
+    """Processes that distil the students at once: ``jobs`` if given, else as many as there are
+    cores for ``threads`` threads each (at most the two students)."""
+    if jobs is not None:
+        return max(1, jobs)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(2, cores // max(1, threads)))
 
 
 def check_out_dir(out: Path, cfg: DemoConfig, teacher_tag: str, force: bool) -> None:
@@ -501,8 +563,9 @@ def teacher_train_problems(task_meta: dict[str, Any], n: int) -> list:
 
 
 def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teacher: bool = False,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every stage (reusing finished ones); returns results.json's content."""
+             log: Callable[[str], None] = print, jobs: Optional[int] = None) -> dict[str, Any]:
+    """Run every stage (reusing finished ones); returns results.json's content. ``jobs``:
+    processes that distil the students at once (default: ``student_workers``)."""
     from .data import synthetic as syn
     from .eval.evaluation import EvalSettings, evaluate_run, pareto_by_task
     from .eval.io import read_jsonl, write_json_atomic
@@ -553,15 +616,20 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teache
     stages.run("teacher", teacher)
     model_dirs = {"teacher": out / "teacher" / "model", "llamba": out / "llamba" / "model",
                   "hybrid": out / "hybrid" / "model"}
-    from .distill.recipe import run_recipe
-
     layers_json = out / "select" / "layers.json"
     hybrid_layers = stages.run("select", lambda: select_hybrid_layers(cfg, model_dirs["teacher"], train_path,
                                                                       layers_json, log))
-    stages.run("llamba", lambda: run_recipe(llamba_recipe(cfg, out / "llamba", model_dirs["teacher"],
-                                                          train_path))["stages"])
-    stages.run("hybrid", lambda: run_recipe(hybrid_recipe(cfg, out / "hybrid", model_dirs["teacher"], train_path,
-                                                          str(layers_json)))["stages"])
+    # The students are independent: with a core for each they distil side by side (one thread
+    # each, the demo's default, keeps the sum of their steps/s); nothing is timed while they do.
+    import torch
+
+    threads = torch.get_num_threads()
+    stages.run_parallel({
+        "llamba": functools.partial(distil_worker, llamba_recipe(cfg, out / "llamba", model_dirs["teacher"],
+                                                                 train_path), threads, 0),
+        "hybrid": functools.partial(distil_worker, hybrid_recipe(cfg, out / "hybrid", model_dirs["teacher"],
+                                                                 train_path, str(layers_json)), threads, 1),
+    }, student_workers(threads, jobs))
 
     train_examples = task.load("train", path=str(train_path))
     temp_ex = train_examples[: cfg.temp_problems]

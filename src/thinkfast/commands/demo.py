@@ -16,13 +16,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="PyTorch threads (default 1: at the demo's model size one thread distilled the "
                         "students 1.75x faster than two, whose OpenMP hand-offs cost more than they split)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="processes that distil the two students at once (default: one per core, each with "
+                        "--threads threads, at most 2; 1 distils them one after the other)")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
     out = Path(args.out)
-    results = run_demo(out, quick=args.quick, force=args.force, retrain_teacher=args.retrain_teacher)
+    results = run_demo(out, quick=args.quick, force=args.force, retrain_teacher=args.retrain_teacher,
+                       jobs=args.jobs)
     if args.quick:
         print("--quick: tiny budgets, the numbers below are meaningless")
     for name, run in results["runs"].items():

@@ -51,6 +51,11 @@ VOLATILE_TRAIN_KEYS = ("steps", "micro_batch_size", "log_every", "eval_every", "
 next step computes, except ``steps``, which moves the end of the schedule)."""
 
 
+PROGRESS_POSITION = 0
+"""Terminal line of this process's progress bars: a worker that trains beside another (the demo's
+two students) sets its own, so the bars do not overwrite each other."""
+
+
 class NonFiniteLossError(UserError):
     """The loss or gradient became NaN/inf; a checkpoint of the last good state was written."""
 
@@ -444,7 +449,8 @@ class Trainer:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=self.cfg.steps, initial=self.step, desc=self.name, unit="step", dynamic_ncols=True)
+        return tqdm(total=self.cfg.steps, initial=self.step, desc=self.name, unit="step", dynamic_ncols=True,
+                    position=PROGRESS_POSITION)
 
     def _loop(self) -> dict[str, Any]:
         c = self.cfg
