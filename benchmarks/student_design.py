@@ -93,11 +93,11 @@ def train_student(args) -> tuple[Path, dict, float]:
     """Run the demo's recipe for ``args.kind`` with the overrides; (model dir, run result, seconds)."""
     cfg = DemoConfig()
     teacher, train = args.demo / "teacher" / "model", args.demo / "data" / "train.jsonl"
-    make = llamba_recipe if args.kind == "llamba" else hybrid_recipe
-    recipe = make(cfg, args.out / "student", teacher, train).to_dict()
-    if args.kind == "hybrid":
-        layers = json.loads((args.demo / "select" / "layers.json").read_text())
-        recipe["student"]["keep"] = layers["attention_layers"]
+    if args.kind == "llamba":
+        recipe = llamba_recipe(cfg, args.out / "student", teacher, train).to_dict()
+    else:  # the attention layers the demo's select stage chose
+        recipe = hybrid_recipe(cfg, args.out / "student", teacher, train,
+                               str(args.demo / "select" / "layers.json")).to_dict()
     recipe = build_config(apply_overrides(recipe, args.override))
     t0 = time.perf_counter()
     result = run_recipe(recipe)

@@ -169,9 +169,9 @@ def test_parallel_stages_record_each_and_name_a_failure(tmp_path):
                               workers=2) == {"good": 1024, "bad": 8}
 
 
-def test_student_workers_fit_the_cores(monkeypatch):
+def test_parallel_workers_fit_the_cores(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
-    assert demo.student_workers(threads=1, jobs=None) == 2  # at most the two students
-    assert demo.student_workers(threads=2, jobs=None) == 2
-    assert demo.student_workers(threads=3, jobs=None) == 1
-    assert demo.student_workers(threads=1, jobs=1) == 1
+    assert demo.parallel_workers(threads=1, jobs=None) == 2  # at most two
+    assert demo.parallel_workers(threads=2, jobs=None) == 2
+    assert demo.parallel_workers(threads=3, jobs=None) == 1
+    assert demo.parallel_workers(threads=1, jobs=1) == 1

@@ -7,6 +7,7 @@ and reused by the next run; ``force`` redoes them):
   teacher      the shipped teacher (or ``retrain_teacher``: thinkfast's own pretraining recipe)
   llamba       Llamba student (with a decay bias): MOHAWK stages 1-3 (matrix, hidden, KD), then SFT
   hybrid       50% MambaInLlama hybrid: attention initialisation, reverse-KL KD, then SFT
+               (the two students distil side by side in worker processes when there are cores)
   temperature  each model's sampling temperature, chosen on TRAIN problems (majority@n), and its
                decode seconds per sample there
   orm          an outcome reward model trained on graded teacher samples of TRAIN problems
@@ -73,10 +74,12 @@ class DemoConfig:
     select_rows: int = 64
     """Train problems the leave-one-out scores are measured on (half of them held out)."""
     hybrid_kd_steps: int = 1600
-    sft_steps: int = 3000
-    """SFT steps of both students, on the train problems' reference chains. Chosen on validation
-    problems for Llamba, whose greedy accuracy went 25% -> 36% -> 52% at 600 / 1500 / 3000 steps
-    (README, "Sampling headroom"); the hybrid, distilled beside it, gets the same."""
+    llamba_sft_steps: int = 3000
+    """Llamba's SFT steps on the train problems' reference chains, chosen on validation problems:
+    its greedy accuracy went 25% -> 36% -> 52% at 600 / 1500 / 3000 steps (README, "Sampling
+    headroom")."""
+    hybrid_sft_steps: int = 600
+    """The hybrid's SFT steps (same README section)."""
     batch_size: int = 4
     seq_len: int = 512
     """Row length: a prompt plus the longest chain of the shipped task is ~430 tokens."""
@@ -105,7 +108,7 @@ class DemoConfig:
         if not quick:
             return cls()
         return cls(quick=True, select_rows=8, n_train=400, n_test=8, mohawk_steps=[4, 4, 6], hybrid_kd_steps=6,
-                   sft_steps=4, batch_size=4, seq_len=128, temperatures=[0.8, 1.0], temp_problems=4, temp_samples=2,
+                   llamba_sft_steps=4, hybrid_sft_steps=4, batch_size=4, seq_len=128, temperatures=[0.8, 1.0], temp_problems=4, temp_samples=2,
                    orm_problems=8, orm_samples=4, n_samples=4, batch_problems=4, max_new_tokens=64)
 
 
@@ -180,21 +183,26 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return result, time.perf_counter() - t0
 
 
-def distil_worker(recipe, threads: int, position: int) -> list[dict[str, Any]]:
-    """One student's recipe, run in a worker process with ``threads`` PyTorch threads and its
-    progress bars on terminal line ``position``; returns the recipe's stage summaries."""
-    from .distill import trainer
-    from .distill.recipe import run_recipe
-    from .runtime import configure_threads
+def in_worker(threads: int, position: int, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a worker process, with ``threads`` PyTorch threads and its progress bars on
+    terminal line ``position``."""
+    from . import runtime
 
-    configure_threads(threads)
-    trainer.PROGRESS_POSITION = position
+    runtime.configure_threads(threads)
+    runtime.PROGRESS_POSITION = position
+    return fn(*args)
+
+
+def distil(recipe) -> list[dict[str, Any]]:
+    """One student's recipe; returns its stage summaries."""
+    from .distill.recipe import run_recipe
+
     return run_recipe(recipe)["stages"]
 
 
-def student_workers(threads: int, jobs: Optional[int]) -> int:
-    """Processes that distil the students at once: ``jobs`` if given, else as many as there are
-    cores for ``threads`` threads each (at most the two students)."""
+def parallel_workers(threads: int, jobs: Optional[int]) -> int:
+    """Processes for the stages that run side by side: ``jobs`` if given, else as many as there are
+    cores for ``threads`` threads each, at most 2 (the students are the long ones)."""
     if jobs is not None:
         return max(1, jobs)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -278,7 +286,7 @@ def llamba_recipe(cfg: DemoConfig, out_dir: Path, teacher_dir: Path, train: Path
         {"name": "hidden", "objective": "hidden", "train": {"steps": h}},
         {"name": "kd", "objective": "kd", "loss": {"kind": "forward"},
          "train": {"steps": k, "lr": cfg.llamba_kd_lr}},
-        {"name": "sft", "objective": "lm", "train": {"steps": cfg.sft_steps, "lr": cfg.lr / 3}},
+        {"name": "sft", "objective": "lm", "train": {"steps": cfg.llamba_sft_steps, "lr": cfg.lr / 3}},
     ], mamba={"decay_bias": cfg.llamba_decay_bias} if cfg.llamba_decay_bias else None)
 
 
@@ -309,7 +317,7 @@ def select_hybrid_layers(cfg: DemoConfig, teacher_dir: Path, train: Path, out_pa
 def hybrid_recipe(cfg: DemoConfig, out_dir: Path, teacher_dir: Path, train: Path, keep: Any = 0.5):
     return _student_recipe(cfg, out_dir, teacher_dir, train, keep, "mamba2", [
         {"name": "kd", "objective": "kd", "loss": {"kind": "reverse"}, "train": {"steps": cfg.hybrid_kd_steps}},
-        {"name": "sft", "objective": "lm", "train": {"steps": cfg.sft_steps, "lr": cfg.lr / 3}},
+        {"name": "sft", "objective": "lm", "train": {"steps": cfg.hybrid_sft_steps, "lr": cfg.lr / 3}},
     ])
 
 
@@ -331,7 +339,9 @@ def sample_file(model_dir: Path, task: Any, examples: list, out_path: Path, name
     gen = engine_generate_fn(model, tok, settings, task.stop)
     from tqdm import tqdm
 
-    bar = tqdm(total=len(examples), desc=f"sample {name}", unit="problem", leave=False)
+    from .runtime import PROGRESS_POSITION
+
+    bar = tqdm(total=len(examples), desc=f"sample {name}", unit="problem", leave=False, position=PROGRESS_POSITION)
 
     def progress(msg: str) -> None:
         done = int(msg.split("/")[0]) if "/" in msg and msg.split("/")[0].isdigit() else None
@@ -399,6 +409,14 @@ def samples_per_problem(cfg: DemoConfig, decode_s_per_sample: dict[str, Optional
             factor = min(factor, cfg.max_budget_factor, cfg.batch_problems)  # rows per call stay equal
         out[name] = cfg.n_samples * factor
     return out
+
+
+def orm_stage(teacher_dir: Path, task: Any, examples: list, out_dir: Path, temperature: float,
+              cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Sample the teacher on TRAIN problems, grade the samples and train an ORM on them."""
+    path = out_dir / "teacher_train_samples.jsonl"
+    sample_file(teacher_dir, task, examples, path, "teacher", cfg.orm_samples, temperature, cfg, log)
+    return train_orm_stage(teacher_dir, path, out_dir / "model", cfg, log)
 
 
 def train_orm_stage(teacher_dir: Path, samples: Path, out_dir: Path, cfg: DemoConfig,
@@ -568,7 +586,7 @@ def teacher_train_problems(task_meta: dict[str, Any], n: int) -> list:
 def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teacher: bool = False,
              log: Callable[[str], None] = print, jobs: Optional[int] = None) -> dict[str, Any]:
     """Run every stage (reusing finished ones); returns results.json's content. ``jobs``:
-    processes that distil the students at once (default: ``student_workers``)."""
+    processes for the stages that run side by side (default: ``parallel_workers``)."""
     from .data import synthetic as syn
     from .eval.evaluation import EvalSettings, evaluate_run, pareto_by_task
     from .eval.io import read_jsonl, write_json_atomic
@@ -622,50 +640,57 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teache
     layers_json = out / "select" / "layers.json"
     hybrid_layers = stages.run("select", lambda: select_hybrid_layers(cfg, model_dirs["teacher"], train_path,
                                                                       layers_json, log))
-    # The students are independent: with a core for each they distil side by side (one thread
-    # each, the demo's default, keeps the sum of their steps/s); nothing is timed while they do.
-    import torch
-
-    threads = torch.get_num_threads()
-    stages.run_parallel({
-        "llamba": functools.partial(distil_worker, llamba_recipe(cfg, out / "llamba", model_dirs["teacher"],
-                                                                 train_path), threads, 0),
-        "hybrid": functools.partial(distil_worker, hybrid_recipe(cfg, out / "hybrid", model_dirs["teacher"],
-                                                                 train_path, str(layers_json)), threads, 1),
-    }, student_workers(threads, jobs))
-
     train_examples = task.load("train", path=str(train_path))
     temp_ex = train_examples[: cfg.temp_problems]
     orm_ex = train_examples[cfg.temp_problems: cfg.temp_problems + cfg.orm_problems]
     temps, speeds = {}, {}
-    for name in MODELS:
-        chosen = stages.run(f"temperature-{name}", lambda name=name: choose_temperature(
+
+    def temperature(name: str) -> None:  # timed: runs with nothing beside it
+        chosen = stages.run(f"temperature-{name}", lambda: choose_temperature(
             model_dirs[name], task, temp_ex, out / "temperature", name, cfg, log))
         temps[name], speeds[name] = chosen["temperature"], chosen.get("decode_s_per_sample")
+
+    temperature("teacher")
+    # Stages that time nothing run side by side when there is a core for each (one thread each,
+    # the demo's default, keeps the sum of their steps/s): the two students and the ORM (which
+    # needs only the teacher and its temperature), later the grading and scoring of the samples.
+    import torch
+
+    threads = torch.get_num_threads()
+    workers = parallel_workers(threads, jobs)
+    stages.run_parallel({
+        "llamba": functools.partial(in_worker, threads, 0, distil,
+                                    llamba_recipe(cfg, out / "llamba", model_dirs["teacher"], train_path)),
+        "hybrid": functools.partial(in_worker, threads, 1, distil,
+                                    hybrid_recipe(cfg, out / "hybrid", model_dirs["teacher"], train_path,
+                                                  str(layers_json))),
+        "orm": functools.partial(in_worker, threads, 1, orm_stage, model_dirs["teacher"], task, orm_ex,
+                                 out / "orm", temps["teacher"], cfg),
+    }, workers)
+    for name in MODELS[1:]:
+        temperature(name)
     n_by_model = samples_per_problem(cfg, speeds)
     log("samples per test problem: " + ", ".join(f"{k} {v}" for k, v in n_by_model.items()))
 
-    def orm():
-        path = out / "orm" / "teacher_train_samples.jsonl"
-        sample_file(model_dirs["teacher"], task, orm_ex, path, "teacher", cfg.orm_samples, temps["teacher"], cfg, log)
-        return train_orm_stage(model_dirs["teacher"], path, out / "orm" / "model", cfg, log)
-
-    stages.run("orm", orm)
     test_examples = task.load("test", path=str(test_path))
-    runs: dict[str, dict[str, Any]] = {}
     greedy: dict[str, dict[str, Any]] = {}
-    for name in MODELS:
-        raw, scored = out / "samples" / f"{name}.jsonl", out / "samples" / f"{name}.scored.jsonl"
+    for name in MODELS:  # timed: one model at a time
+        raw = out / "samples" / f"{name}.jsonl"
         n = n_by_model[name]  # same rows per call for every model: fewer problems when n is larger
         stages.run(f"sample-{name}", lambda name=name, raw=raw, n=n: sample_file(
             model_dirs[name], task, test_examples, raw, name, n, temps[name], cfg, log,
             batch_problems=max(1, cfg.batch_problems * cfg.n_samples // n)))
         greedy[name] = stages.run(f"greedy-{name}", lambda name=name: greedy_stage(
             model_dirs[name], task, test_examples, out / "samples" / f"{name}.greedy.jsonl", name, cfg, log))
-        stages.run(f"score-{name}", lambda raw=raw, scored=scored: score_stage(raw, scored, out / "orm" / "model"))
-        rows = list(read_jsonl(scored))
+    scored = {name: out / "samples" / f"{name}.scored.jsonl" for name in MODELS}
+    stages.run_parallel({f"score-{name}": functools.partial(
+        in_worker, threads, i % 2, score_stage, out / "samples" / f"{name}.jsonl", scored[name], out / "orm" / "model")
+        for i, name in enumerate(MODELS)}, workers)
+    runs: dict[str, dict[str, Any]] = {}
+    for name in MODELS:
+        rows = list(read_jsonl(scored[name]))
         extra = budget_ks(runs["teacher"], rows) if name != "teacher" else []
-        runs[name] = evaluate_run(rows, task, name, str(scored), EvalSettings(seed=cfg.seed), extra_ks=extra)
+        runs[name] = evaluate_run(rows, task, name, str(scored[name]), EvalSettings(seed=cfg.seed), extra_ks=extra)
 
     metrics = {"runs": list(runs.values()), "pareto": pareto_by_task(list(runs.values()))}
     write_json_atomic(out / "metrics.json", metrics)

@@ -6,6 +6,11 @@ import os
 import random
 
 
+PROGRESS_POSITION = 0
+"""Terminal line of this process's progress bars: a worker process that runs beside another (the
+demo's parallel stages) sets its own, so the bars do not overwrite each other."""
+
+
 class UserError(Exception):
     """A problem with the user's input (file, flag, checkpoint): printed without a traceback."""
 

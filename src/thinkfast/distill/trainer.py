@@ -38,6 +38,7 @@ from ..checkpoint import CheckpointError, load_model, save_model
 from ..config import atomic_write_text
 from ..data.dataset import BatchSchedule, DataBundle
 from ..data.packing import TokenBlocks
+from .. import runtime
 from ..runtime import UserError
 from . import distributed as D
 from .config import TrainConfig
@@ -49,11 +50,6 @@ VOLATILE_TRAIN_KEYS = ("steps", "micro_batch_size", "log_every", "eval_every", "
                        "device", "threads", "stop_after")
 """Train settings that may change between a run and its resumption (they do not change what the
 next step computes, except ``steps``, which moves the end of the schedule)."""
-
-
-PROGRESS_POSITION = 0
-"""Terminal line of this process's progress bars: a worker that trains beside another (the demo's
-two students) sets its own, so the bars do not overwrite each other."""
 
 
 class NonFiniteLossError(UserError):
@@ -450,7 +446,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         return tqdm(total=self.cfg.steps, initial=self.step, desc=self.name, unit="step", dynamic_ncols=True,
-                    position=PROGRESS_POSITION)
+                    position=runtime.PROGRESS_POSITION)
 
     def _loop(self) -> dict[str, Any]:
         c = self.cfg
