@@ -78,8 +78,10 @@ class DemoConfig:
     """Llamba's SFT steps on the train problems' reference chains, chosen on validation problems:
     its greedy accuracy went 25% -> 36% -> 52% at 600 / 1500 / 3000 steps (README, "Sampling
     headroom")."""
-    hybrid_sft_steps: int = 600
-    """The hybrid's SFT steps (same README section)."""
+    hybrid_sft_steps: int = 1000
+    """The hybrid's SFT steps. On validation problems its greedy accuracy was 4% / 23% at 100 /
+    600 steps (and 93% on the test problems at 3000): 1000 is an interpolation aimed at the
+    teacher's 49%, not itself measured before the shipped run (same README section)."""
     batch_size: int = 4
     seq_len: int = 512
     """Row length: a prompt plus the longest chain of the shipped task is ~430 tokens."""
