@@ -175,3 +175,11 @@ def test_parallel_workers_fit_the_cores(monkeypatch):
     assert demo.parallel_workers(threads=2, jobs=None) == 2
     assert demo.parallel_workers(threads=3, jobs=None) == 1
     assert demo.parallel_workers(threads=1, jobs=1) == 1
+
+
+def test_a_run_of_another_shipped_teacher_is_refused(tmp_path):
+    cfg = demo.DemoConfig.preset(quick=True)
+    demo.check_out_dir(tmp_path, cfg, "shipped", force=False, teacher_weights="aaaa")
+    demo.check_out_dir(tmp_path, cfg, "shipped", force=False, teacher_weights="aaaa")  # same run: accepted
+    with pytest.raises(demo.UserError, match="different configuration"):
+        demo.check_out_dir(tmp_path, cfg, "shipped", force=False, teacher_weights="bbbb")

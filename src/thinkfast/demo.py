@@ -211,9 +211,13 @@ def parallel_workers(threads: int, jobs: Optional[int]) -> int:
     return max(1, min(2, cores // max(1, threads)))
 
 
-def check_out_dir(out: Path, cfg: DemoConfig, teacher_tag: str, force: bool) -> None:
-    """Refuse an OUT holding another configuration's files (unless ``force``)."""
+def check_out_dir(out: Path, cfg: DemoConfig, teacher_tag: str, force: bool,
+                  teacher_weights: Optional[str] = None) -> None:
+    """Refuse an OUT holding another configuration's files (unless ``force``). ``teacher_weights``
+    (a digest of the shipped teacher) makes a run of an older shipped teacher another configuration."""
     meta = {"demo": to_dict(cfg), "teacher": teacher_tag}
+    if teacher_weights is not None:
+        meta["teacher_weights"] = teacher_weights
     path = out / "demo_config.json"
     if path.exists():
         try:
@@ -243,6 +247,16 @@ def shipped_teacher_task() -> dict[str, Any]:
     except (OSError, json.JSONDecodeError, KeyError) as e:
         raise UserError(f"the shipped demo teacher at {SHIPPED_TEACHER} is missing or corrupt ({e}); "
                         f"run `thinkfast demo --retrain-teacher` to train it again") from None
+
+
+def shipped_teacher_digest() -> Optional[str]:
+    """SHA-256 of the shipped teacher's weights (None when missing: the teacher stage says so)."""
+    import hashlib
+
+    try:
+        return hashlib.sha256((SHIPPED_TEACHER / "model.safetensors").read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def load_shipped_teacher():
@@ -603,7 +617,7 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teache
         if shipped != task_meta:
             raise UserError("the shipped demo teacher was trained on another task configuration; "
                             "run `thinkfast demo --retrain-teacher`")
-    check_out_dir(out, cfg, teacher_tag, force)
+    check_out_dir(out, cfg, teacher_tag, force, None if retrain_teacher else shipped_teacher_digest())
     stages = StageRunner(out, force, log)
     syn_cfg = syn.SyntheticConfig.from_dict(task_meta["config"])
     task = SyntheticTask(syn_cfg, seed=task_meta["seed"], n_shots=task_meta.get("n_shots", 1))
