@@ -17,8 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="PyTorch threads (default 1: at the demo's model size one thread distilled the "
                         "students 1.75x faster than two, whose OpenMP hand-offs cost more than they split)")
     p.add_argument("--jobs", type=int, default=None,
-                   help="processes that distil the two students at once (default: one per core, each with "
-                        "--threads threads, at most 2; 1 distils them one after the other)")
+                   help="processes for the stages that time nothing (the students, the ORM, scoring), run "
+                        "side by side (default: one per core, each with --threads threads, at most 2; 1 runs "
+                        "every stage one after another)")
 
 
 def run(args: argparse.Namespace) -> int:
