@@ -7,7 +7,8 @@ and reused by the next run; ``force`` redoes them):
   teacher      the shipped teacher (or ``retrain_teacher``: thinkfast's own pretraining recipe)
   llamba       Llamba student (with a decay bias): MOHAWK stages 1-3 (matrix, hidden, KD), then SFT
   hybrid       50% MambaInLlama hybrid: attention initialisation, reverse-KL KD, then SFT
-               (the two students distil side by side in worker processes when there are cores)
+               (the students, the ORM and the score stages run side by side in worker
+               processes when there are cores; timed stages always run alone)
   temperature  each model's sampling temperature, chosen on TRAIN problems (majority@n), and its
                decode seconds per sample there
   orm          an outcome reward model trained on graded teacher samples of TRAIN problems
@@ -132,11 +133,8 @@ class StageRunner:
         t0 = time.perf_counter()
         try:
             result = fn()
-        except UserError as e:
-            raise UserError(f"stage {name!r} failed: {e} (earlier stages are kept in {self.out})") from None
-        except Exception as e:  # a stage that crashes names itself; earlier stages stay on disk
-            raise UserError(f"stage {name!r} failed: {type(e).__name__}: {e} "
-                            f"(earlier stages are kept in {self.out})") from e
+        except Exception as e:  # a stage that fails names itself; earlier stages stay on disk
+            raise self._failure(name, e) from (None if isinstance(e, UserError) else e)
         self._record(name, result, time.perf_counter() - t0)
         return result
 
@@ -166,9 +164,12 @@ class StageRunner:
                     continue
                 self._record(name, result, seconds)
         for name, e in errors.items():
-            detail = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
-            raise UserError(f"stage {name!r} failed: {detail} (earlier stages are kept in {self.out})") from e
+            raise self._failure(name, e) from e
         return {name: self.state[name]["result"] for name in jobs}
+
+    def _failure(self, name: str, e: BaseException) -> UserError:
+        detail = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        return UserError(f"stage {name!r} failed: {detail} (earlier stages are kept in {self.out})")
 
     def _record(self, name: str, result: Any, seconds: float) -> None:
         self.state[name] = {"seconds": seconds, "result": result}
