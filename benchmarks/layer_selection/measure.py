@@ -15,7 +15,8 @@ teacher_dir, R, pairs = sys.argv[1], sys.argv[2], [a.split("=", 1) for a in sys.
 teacher = load_model(teacher_dir).eval()
 tok = load_tokenizer(os.environ.get("TOK", "runs/demo/tokenizer"))
 cfg = DataConfig(train=os.environ.get("DATA", "runs/demo/data") + "/test.jsonl", eval_fraction=0.0, prompt_template="Question: {question}\nAnswer:",
-                 response_template=" {answer}\n\n", add_bos=False, add_eos=False, loss_on="response", seq_len=1024)
+                 response_template=" {answer}\n\n", add_bos=False, add_eos=False, loss_on="response", seq_len=512,
+                 pack=False)
 blocks = load_data(cfg, tok, teacher.config.vocab_size).train
 out = {}
 for name, d in pairs:

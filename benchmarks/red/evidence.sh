@@ -21,7 +21,7 @@ for c in red_50 random_50; do
 done
 $TF erank --model $T $R/random_50/model $R/red_50/model --tokenizer $R/tokenizer \
   --data $R/data/test.jsonl --prompt-template $'Question: {question}\nAnswer:' \
-  --response-template $' {answer}\n\n' --no-bos --no-eos --seq-len 1024 --sequences 16 --threads 1 \
+  --response-template $' {answer}\n\n' --no-bos --no-eos --no-pack --seq-len 512 --sequences 64 --threads 1 \
   --out $R/erank.png | tee $R/erank.txt
 mkdir -p $R/samples
 for m in teacher:$T red:$R/red_50/model random:$R/random_50/model; do

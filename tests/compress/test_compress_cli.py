@@ -100,3 +100,30 @@ def test_erank_command_prints_and_plots(setup, capsys):
     res = json.loads(out.with_suffix(".json").read_text())
     assert set(res) == {str(teacher_dir), str(other)}
     assert all(len(r["erank"]) == 3 for r in res.values())
+
+
+def test_erank_no_pack_measures_each_example_in_its_own_row(setup):
+    """--no-pack: one row per example, padding not counted, and the figures are the library's on
+    those rows. The same tokens are counted as when packed, so the embeddings' eRank is the same,
+    but no block reads another example as context, so the deeper layers' differ."""
+    from thinkfast.compress.erank import per_layer_erank
+    from thinkfast.data.dataset import DataConfig, load_data
+
+    tmp, teacher_dir, data = setup
+    res = {}
+    for name, extra in (("packed", []), ("unpacked", ["--no-pack"])):
+        out = tmp / f"{name}.json"
+        assert main(["erank", "--model", str(teacher_dir), "--data", str(data), "--seq-len", "24",
+                     "--sequences", "64", "--threads", "1", "--out", str(out), *extra]) == 0
+        res[name] = json.loads(out.read_text())[str(teacher_dir)]
+    teacher = load_model(teacher_dir)
+    cfg = DataConfig(train=str(data), eval_fraction=0.0, loss_on="all", seq_len=24, pack=False)
+    rows = load_data(cfg, None, teacher.config.vocab_size).train
+    n_examples = sum(1 for line in data.read_text().splitlines() if line.strip())
+    assert len(rows) == n_examples
+    expected = per_layer_erank(teacher, [rows.batch(list(range(i, min(i + 8, len(rows)))))
+                                         for i in range(0, len(rows), 8)])
+    assert res["unpacked"]["tokens"] == expected["tokens"] == res["packed"]["tokens"]
+    assert res["unpacked"]["erank"] == pytest.approx(expected["erank"], rel=1e-4)
+    assert res["unpacked"]["erank"][0] == pytest.approx(res["packed"]["erank"][0], rel=1e-4)
+    assert res["unpacked"]["erank"][1] != pytest.approx(res["packed"]["erank"][1], rel=1e-3)

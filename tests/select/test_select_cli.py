@@ -33,6 +33,32 @@ def test_loo_cli_writes_layers_json_and_a_table(tmp_path, token_data, capsys):
     assert "score" in printed and "MAAA" in printed and "adjacent" in printed
 
 
+def test_no_pack_scores_one_example_per_row(tmp_path, token_data):
+    """--no-pack gives the library's scores on unpacked held-out rows, not those of packed ones."""
+    from dataclasses import replace
+
+    from select_helpers import data_config
+
+    from thinkfast.data.dataset import load_data
+    from thinkfast.select.layers import loo_scores
+
+    teacher = make_teacher()
+    teacher_dir = save_model(teacher, tmp_path / "teacher")
+    docs = {}
+    for name, extra in (("packed", ()), ("unpacked", ("--no-pack",))):
+        out = tmp_path / f"{name}.json"
+        assert _select(teacher_dir, token_data, out, "--method", "loo", "--keep", "2", "--no-bos", "--no-eos",
+                       *extra) == 0
+        docs[name] = json.loads(out.read_text())
+    assert docs["packed"]["pack"] is True and docs["unpacked"]["pack"] is False
+    assert docs["unpacked"]["seq_len"] == 16
+    rows = load_data(replace(data_config(token_data), pack=False), None, teacher.config.vocab_size).eval
+    assert len(rows) == 8  # one row per held-out example (20% of 40)
+    expected = loo_scores(teacher, rows).scores
+    assert docs["unpacked"]["scores"] == pytest.approx(expected, rel=1e-5)
+    assert docs["unpacked"]["scores"] != pytest.approx(docs["packed"]["scores"], rel=1e-3)
+
+
 def test_layers_json_round_trips_through_the_distill_config(tmp_path, token_data):
     teacher = make_teacher()
     teacher_dir = save_model(teacher, tmp_path / "teacher")

@@ -17,8 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--response-template", default=None, help='e.g. " {answer}\\n\\n"')
     parser.add_argument("--no-bos", action="store_true", help="do not add BOS to each example")
     parser.add_argument("--no-eos", action="store_true", help="do not add EOS to each example")
-    parser.add_argument("--seq-len", type=int, default=256, help="tokens per packed sequence")
-    parser.add_argument("--sequences", type=int, default=32, help="packed sequences measured (the first ones)")
+    parser.add_argument("--seq-len", type=int, default=256, help="tokens per row")
+    parser.add_argument("--no-pack", action="store_true",
+                        help="one example per row (right-padded, cut at --seq-len; padding is not counted), "
+                             "as the demo teacher was trained; default: examples packed back to back")
+    parser.add_argument("--sequences", type=int, default=32, help="rows measured (the first ones)")
     parser.add_argument("--out", default=None, help="write results: .json, or .png (plot, plus .json beside it)")
     parser.add_argument("--threads", type=int, default=None, help="PyTorch intra-op threads")
 
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         tokenizer = tokenizer or tok
     dcfg = DataConfig(train=args.data, eval_fraction=0.0, format=args.format, prompt_template=args.prompt_template,
                       response_template=args.response_template, loss_on="all", seq_len=args.seq_len,
-                      add_bos=not args.no_bos, add_eos=not args.no_eos)
+                      add_bos=not args.no_bos, add_eos=not args.no_eos, pack=not args.no_pack)
     blocks = load_data(dcfg, tokenizer, min(m.config.vocab_size for m in models.values())).train
     idx = list(range(min(args.sequences, len(blocks))))
     batches = [blocks.batch(idx[i:i + 8]) for i in range(0, len(idx), 8)]

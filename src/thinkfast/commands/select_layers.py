@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--loss-on", default="response", choices=("response", "all"),
                    help="which tokens are trained on and counted in the KL")
     d.add_argument("--seq-len", type=int, default=256)
+    d.add_argument("--no-pack", action="store_true",
+                   help="pack: false, one example per row (right-padded, cut at --seq-len), as the demo teacher "
+                        "was trained; default: examples packed back to back")
     d.add_argument("--max-examples", type=int, default=None)
     d.add_argument("--eval-blocks", type=int, default=None, help="score on at most this many held-out blocks")
     s = parser.add_argument_group("students")
@@ -79,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         data = DataConfig(train=args.data, eval=args.eval, eval_fraction=args.eval_fraction, format=args.format,
                           prompt_template=args.prompt_template, response_template=args.response_template,
                           loss_on=args.loss_on, seq_len=args.seq_len, add_bos=not args.no_bos,
-                          add_eos=not args.no_eos, max_examples=args.max_examples, seed=args.seed)
+                          add_eos=not args.no_eos, max_examples=args.max_examples, seed=args.seed,
+                          pack=not args.no_pack)
     except ConfigError as e:
         raise UserError(str(e)) from None
     progress = not args.no_progress
@@ -104,10 +108,11 @@ def run(args: argparse.Namespace) -> int:
                 return 0
     chosen, notes = S.choose_layers(result.scores, k)
     doc = S.layers_document(n, chosen, result, notes, keep=args.keep, teacher=os.path.abspath(args.teacher),
-                            data=args.data, kind=args.kind, seed=args.seed)
+                            data=args.data, seq_len=args.seq_len, pack=not args.no_pack, kind=args.kind,
+                            seed=args.seed)
     if args.method == "kl-guided":
         doc["training"] = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "loss": args.loss,
-                           "seq_len": args.seq_len, "base": args.base}
+                           "seq_len": args.seq_len, "pack": not args.no_pack, "base": args.base}
     S.write_layers_json(args.out, doc)
     print(_table(doc))
     for note in notes:
