@@ -16,15 +16,16 @@ def _model(pattern, kind, seed=0, **over):
     return LanguageModel(cfg).eval()
 
 
+@pytest.mark.parametrize("prefill", [1, 7])  # 1: the conv window starts part empty
 @pytest.mark.parametrize("pattern,kind", KINDS)
-def test_token_by_token_decoding_matches_parallel_forward(pattern, kind):
+def test_token_by_token_decoding_matches_parallel_forward(pattern, kind, prefill):
     model = _model(pattern, kind)
     ids = torch.randint(0, 256, (3, 29), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         full = model(ids).logits
         cache = model.allocate_cache(3, 40)
-        steps = [model(ids[:, :7], cache=cache).logits]  # a prefill, then one token at a time
-        steps += [model(ids[:, t:t + 1], cache=cache).logits for t in range(7, 29)]
+        steps = [model(ids[:, :prefill], cache=cache).logits]  # a prefill, then one token at a time
+        steps += [model(ids[:, t:t + 1], cache=cache).logits for t in range(prefill, 29)]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
 
 

@@ -151,20 +151,47 @@ def _default_eos(tokenizer) -> tuple[int, ...]:
 
 
 class _StopChecker:
-    """Finds stop strings at the end of each row's text by decoding only a short tail."""
+    """Finds stop strings at the end of each row's text by decoding only a short tail.
+
+    ``hit`` is the reference: decode the row's last ``window`` tokens and look for a stop. The
+    engine calls it only for rows whose newest token ``may_complete`` a stop: a stop that was
+    not in the tail before this token and is now must end inside this token's text, so that
+    text holds the stop's last character. A token's text is its own decode, memoised; a token
+    that decodes to nothing or to part of a character (U+FFFD), and every token when a stop
+    ends in a space (tokenizers drop leading spaces when decoding a token alone), always counts.
+    """
 
     def __init__(self, stops: Sequence[str], tokenizer):
         self.stops = tuple(s for s in stops if s)
         if self.stops and tokenizer is None:
             raise ValueError("stop strings need a tokenizer")
         self.tok = tokenizer
-        self.window = max((len(s) for s in self.stops), default=0) + 2
+        # tokens of tail to decode: a token holds at least one UTF-8 byte (a byte-level BPE may
+        # split one character over several tokens), so a stop spans at most its bytes' count
+        self.window = max((len(s.encode("utf-8")) for s in self.stops), default=0) + 2
+        self._last_chars = {s[-1] for s in self.stops}
+        self._every_token = any(s[-1] == " " or "\ufffd" in s for s in self.stops)
+        self._memo: dict[int, bool] = {}
 
     def hit(self, ids: list[int]) -> bool:
         if not self.stops:
             return False
         tail = self.tok.decode(ids[-self.window:], skip_special_tokens=True)
         return any(s in tail for s in self.stops)
+
+    def _may_complete_one(self, token: int) -> bool:
+        flag = self._memo.get(token)
+        if flag is None:
+            text = self.tok.decode([token], skip_special_tokens=True)
+            flag = (self._every_token or not text or "\ufffd" in text
+                    or any(c in text for c in self._last_chars))
+            self._memo[token] = flag
+        return flag
+
+    def may_complete(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(L,) token ids -> (L,) bool: rows worth a ``hit`` check after appending these tokens."""
+        flags = [self._may_complete_one(t) for t in tokens.tolist()]
+        return torch.tensor(flags, dtype=torch.bool, device=tokens.device)
 
     def cut(self, text: str) -> str:
         cuts = [text.find(s) for s in self.stops if s in text]
@@ -220,7 +247,7 @@ def _generate_batch(model: LanguageModel, prompt_ids: list[list[int]], params: S
         reason[live[hit_eos]] = 1
         finished[live[hit_eos]] = True
         if stopper.stops:
-            for r in live[active & ~hit_eos].tolist():
+            for r in live[active & ~hit_eos & stopper.may_complete(tok)].tolist():
                 if stopper.hit(out_tok[r, : int(length[r])].tolist()):
                     reason[r], finished[r] = 2, True
         n_open = int((~finished[live]).sum())

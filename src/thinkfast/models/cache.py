@@ -45,11 +45,13 @@ class AttentionState:
 
 
 class MambaState:
-    """conv (B, Cd, K-1) last conv inputs; ssm (B, H, P, N) fp32. ``seen``: any token processed."""
+    """conv (B, K-1, Cd) last conv inputs, oldest first (channels last, so a decode step reads
+    and shifts whole contiguous (B, Cd) slices); ssm (B, H, P, N) fp32. ``seen``: any token
+    processed."""
 
     def __init__(self, batch: int, conv_dim: int, kernel: int, n_heads: int, head_dim: int,
                  d_state: int, dtype, device):
-        self.conv = torch.zeros(batch, conv_dim, kernel - 1, dtype=dtype, device=device)
+        self.conv = torch.zeros(batch, kernel - 1, conv_dim, dtype=dtype, device=device)
         self.ssm = torch.zeros(batch, n_heads, head_dim, d_state, dtype=torch.float32, device=device)
         self.seen = False
 

@@ -56,22 +56,31 @@ class _MambaBase(nn.Module):
         if mask is not None:
             xbc = xbc * mask[..., None].to(xbc.dtype)  # padded tokens feed zeros, like a shorter row
         xt = xbc.transpose(1, 2)  # (B, Cd, T)
-        prev = state.conv.to(xt.dtype) if state is not None else xt.new_zeros(Bsz, Cd, K - 1)
+        prev = state.conv.transpose(1, 2).to(xt.dtype) if state is not None else xt.new_zeros(Bsz, Cd, K - 1)
         full = torch.cat([prev, xt], dim=-1)  # (B, Cd, K-1+T)
         if state is not None:
-            state.conv.copy_(full[..., -(K - 1):])
+            state.conv.copy_(full[..., -(K - 1):].transpose(1, 2))
         out = F.conv1d(full, self.conv1d.weight, self.conv1d.bias, groups=Cd).transpose(1, 2)  # (B, T, Cd)
         return F.silu(out) if self.conv_activation == "silu" else out
 
     def _conv_step(self, xbc: torch.Tensor, state: MambaState) -> torch.Tensor:
-        """One token: xbc (B, Cd) -> (B, Cd); shifts ``state.conv`` (B, Cd, K-1) in place."""
-        w = self.conv1d.weight[:, 0].to(state.conv.dtype)  # (Cd, K)
-        x_new = xbc.to(state.conv.dtype)
-        out = (state.conv * w[:, :-1]).sum(-1) + x_new * w[:, -1]  # (B, Cd)
-        if state.conv.shape[-1]:
-            state.conv.copy_(torch.cat([state.conv[..., 1:], x_new[..., None]], dim=-1))
+        """One token: xbc (B, Cd) -> (B, Cd); shifts ``state.conv`` (B, K-1, Cd) in place.
+
+        The same sum as ``_conv``'s F.conv1d over the last K inputs, one tap at a time on
+        contiguous (B, Cd) slices (measured 8.8x faster on CPU than a product and a sum over
+        a trailing K-1 axis, at the demo's batch of 256)."""
+        win = state.conv
+        w = self.conv1d.weight[:, 0].t().to(win.dtype).contiguous()  # (K, Cd)
+        x_new = xbc.to(win.dtype)
+        out = x_new * w[-1]
         if self.conv1d.bias is not None:
-            out = out + self.conv1d.bias
+            out = out + self.conv1d.bias.to(win.dtype)
+        for k in range(win.shape[1]):
+            out.addcmul_(win[:, k], w[k])
+        for k in range(win.shape[1] - 1):  # shift the window left by one token
+            win[:, k].copy_(win[:, k + 1])
+        if win.shape[1]:
+            win[:, -1].copy_(x_new)
         out = out.to(xbc.dtype)
         return F.silu(out) if self.conv_activation == "silu" else out
 
