@@ -1,0 +1,136 @@
+"""Decode speed of the demo's three models at the demo's sampling shape, and what two engine
+choices buy there, each measured side by side with its reference in one run.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/engine_speed.py demo_out --threads 1
+
+1. The Mamba conv step: thinkfast's ``_conv_step`` (window stored (B, K-1, Cd), one tap at a
+   time) against the same sum written as a product and a sum over a trailing K-1 axis on a
+   (B, Cd, K-1) window, on the Llamba student's first mixer at batch 256.
+2. The engine on 8 test problems x 32 samples at T = 0.8 (the demo's rows per call): each model
+   with the stop-string filter (``_StopChecker.may_complete``) and with every row checked, which
+   must give the same tokens.
+
+Prints a table and writes JSON (``--json``) with every figure and ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from thinkfast.checkpoint import load_pretrained  # noqa: E402
+from thinkfast.data import synthetic as syn  # noqa: E402
+from thinkfast.generate import engine  # noqa: E402
+from thinkfast.models.cache import MambaState  # noqa: E402
+
+
+def _time(fn, repeat: int) -> float:
+    for _ in range(10):
+        fn()
+    t = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - t) / repeat
+
+
+def conv_step_reference(mixer, xbc: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """The conv step as a product and a sum over a (B, Cd, K-1) window (the earlier layout)."""
+    w = mixer.conv1d.weight[:, 0]  # (Cd, K)
+    out = (window * w[:, :-1]).sum(-1) + xbc * w[:, -1] + mixer.conv1d.bias
+    window.copy_(torch.cat([window[..., 1:], xbc[..., None]], dim=-1))
+    return torch.nn.functional.silu(out) if mixer.conv_activation == "silu" else out
+
+
+@torch.inference_mode()
+def conv_step(llamba_dir: Path, batch: int, repeat: int) -> dict:
+    model, _ = load_pretrained(str(llamba_dir))
+    mixer = next(layer.mixer for layer in model.layers if hasattr(layer.mixer, "_conv_step"))
+    Cd, K = mixer.conv1d.weight.shape[0], mixer.conv1d.kernel_size[0]
+    g = torch.Generator().manual_seed(0)
+    xbc = torch.randn(batch, Cd, generator=g)
+    state = MambaState(batch, Cd, K, 1, 1, 1, dtype=torch.float32, device="cpu")
+    state.conv.copy_(torch.randn(batch, K - 1, Cd, generator=g))
+    ref_window = state.conv.transpose(1, 2).contiguous()
+    # one step each from the same window: the same outputs
+    fast = mixer._conv_step(xbc, state)
+    ref = conv_step_reference(mixer, xbc, ref_window)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    t_fast = _time(lambda: mixer._conv_step(xbc, state), repeat)
+    t_ref = _time(lambda: conv_step_reference(mixer, xbc, ref_window), repeat)
+    return {"batch": batch, "conv_dim": Cd, "kernel": K, "thinkfast_us": t_fast * 1e6,
+            "reference_us": t_ref * 1e6, "conv_step_vs_reference_ratio": t_ref / t_fast}
+
+
+@torch.inference_mode()
+def engine_runs(out_dir: Path, problems: int, n: int) -> dict:
+    qs = [json.loads(line)["question"] for line in open(out_dir / "data" / "test.jsonl")][:problems]
+    prompts = [f"Question: {q}\nAnswer:" for q in qs]
+    params = engine.SamplingParams(n=n, temperature=0.8, max_new_tokens=400, stop=(syn.EXAMPLE_END,), seed=0)
+    every_row = lambda self, t: torch.ones_like(t, dtype=torch.bool)  # noqa: E731
+    filtered = engine._StopChecker.may_complete
+    res = {}
+    for name in ("teacher", "llamba", "hybrid"):
+        model, tok = load_pretrained(str(out_dir / name / "model"))
+        engine.generate(model, prompts[:1], engine.SamplingParams(n=2, max_new_tokens=8), tokenizer=tok,
+                        add_special_tokens=False)  # warm-up
+        row = {}
+        for label, fn in (("filter", filtered), ("every_row", every_row)):
+            engine._StopChecker.may_complete = fn
+            try:
+                t = time.perf_counter()
+                outs = engine.generate(model, prompts, params, tokenizer=tok, add_special_tokens=False)
+                seconds = time.perf_counter() - t
+            finally:
+                engine._StopChecker.may_complete = filtered
+            ids = [s.token_ids for o in outs for s in o.samples]
+            row[label] = {"seconds": seconds, "new_tokens": sum(map(len, ids)),
+                          "tokens_per_s": sum(map(len, ids)) / seconds}
+            row.setdefault("_ids", []).append(ids)
+        same = row.pop("_ids")
+        row["same_tokens"] = same[0] == same[1]
+        row["stop_filter_vs_every_row_ratio"] = row["every_row"]["seconds"] / row["filter"]["seconds"]
+        res[name] = row
+    for name in ("llamba", "hybrid"):
+        res[name][f"{name}_vs_teacher_ratio"] = (res[name]["filter"]["tokens_per_s"]
+                                                 / res["teacher"]["filter"]["tokens_per_s"])
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("demo_out", type=Path, help="a finished `thinkfast demo` directory")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--problems", type=int, default=8)
+    ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=300)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    result = {"threads": args.threads, "conv_step": conv_step(args.demo_out / "llamba" / "model", 256, args.repeat),
+              "engine": engine_runs(args.demo_out, args.problems, args.n)}
+    c = result["conv_step"]
+    print(f"conv step, batch {c['batch']}, {c['conv_dim']} channels, kernel {c['kernel']}: "
+          f"{c['thinkfast_us']:.0f} us against {c['reference_us']:.0f} us "
+          f"(conv_step_vs_reference_ratio {c['conv_step_vs_reference_ratio']:.2f}x)")
+    print(f"engine, {args.problems} problems x {args.n} samples, T = 0.8, {args.threads} thread(s):")
+    print("| model | tokens/s (stop filter) | tokens/s (every row checked) | filter ratio | same tokens | vs teacher |")
+    print("|---|---|---|---|---|---|")
+    for name, r in result["engine"].items():
+        vs = r.get(f"{name}_vs_teacher_ratio")
+        print(f"| {name} | {r['filter']['tokens_per_s']:.0f} | {r['every_row']['tokens_per_s']:.0f} | "
+              f"{r['stop_filter_vs_every_row_ratio']:.2f}x | {r['same_tokens']} | "
+              f"{'-' if vs is None else f'{vs:.2f}x'} |")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
