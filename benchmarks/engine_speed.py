@@ -10,7 +10,8 @@ choices buy there, each measured side by side with its reference in one run.
    with the stop-string filter (``_StopChecker.may_complete``) and with every row checked, which
    must give the same tokens.
 
-Prints a table and writes JSON (``--json``) with every figure and ratio.
+Prints a table and writes JSON (``--json``) with every figure and ratio. ``--profile MODEL``
+instead prints where one engine call of that model spends its time (cProfile, top functions).
 """
 
 from __future__ import annotations
@@ -103,6 +104,24 @@ def engine_runs(out_dir: Path, problems: int, n: int) -> dict:
     return res
 
 
+@torch.inference_mode()
+def profile(out_dir: Path, name: str, problems: int, n: int, top: int = 15) -> None:
+    import cProfile
+    import pstats
+
+    qs = [json.loads(line)["question"] for line in open(out_dir / "data" / "test.jsonl")][:problems]
+    prompts = [f"Question: {q}\nAnswer:" for q in qs]
+    params = engine.SamplingParams(n=n, temperature=0.8, max_new_tokens=400, stop=(syn.EXAMPLE_END,), seed=0)
+    model, tok = load_pretrained(str(out_dir / name / "model"))
+    engine.generate(model, prompts[:1], engine.SamplingParams(n=2, max_new_tokens=8), tokenizer=tok,
+                    add_special_tokens=False)
+    prof = cProfile.Profile()
+    prof.enable()
+    engine.generate(model, prompts, params, tokenizer=tok, add_special_tokens=False)
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(top)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("demo_out", type=Path, help="a finished `thinkfast demo` directory")
@@ -111,8 +130,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=300)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--profile", choices=("teacher", "llamba", "hybrid"), default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.profile:
+        profile(args.demo_out, args.profile, args.problems, args.n)
+        return
     result = {"threads": args.threads, "conv_step": conv_step(args.demo_out / "llamba" / "model", 256, args.repeat),
               "engine": engine_runs(args.demo_out, args.problems, args.n)}
     c = result["conv_step"]
