@@ -67,8 +67,8 @@ class _MambaBase(nn.Module):
         """One token: xbc (B, Cd) -> (B, Cd); shifts ``state.conv`` (B, K-1, Cd) in place.
 
         The same sum as ``_conv``'s F.conv1d over the last K inputs, one tap at a time on
-        contiguous (B, Cd) slices (measured 8.8x faster on CPU than a product and a sum over
-        a trailing K-1 axis, at the demo's batch of 256)."""
+        contiguous (B, Cd) slices: 6.9x faster on CPU than a product and a sum over a trailing
+        K-1 axis at the demo's batch of 256 (``benchmarks/engine_speed.py``)."""
         win = state.conv
         w = self.conv1d.weight[:, 0].t().to(win.dtype).contiguous()  # (K, Cd)
         x_new = xbc.to(win.dtype)
