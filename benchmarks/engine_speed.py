@@ -27,7 +27,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from thinkfast.checkpoint import load_pretrained  # noqa: E402
-from thinkfast.data import synthetic as syn  # noqa: E402
+from thinkfast.demo import demo_task  # noqa: E402
+from thinkfast.eval.sampling import encode_prompts  # noqa: E402
 from thinkfast.generate import engine  # noqa: E402
 from thinkfast.models.cache import MambaState  # noqa: E402
 
@@ -69,24 +70,34 @@ def conv_step(llamba_dir: Path, batch: int, repeat: int) -> dict:
             "reference_us": t_ref * 1e6, "conv_step_vs_reference_ratio": t_ref / t_fast}
 
 
+def demo_sampling(out_dir: Path, problems: int, n: int, tokenizer) -> tuple[list[list[int]], engine.SamplingParams]:
+    """The demo's prompts (token ids) for its first ``problems`` test problems, and its sampling
+    settings at T = 0.8 with ``n`` samples each."""
+    task = demo_task()
+    examples = task.load("test", path=str(out_dir / "data" / "test.jsonl"), limit=problems)
+    prompts = encode_prompts(task, examples, tokenizer, "fewshot")
+    return prompts, engine.SamplingParams(n=n, temperature=0.8, max_new_tokens=400, stop=task.stop, seed=0)
+
+
+def warm_up(model, prompts, tokenizer) -> None:
+    engine.generate(model, prompts[:1], engine.SamplingParams(n=2, max_new_tokens=8), tokenizer=tokenizer)
+
+
 @torch.inference_mode()
 def engine_runs(out_dir: Path, problems: int, n: int) -> dict:
-    qs = [json.loads(line)["question"] for line in open(out_dir / "data" / "test.jsonl")][:problems]
-    prompts = [f"Question: {q}\nAnswer:" for q in qs]
-    params = engine.SamplingParams(n=n, temperature=0.8, max_new_tokens=400, stop=(syn.EXAMPLE_END,), seed=0)
     every_row = lambda self, t: torch.ones_like(t, dtype=torch.bool)  # noqa: E731
     filtered = engine._StopChecker.may_complete
     res = {}
     for name in ("teacher", "llamba", "hybrid"):
         model, tok = load_pretrained(str(out_dir / name / "model"))
-        engine.generate(model, prompts[:1], engine.SamplingParams(n=2, max_new_tokens=8), tokenizer=tok,
-                        add_special_tokens=False)  # warm-up
+        prompts, params = demo_sampling(out_dir, problems, n, tok)
+        warm_up(model, prompts, tok)
         row = {}
         for label, fn in (("filter", filtered), ("every_row", every_row)):
             engine._StopChecker.may_complete = fn
             try:
                 t = time.perf_counter()
-                outs = engine.generate(model, prompts, params, tokenizer=tok, add_special_tokens=False)
+                outs = engine.generate(model, prompts, params, tokenizer=tok)
                 seconds = time.perf_counter() - t
             finally:
                 engine._StopChecker.may_complete = filtered
@@ -109,15 +120,12 @@ def profile(out_dir: Path, name: str, problems: int, n: int, top: int = 15) -> N
     import cProfile
     import pstats
 
-    qs = [json.loads(line)["question"] for line in open(out_dir / "data" / "test.jsonl")][:problems]
-    prompts = [f"Question: {q}\nAnswer:" for q in qs]
-    params = engine.SamplingParams(n=n, temperature=0.8, max_new_tokens=400, stop=(syn.EXAMPLE_END,), seed=0)
     model, tok = load_pretrained(str(out_dir / name / "model"))
-    engine.generate(model, prompts[:1], engine.SamplingParams(n=2, max_new_tokens=8), tokenizer=tok,
-                    add_special_tokens=False)
+    prompts, params = demo_sampling(out_dir, problems, n, tok)
+    warm_up(model, prompts, tok)
     prof = cProfile.Profile()
     prof.enable()
-    engine.generate(model, prompts, params, tokenizer=tok, add_special_tokens=False)
+    engine.generate(model, prompts, params, tokenizer=tok)
     prof.disable()
     pstats.Stats(prof).sort_stats("tottime").print_stats(top)
 

@@ -30,11 +30,10 @@ from teacher_design import greedy_by_steps  # benchmarks/ is on sys.path when a 
 from teacher_errors import answer_predictions
 
 from thinkfast.data import synthetic as syn
-from thinkfast.demo import DemoConfig, demo_task_config, hybrid_recipe, llamba_recipe
+from thinkfast.demo import DemoConfig, demo_task, demo_task_config, hybrid_recipe, llamba_recipe
 from thinkfast.distill.config import apply_overrides, build_config
 from thinkfast.distill.recipe import run_recipe
 from thinkfast.eval.io import read_jsonl
-from thinkfast.eval.tasks.synthetic import SyntheticTask
 
 
 def teacher_forced_accuracy(model_dir: Path, rows: list[dict]) -> float:
@@ -66,8 +65,8 @@ def main() -> None:
         model, result, train_s = train_student(args)
 
     meta = demo_task_config()
-    syn_cfg = syn.SyntheticConfig.from_dict(meta["config"])
-    task = SyntheticTask(syn_cfg, seed=meta["seed"], n_shots=meta["n_shots"])
+    task = demo_task(meta)
+    syn_cfg = task.config
     if args.split == "test":
         path = args.demo / "data" / "test.jsonl"
     else:

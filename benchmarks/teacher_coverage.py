@@ -22,8 +22,8 @@ from pathlib import Path
 
 from thinkfast.config import atomic_write_text
 from thinkfast.data import synthetic as syn
-from thinkfast.demo import (DemoConfig, choose_temperature, demo_task_config, greedy_stage, sample_file,
-                            teacher_train_problems)
+from thinkfast.demo import (DemoConfig, choose_temperature, demo_task, demo_task_config, greedy_stage,
+                            sample_file, teacher_train_problems)
 from thinkfast.eval.grading import grade_rows
 from thinkfast.eval.io import read_jsonl
 from thinkfast.eval.tasks.synthetic import SyntheticTask
@@ -63,8 +63,8 @@ def main() -> None:
     meta = demo_task_config()
     if args.teacher_train:
         meta["teacher_train"] = {**meta.get("teacher_train", {}), **parse_sets(args.teacher_train, "--teacher-train")}
-    syn_cfg = syn.SyntheticConfig.from_dict(meta["config"])
-    task = SyntheticTask(syn_cfg, seed=meta["seed"], n_shots=meta["n_shots"])
+    task = demo_task(meta)
+    syn_cfg = task.config
     problems = syn.generate(syn_cfg, "train", cfg.n_train + args.n_val, seed=meta["seed"])
     syn.write_jsonl(problems[: cfg.temp_problems], args.out / "temp.jsonl")
     val_problems = problems[cfg.n_train:]

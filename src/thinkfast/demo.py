@@ -584,6 +584,17 @@ def demo_task_config() -> dict[str, Any]:
     return json.loads((ASSETS / "demo_task.json").read_text())
 
 
+def demo_task(task_meta: Optional[dict[str, Any]] = None):
+    """The demo's ``SyntheticTask`` (its ``config`` is the task's ``SyntheticConfig``), built from
+    ``task_meta`` (default: ``demo_task_config()``)."""
+    from .data import synthetic as syn
+    from .eval.tasks.synthetic import SyntheticTask
+
+    meta = task_meta if task_meta is not None else demo_task_config()
+    return SyntheticTask(syn.SyntheticConfig.from_dict(meta["config"]), seed=meta["seed"],
+                         n_shots=meta.get("n_shots", 1))
+
+
 def teacher_train_config(task_meta: dict[str, Any]):
     """The SyntheticConfig the teacher's own training problems are drawn from: the demo task's
     ``config`` with its ``teacher_train`` fields laid over it (e.g. a ``step_weights`` that trains
@@ -609,7 +620,6 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teache
     from .eval.evaluation import EvalSettings, evaluate_run, pareto_by_task
     from .eval.io import read_jsonl, write_json_atomic
     from .eval.report import write_report
-    from .eval.tasks.synthetic import SyntheticTask
 
     cfg = DemoConfig.preset(quick)
     task_meta = demo_task_config()
@@ -621,8 +631,8 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teache
                             "run `thinkfast demo --retrain-teacher`")
     check_out_dir(out, cfg, teacher_tag, force, None if retrain_teacher else shipped_teacher_digest())
     stages = StageRunner(out, force, log)
-    syn_cfg = syn.SyntheticConfig.from_dict(task_meta["config"])
-    task = SyntheticTask(syn_cfg, seed=task_meta["seed"], n_shots=task_meta.get("n_shots", 1))
+    task = demo_task(task_meta)
+    syn_cfg = task.config
     data = out / "data"
 
     def make_data():
