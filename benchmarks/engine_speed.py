@@ -27,8 +27,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from thinkfast.checkpoint import load_pretrained  # noqa: E402
-from thinkfast.demo import demo_task  # noqa: E402
-from thinkfast.eval.sampling import encode_prompts  # noqa: E402
+from thinkfast.demo import demo_prompt_ids, demo_task  # noqa: E402
 from thinkfast.generate import engine  # noqa: E402
 from thinkfast.models.cache import MambaState  # noqa: E402
 
@@ -75,7 +74,7 @@ def demo_sampling(out_dir: Path, problems: int, n: int, tokenizer) -> tuple[list
     settings at T = 0.8 with ``n`` samples each."""
     task = demo_task()
     examples = task.load("test", path=str(out_dir / "data" / "test.jsonl"), limit=problems)
-    prompts = encode_prompts(task, examples, tokenizer, "fewshot")
+    prompts = demo_prompt_ids(task, examples, tokenizer)
     return prompts, engine.SamplingParams(n=n, temperature=0.8, max_new_tokens=400, stop=task.stop, seed=0)
 
 

@@ -21,6 +21,23 @@ def quick_run(tmp_path_factory):
     return out
 
 
+def test_models_are_sampled_with_the_prompts_they_were_trained_on(quick_run):
+    """The demo's prompt ids are the start of its training rows (TASK_FORMAT, no BOS), as the
+    training formatter builds them."""
+    from thinkfast.checkpoint import load_tokenizer
+    from thinkfast.data.formatting import Formatter
+
+    tok = load_tokenizer(quick_run / "teacher" / "model")
+    task = demo.demo_task()
+    examples = task.load("test", path=str(quick_run / "data" / "test.jsonl"))
+    rows = [json.loads(line) for line in (quick_run / "data" / "test.jsonl").read_text().splitlines()]
+    fmt = Formatter(tok, "auto", demo.TASK_FORMAT["prompt_template"], demo.TASK_FORMAT["response_template"],
+                    add_bos=demo.TASK_FORMAT["add_bos"], add_eos=demo.TASK_FORMAT["add_eos"])
+    trained = [f.prompt for f in fmt([(f"row {i}", r) for i, r in enumerate(rows)])]
+    assert tok.bos_token_id is not None and tok("x")["input_ids"][0] == tok.bos_token_id  # BOS is on by default
+    assert demo.demo_prompt_ids(task, examples, tok) == trained
+
+
 def test_quick_demo_writes_a_complete_report(quick_run):
     results = json.loads((quick_run / "results.json").read_text())
     assert RESULT_KEYS <= set(results)

@@ -341,6 +341,14 @@ def hybrid_recipe(cfg: DemoConfig, out_dir: Path, teacher_dir: Path, train: Path
 
 # --- sampling -----------------------------------------------------------------------------------
 
+def demo_prompt_ids(task: Any, examples: list, tokenizer: Any) -> list[list[int]]:
+    """The prompts every demo model is sampled with, laid out as its training rows begin
+    (``TASK_FORMAT``: no BOS)."""
+    from .eval.sampling import encode_prompts
+
+    return encode_prompts(task, examples, tokenizer, "fewshot", add_special_tokens=TASK_FORMAT["add_bos"])
+
+
 def sample_file(model_dir: Path, task: Any, examples: list, out_path: Path, name: str, n: int,
                 temperature: float, cfg: DemoConfig, log: Callable[[str], None],
                 batch_problems: Optional[int] = None) -> dict[str, Any]:
@@ -348,12 +356,12 @@ def sample_file(model_dir: Path, task: Any, examples: list, out_path: Path, name
     (default ``cfg.batch_problems``) per engine call; returns the report."""
     from .checkpoint import load_model, load_tokenizer
     from .eval.budget import hardware_string
-    from .eval.sampling import SampleSettings, encode_prompts, engine_generate_fn, run_sampling
+    from .eval.sampling import SampleSettings, engine_generate_fn, run_sampling
 
     model, tok = load_model(model_dir), load_tokenizer(model_dir)
     settings = SampleSettings(task=task.name, model=name, n=n, temperature=temperature,
                               max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, prompt_style="fewshot")
-    prompts = encode_prompts(task, examples, tok, "fewshot")
+    prompts = demo_prompt_ids(task, examples, tok)
     gen = engine_generate_fn(model, tok, settings, task.stop)
     from tqdm import tqdm
 

@@ -201,15 +201,19 @@ def run_sampling(examples: Sequence[Example], prompts: Sequence[list[int]], gene
 # --- binding to a model --------------------------------------------------------------------------
 
 
-def encode_prompts(task: Any, examples: Sequence[Example], tokenizer: Any, style: str) -> list[list[int]]:
-    """Token ids of every prompt. A chat template already holds BOS, so it is not added twice."""
+def encode_prompts(task: Any, examples: Sequence[Example], tokenizer: Any, style: str,
+                   add_special_tokens: Optional[bool] = None) -> list[list[int]]:
+    """Token ids of every prompt. ``add_special_tokens`` (the tokenizer's BOS): by default yes,
+    except for a chat template, which already holds BOS; a model trained without BOS says no."""
+    if add_special_tokens is None:
+        add_special_tokens = style != "chat"
     out = []
     for ex in examples:
         try:
             text = task.prompt(ex, style=style, tokenizer=tokenizer)
         except ValueError as e:  # e.g. a style the task does not have
             raise UserError(f"task {getattr(task, 'name', task)}: {e}") from None
-        out.append(list(tokenizer(text, add_special_tokens=(style != "chat"))["input_ids"]))
+        out.append(list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]))
     return out
 
 
