@@ -91,7 +91,7 @@ def engine_runs(out_dir: Path, problems: int, n: int) -> dict:
         model, tok = load_pretrained(str(out_dir / name / "model"))
         prompts, params = demo_sampling(out_dir, problems, n, tok)
         warm_up(model, prompts, tok)
-        row = {}
+        row, tokens = {}, {}
         for label, fn in (("filter", filtered), ("every_row", every_row)):
             engine._StopChecker.may_complete = fn
             try:
@@ -100,12 +100,10 @@ def engine_runs(out_dir: Path, problems: int, n: int) -> dict:
                 seconds = time.perf_counter() - t
             finally:
                 engine._StopChecker.may_complete = filtered
-            ids = [s.token_ids for o in outs for s in o.samples]
-            row[label] = {"seconds": seconds, "new_tokens": sum(map(len, ids)),
-                          "tokens_per_s": sum(map(len, ids)) / seconds}
-            row.setdefault("_ids", []).append(ids)
-        same = row.pop("_ids")
-        row["same_tokens"] = same[0] == same[1]
+            tokens[label] = [s.token_ids for o in outs for s in o.samples]
+            new = sum(map(len, tokens[label]))
+            row[label] = {"seconds": seconds, "new_tokens": new, "tokens_per_s": new / seconds}
+        row["same_tokens"] = tokens["filter"] == tokens["every_row"]
         row["stop_filter_vs_every_row_ratio"] = row["every_row"]["seconds"] / row["filter"]["seconds"]
         res[name] = row
     for name in ("llamba", "hybrid"):
