@@ -254,11 +254,11 @@ def test_task_plugin(tmp_path):
     assert len({e.id for e in test}) == 6
     for e in test:
         assert int(e.answer) == syn.parse_answer(e.gold)
-        assert task.is_correct(task.extract(e.gold), e)
-        assert task.is_correct(e.answer, e)
-        assert not task.is_correct(str(int(e.answer) + 1), e)
-        assert not task.is_correct(None, e)
-        assert not task.is_correct("abc", e)
+        assert task.judge(task.extract(e.gold), e).correct
+        assert task.judge(e.answer, e).correct
+        assert not task.judge(str(int(e.answer) + 1), e).correct
+        assert not task.judge(None, e).correct
+        assert not task.judge("abc", e).correct
     assert task.extract("blah #### 17\n\nQuestion:") == "17"
     assert task.extract("I do not know") is None
     e = test[0]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from thinkfast.eval.tasks.base import TASKS, Example, Task, get_task
+from thinkfast.eval.tasks.base import TASKS, Example, Graded, Task, Verdict, get_task
 from thinkfast.eval.tasks.common import task_by_name
 from thinkfast.runtime import UserError
 
@@ -84,12 +84,13 @@ def test_default_task_methods():
         def extract(self, completion):
             return completion.strip() or None
 
-        def is_correct(self, pred, example):
-            return pred == example.answer
+        def judge(self, pred, example):
+            return Verdict(pred == example.answer)
 
     t = Exact()
     assert t.gold_answer(" 7 ") == "7"
-    assert t.judge("7", Example("0", "", "7", "7")).correct
+    graded = t.grade_many([(" 7 ", Example("0", "", "7", "7")), ("8", Example("1", "", "7", "7"))])
+    assert graded == [Graded("7", Verdict(True)), Graded("8", Verdict(False))]
     assert t.same_answer("a", "a") and not t.same_answer("a", "b")
     assert "exact-test" not in TASKS  # not registered unless decorated
 

@@ -1,33 +1,40 @@
-"""``thinkfast grade``: add ``pred``, ``correct`` and ``grade_timeout`` to samples rows."""
+"""``thinkfast grade``: add ``pred``, ``correct``, ``grade_timeout`` and ``grade_error`` to rows."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from ..runtime import UserError
+
+def _positive(kind: type):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+        return value
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="JSONL rows with 'gold' (the dataset's gold field) and 'completion'")
     parser.add_argument("--task", default=None, help="gsm8k, math500, synthetic (default: the rows' 'task')")
     parser.add_argument("--out", default=None, help="output JSONL (default: rewrite the input atomically)")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per Math-Verify check (default 5)")
+    parser.add_argument("--workers", type=_positive(int), default=None,
+                        help="grading worker processes (default: one per core)")
+    parser.add_argument("--timeout", type=_positive(float), default=5.0,
+                        help="CPU seconds per completion before it counts as incorrect (default 5)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..eval.grading import configure_default_grader, grade_rows, summarize
-    from ..eval.io import read_jsonl, write_jsonl_atomic
-    from ..eval.tasks.common import task_by_name
+    from ..eval.grading import grade_file
 
-    rows = read_jsonl(args.input)
-    name = args.task or (rows[0].get("task") if rows else None)
-    if not name:
-        raise UserError(f"{args.input}: rows name no task; pass --task")
-    configure_default_grader(timeout_s=args.timeout)
-    graded = grade_rows(task_by_name(name), rows, source=args.input)
-    write_jsonl_atomic(args.out or args.input, graded)
-    s = summarize(graded)
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr)
+
+    s = grade_file(args.input, args.out, args.task, args.workers, args.timeout, log=log)
     print(f"{s.rows} rows: accuracy {s.accuracy:.4f} ({s.correct}/{s.rows}); {s.no_answer} without an "
           f"answer; {s.timeouts} grading timeouts; {s.errors} grading errors -> {args.out or args.input}",
           file=sys.stderr)

@@ -1,15 +1,21 @@
-"""Child process that runs Math-Verify for ``grading.MathVerifyWorker``; not a public module.
+"""Child process that grades with Math-Verify for ``grading.VerifyPool``; not a public module.
 
-Protocol: one JSON object per line on stdin, ``{"g": gold, "p": pred}`` (LaTeX answers, already
-extracted); one line back per request, ``{"ok": bool}`` or ``{"err": message}``. The first line
-written is ``{"ready": true}`` once the imports are done, so start-up never counts against a
-request's deadline.
+Protocol: one JSON object per line on stdin, one line back per request:
 
-Math-Verify's own timeouts are disabled: they use SIGALRM, which cannot interrupt a long C-level
-SymPy call and fails outright off the main thread. The parent enforces the deadline by killing
-this process instead. Math-Verify parses LaTeX with an ANTLR grammar and plain expressions only
-after a regex has restricted them to digits and operators, so model text is never executed as
-Python; what remains (``9^9^9^9``) is a question of time and memory, bounded here and by the parent.
+- ``{"op": "grade", "gold": ANSWER, "tail": TEXT}``: read the answer out of a completion's tail
+  (``extraction.answer_spans``, then Math-Verify's own extraction) and judge it against the gold
+  answer; reply ``{"pred": str | null, "ok": bool}``;
+- ``{"op": "same", "a": ANSWER, "b": ANSWER}``: whether two extracted answers are equivalent
+  (``b`` judged against reference ``a``); reply ``{"ok": bool}``.
+
+Any failure replies ``{"err": message}``. The first line written is ``{"ready": true}`` once the
+imports are done, so start-up never counts against a request's limit.
+
+Math-Verify's own timeouts are off: they use SIGALRM, which cannot interrupt a long C-level SymPy
+call. The parent enforces the limit from outside, by this process's CPU time, and kills it.
+Math-Verify parses LaTeX with an ANTLR grammar and plain expressions only after a regex has
+restricted them to digits and operators, so model text is never executed as Python; what remains
+(``9^9^9^9``) is a question of time and memory, bounded here (``RLIMIT_AS``) and by the parent.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from typing import Any
 
 MEMORY_LIMIT_BYTES = 4 << 30  # a runaway expansion fails with MemoryError instead of swapping
 
@@ -30,30 +37,67 @@ def _limit_memory() -> None:
         pass
 
 
-def _answer_is_equivalent(gold: str, pred: str) -> bool:
-    from math_verify import parse, verify
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent dies (it may be deep in SymPy, not reading)."""
+    try:
+        import ctypes
+        import signal
 
-    # \boxed{} makes Math-Verify take the whole string as one answer (a bare "3, 5" would
-    # otherwise be read as the number 5).
-    g = parse(f"\\boxed{{{gold}}}", parsing_timeout=None)
-    p = parse(f"\\boxed{{{pred}}}", parsing_timeout=None)
-    if not g or not p:
-        return False
-    return bool(verify(g, p, timeout_seconds=None))
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: stdin's EOF still ends the loop
+        pass
+
+
+class Judge:
+    """Math-Verify with thinkfast's extraction configuration."""
+
+    def __init__(self) -> None:
+        from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+        self._parse, self._verify = parse, verify
+        # Boxes first, at the same priority as Minerva's "final answer is $X$. I hope", so the
+        # rightmost of the two wins.
+        self.config = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+
+    def parse_answer(self, answer: str) -> list:
+        # \boxed{} makes Math-Verify read the whole string as one answer ("3, 5" is a set, not 5).
+        return self._parse("\\boxed{" + answer + "}", self.config, parsing_timeout=None)
+
+    def parse_completion(self, tail: str) -> list:
+        from thinkfast.eval.extraction import answer_spans
+
+        for span in answer_spans(tail):
+            parsed = self._parse(span, self.config, parsing_timeout=None)
+            if parsed:
+                return parsed
+        return []
+
+    def equal(self, gold: list, pred: list) -> bool:
+        return bool(gold) and bool(pred) and bool(self._verify(gold, pred, timeout_seconds=None))
+
+    def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        if req["op"] == "grade":
+            pred = self.parse_completion(str(req["tail"]))
+            text = None if not pred else pred[-1] if isinstance(pred[-1], str) else str(pred[0])
+            return {"pred": text, "ok": self.equal(self.parse_answer(str(req["gold"])), pred)}
+        if req["op"] == "same":
+            return {"ok": self.equal(self.parse_answer(str(req["a"])), self.parse_answer(str(req["b"])))}
+        raise ValueError(f"unknown op {req['op']!r}")
 
 
 def main() -> int:
     _limit_memory()
+    _die_with_parent()
     logging.disable(logging.WARNING)  # Math-Verify warns once per process that timeouts are off
-    import math_verify  # noqa: F401  (imported before "ready" so start-up is not a timeout)
-
+    judge = Judge()  # imported before "ready" so start-up is never a timeout
     out = sys.stdout
     out.write('{"ready": true}\n')
     out.flush()
     for line in sys.stdin:
         try:
-            req = json.loads(line)
-            reply = {"ok": _answer_is_equivalent(str(req["g"]), str(req["p"]))}
+            reply = judge.handle(json.loads(line))
         except MemoryError:
             reply = {"err": "MemoryError"}
         except Exception as e:  # noqa: BLE001  -- any failure is "not verified", reported

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 from ..runtime import UserError
 from . import metrics as M
 from .budget import Point, pareto_front, timing_from_rows
-from .grading import grade_rows, normalize_answer, summarize
+from .grading import answer_key, grade_rows, summarize
 from .io import read_jsonl
 
 METHODS = ("coverage", "majority", "best_of_n", "weighted_best_of_n")
@@ -62,7 +62,7 @@ def problem_values(p: ProblemSamples, n: int, ks: Sequence[int], same: Callable[
                    settings: EvalSettings, seed: int) -> dict[str, list[float]]:
     """Per-method values at each k for one problem (its first n samples)."""
     preds, correct = p.preds[:n], p.correct[:n]
-    groups = M.group_answers(preds, key=normalize_answer, same=same)
+    groups = M.group_answers(preds, key=answer_key, same=same)
     c = sum(correct)
     out = {"coverage": [M.pass_at_k(n, c, k) for k in ks],
            "majority": [M.majority_at_k(groups, correct, k, settings.max_subsets, seed) for k in ks]}

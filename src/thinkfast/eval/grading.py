@@ -1,274 +1,67 @@
-"""Grading model output: extract the final answer, normalise it, decide equivalence.
+"""Grading model output: Math-Verify in a pool of worker processes, each case under a CPU limit.
 
-Model output is untrusted input. Nothing here calls ``eval`` or ``sympify``: the fast path
-compares normalised strings and exact rationals parsed by regex, and the general check runs
-Math-Verify (github.com/huggingface/Math-Verify) in a child process with a deadline enforced
-from outside (``MathVerifyWorker``). Math-Verify's own timeouts use SIGALRM, which fails off
-the main thread and cannot interrupt a long C-level SymPy call, so they are switched off there.
+Model output is untrusted input. Nothing here or in the workers calls ``eval`` or ``sympify`` on
+it. The answer is read by Math-Verify's own extraction from the text ``extraction.answer_spans``
+picks (the completion's tail, from its last answer marker), and judged by Math-Verify against the
+gold answer; all of it runs in ``_verify_worker`` child processes. Each case has a limit on the
+child's **CPU time**, enforced from outside by killing the child, so a verdict does not depend on
+how busy the machine is. A case over its limit counts as incorrect and is tallied
+(``Verdict.timeout``), never raised; the child is restarted.
 
-A timeout counts as incorrect and is tallied (``Verdict.timeout``), never raised.
-
-Normalisation follows the spirit of Hendrycks et al. (2021, MATH) and Lewkowycz et al. (2022,
-Minerva, appendix D.1): strip delimiters, text wrappers, units, degrees and percent signs.
+``Grader`` is the object tasks grade through: a pool of ``workers`` children (one per core by
+default) fed from one queue, with results placed by input position, so any number of workers
+gives the same results as one, and a cache of verdicts.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import queue
-import re
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
-from fractions import Fraction
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from ..runtime import UserError
-from .tasks.base import Example, Task, Verdict
+from .tasks.base import Example, Graded, Task, Verdict
 
-# --- extraction ----------------------------------------------------------------------------------
-
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
-_ANSWER_IS_RE = re.compile(r"(?i)(?:final\s+answer|the\s+answer)\s*(?:is\b|:)\s*:?\s*")
-_HASHES_RE = re.compile(r"####\s*([^\n]*)")
-_NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+DEFAULT_CPU_LIMIT_S = 5.0
 
 
-def match_brace(text: str, open_idx: int) -> Optional[int]:
-    """Index of the ``}`` that closes ``text[open_idx] == "{"``, or None if it never closes.
-
-    Escaped braces (``\\{``, ``\\}``) do not count, so ``\\boxed{\\{1,2\\}}`` is read whole.
-    """
-    depth, i = 0, open_idx
-    while i < len(text):
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    return None
+# --- one child process ---------------------------------------------------------------------------
 
 
-def last_boxed(text: str) -> Optional[str]:
-    """Content of the last complete ``\\boxed{...}`` / ``\\fbox{...}`` (or ``\\boxed 5``).
-
-    A box left unclosed (a completion cut off by the token limit) is skipped in favour of an
-    earlier, complete one.
-    """
-    for m in reversed(list(_BOX_RE.finditer(text))):
-        j = m.end()
-        while j < len(text) and text[j] in " \t":
-            j += 1
-        if j < len(text) and text[j] == "{":
-            close = match_brace(text, j)
-            if close is not None:
-                return text[j + 1 : close]
-        elif j > m.end():  # "\boxed 5": one token after a space
-            tok = re.match(r"[^\s$]+", text[j:])
-            if tok:
-                return tok.group(0)
-    return None
-
-
-def _cut_phrase(rest: str) -> str:
-    """The answer at the start of ``rest``: a $...$ / \\(...\\) span, or up to the sentence end."""
-    rest = rest.split("\n", 1)[0].strip()
-    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
-        if rest.startswith(left):
-            end = rest.find(right, len(left))
-            if end > 0:
-                return rest[len(left) : end]
-    return re.split(r"\.(?=\s|$)", rest, maxsplit=1)[0]
-
-
-def extract_answer(text: Optional[str]) -> Optional[str]:
-    """The final answer in a completion, or None.
-
-    Tried in order: the last ``\\boxed{}``; ``#### N`` (GSM8K); "the answer is ..." /
-    "final answer is ..."; the last number in the text.
-    """
-    if not text:
+def _cpu_seconds(pid: int) -> Optional[float]:
+    """User + system CPU seconds of process ``pid`` (Linux ``/proc``), or None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
         return None
-    boxed = last_boxed(text)
-    if boxed is not None and boxed.strip():
-        return boxed.strip()
-    hashes = _HASHES_RE.findall(text)
-    if hashes and hashes[-1].strip():
-        return hashes[-1].strip()
-    phrases = list(_ANSWER_IS_RE.finditer(text))
-    if phrases:
-        ans = _cut_phrase(text[phrases[-1].end() :]).strip()
-        if ans:
-            return ans
-    numbers = _NUMBER_RE.findall(text)
-    if numbers:
-        return numbers[-1].rstrip(",")
-    return None
 
 
-# --- normalisation -------------------------------------------------------------------------------
+class VerifyWorker:
+    """One ``_verify_worker`` child. ``call`` sends one request and waits for its reply while the
+    child's CPU time for it stays under ``cpu_limit_s``; past that, or past ``wall_limit_s`` of
+    wall time (a backstop for a starved machine), the child is killed and the call times out.
 
-_TEXT_WRAPPERS = ("text", "textbf", "textit", "textrm", "textnormal", "mathrm", "mathbf", "mbox")
-# Single-letter or unspaced units; any spaced word of 2+ letters after a number is a unit anyway.
-_SHORT_UNITS = {"m", "g", "s", "h", "cm", "mm", "km", "kg", "mg", "lb", "lbs", "ft", "in", "mph",
-                "min", "hr", "hrs", "sec", "oz", "yd", "mi", "ml", "l", "kmh"}
-_UNIT_RE = re.compile(
-    r"^(?P<num>[+-]?(?:\d[\d,]*(?:\.\d+)?|\.\d+|\\frac\{\d+\}\{\d+\}))(?P<sep>\s*)"
-    r"(?P<unit>[A-Za-z][A-Za-z.\s]*?)\s*(?:\^\{?[23]\}?)?$"
-)
-_ASSIGN_RE = re.compile(r"^(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?\w+\}?)?\s*=\s*(?P<rhs>[^=]+)$")
-_DECIMAL_RE = re.compile(r"[+-]?(?:\d{1,60}(?:\.\d{0,60})?|\.\d{1,60})")
-_THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-
-
-def unwrap_command(s: str, name: str) -> str:
-    """Replace every ``\\name{X}`` by ``X`` (brace-matched, so nested braces survive)."""
-    pat = re.compile(r"\\" + name + r"\s*\{")
-    while True:
-        m = pat.search(s)
-        if not m:
-            return s
-        close = match_brace(s, m.end() - 1)
-        if close is None:
-            return s
-        s = s[: m.start()] + s[m.end() : close] + s[close + 1 :]
-
-
-def _strip_units(s: str) -> str:
-    m = _UNIT_RE.match(s)
-    if not m:
-        return s
-    words = m.group("unit").replace(".", " ").split()
-    if m.group("sep"):
-        ok = all(len(w) >= 2 or w.lower() in _SHORT_UNITS for w in words)
-    else:
-        ok = len(words) == 1 and words[0].lower() in _SHORT_UNITS
-    return m.group("num") if ok else s
-
-
-def _canonical_number(s: str) -> str:
-    """'1,000' -> '1000', '18.00' -> '18', '.5' -> '0.5', '+3' -> '3'; other strings unchanged."""
-    if _THOUSANDS_RE.fullmatch(s):
-        s = s.replace(",", "")
-    if not _DECIMAL_RE.fullmatch(s):
-        return s
-    sign = "-" if s.startswith("-") else ""
-    body = s.lstrip("+-")
-    whole, _, frac = body.partition(".")
-    whole, frac = whole.lstrip("0") or "0", frac.rstrip("0")
-    out = whole + ("." + frac if frac else "")
-    return "0" if out == "0" else sign + out
-
-
-def _unwrap_whole_box(s: str) -> str:
-    """'\\boxed{\\boxed{7}}' -> '7'; a box that is only part of the string stays."""
-    while True:
-        t = s.strip()
-        m = _BOX_RE.match(t)
-        j = t.find("{", m.end()) if m else -1
-        if j < 0 or t[m.end() : j].strip() or match_brace(t, j) != len(t) - 1:
-            return s
-        s = t[j + 1 : -1]
-
-
-def canonical_latex(ans: str) -> str:
-    """Normalise an extracted answer, keeping spaces (they can separate LaTeX commands)."""
-    s = ans.strip()
-    s = s.replace("\\$", "").replace("$", "")
-    for left, right in (("\\(", "\\)"), ("\\[", "\\]")):
-        if s.startswith(left) and s.endswith(right):
-            s = s[len(left) : -len(right)]
-    s = _unwrap_whole_box(s)
-    s = re.sub(r"\\left\b|\\right\b", "", s)
-    s = re.sub(r"(?<=\d)\\,(?=\d{3})", "", s)  # 10\,000
-    # Spacing commands go; a LaTeX line break "\\" (matrices) must survive, hence the pairs.
-    s = re.sub(r"\\\\|\\[!,;: ]|~", lambda m: {"\\\\": "\\\\", "\\!": ""}.get(m.group(0), " "), s)
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\dbinom", "\\binom")
-    for name in _TEXT_WRAPPERS:
-        s = unwrap_command(s, name)
-    s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree\b", "", s)
-    s = re.sub(r"\\%|%|\s+percent\b", "", s)
-    s = s.strip().rstrip(".").strip()
-    s = _strip_units(s)
-    if (m := _ASSIGN_RE.match(s)) is not None:
-        s = m.group("rhs").strip()
-    s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
-    s = re.sub(r"\\frac(\{[^{}]*\})(\d)", r"\\frac\1{\2}", s)
-    s = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", s)  # \sqrt23 is sqrt(2) * 3 in LaTeX
-    return _canonical_number(s.strip())
-
-
-def normalize_answer(ans: Optional[str]) -> str:
-    """The comparison key of an answer: ``canonical_latex`` without whitespace ('' for None)."""
-    if ans is None:
-        return ""
-    return _canonical_number(re.sub(r"\s+", "", canonical_latex(ans)))
-
-
-def numeric_value(key: str) -> Optional[Fraction]:
-    """The exact value of a plain number, ``a/b`` or ``\\frac{a}{b}`` key; None otherwise.
-
-    Regex first, so a huge or malicious string is never handed to a number parser.
-    """
-    if _DECIMAL_RE.fullmatch(key):
-        try:
-            return Fraction(key)
-        except (ValueError, ZeroDivisionError):
-            return None
-    m = re.fullmatch(r"([+-]?)(?:\\frac\{([+-]?\d{1,60})\}\{([+-]?\d{1,60})\}|(\d{1,60})/(\d{1,60}))", key)
-    if m:
-        num, den = (m.group(2), m.group(3)) if m.group(2) is not None else (m.group(4), m.group(5))
-        if int(den) == 0:
-            return None
-        value = Fraction(int(num), int(den))
-        return -value if m.group(1) == "-" else value
-    return None
-
-
-def fast_equal(gold_key: str, pred_key: str) -> Optional[bool]:
-    """A decision without Math-Verify where one is certain, else None.
-
-    Equal keys or equal exact values are equivalent. Two plain numbers that differ by more than
-    any rounding Math-Verify allows (it rounds to 6 decimals) are not.
-    """
-    if gold_key == pred_key:
-        return True
-    g, p = numeric_value(gold_key), numeric_value(pred_key)
-    if g is None or p is None:
-        return None
-    if g == p:
-        return True
-    if abs(g - p) > Fraction(1, 10_000) * max(1, abs(g)):
-        return False
-    return None
-
-
-# --- Math-Verify in a child process --------------------------------------------------------------
-
-
-class MathVerifyWorker:
-    """Math-Verify in a child process; each call has a deadline, enforced by killing the child.
-
-    Works from any thread (calls are serialised by a lock). The child is started on first use
-    and restarted after a timeout or a crash.
+    Where ``/proc`` is missing (not Linux) the limit falls back to wall time.
     """
 
-    def __init__(self, timeout_s: float = 5.0, startup_timeout_s: float = 120.0):
-        self.timeout_s = timeout_s
+    POLL_S = 0.02
+
+    def __init__(self, cpu_limit_s: float = DEFAULT_CPU_LIMIT_S, wall_limit_s: Optional[float] = None,
+                 startup_timeout_s: float = 120.0):
+        self.cpu_limit_s = cpu_limit_s
+        self.wall_limit_s = wall_limit_s if wall_limit_s is not None else max(30.0, 10 * cpu_limit_s)
         self.startup_timeout_s = startup_timeout_s
         self._proc: Optional[subprocess.Popen] = None
         self._replies: "queue.Queue[Optional[str]]" = queue.Queue()
-        self._lock = threading.Lock()
 
     def _start(self) -> None:
         env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
@@ -276,6 +69,7 @@ class MathVerifyWorker:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "thinkfast.eval._verify_worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1, env=env,
+            encoding="utf-8",
         )
         replies: "queue.Queue[Optional[str]]" = queue.Queue()  # fresh: no stale replies
         self._replies = replies
@@ -298,80 +92,200 @@ class MathVerifyWorker:
             raise RuntimeError(f"the Math-Verify worker did not start:\n{detail}")
         err.close()
 
-    def verify(self, gold: str, pred: str) -> Verdict:
-        with self._lock:
-            if self._proc is None or self._proc.poll() is not None:
-                self._start()
-            assert self._proc is not None and self._proc.stdin is not None
+    def _wait(self, proc: subprocess.Popen) -> Optional[str]:
+        """The reply line; "" on timeout; None if the child died."""
+        cpu0, wall0 = _cpu_seconds(proc.pid), time.monotonic()
+        while True:
             try:
-                self._proc.stdin.write(json.dumps({"g": gold, "p": pred}) + "\n")
-                self._proc.stdin.flush()
-                line = self._replies.get(timeout=self.timeout_s)
+                return self._replies.get(timeout=self.POLL_S)
             except queue.Empty:
-                self.close()
-                return Verdict(False, timeout=True)
-            except (BrokenPipeError, OSError):
-                line = None
-            if line is None:  # crashed (e.g. killed by the memory limit)
-                self.close()
-                return Verdict(False, error=True)
-            reply = json.loads(line)
-            if "err" in reply:
-                return Verdict(False, error=True)
-            return Verdict(bool(reply["ok"]))
+                pass
+            wall = time.monotonic() - wall0
+            cpu = _cpu_seconds(proc.pid)
+            used = cpu - cpu0 if cpu is not None and cpu0 is not None else wall
+            if used > self.cpu_limit_s or wall > self.wall_limit_s:
+                return ""
+
+    def call(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The child's reply; ``{"timeout": True}`` past the limit, ``{"err": ...}`` if it died."""
+        if self._proc is None or self._proc.poll() is not None:
+            self._start()
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None
+        try:
+            proc.stdin.write(json.dumps(request) + "\n")
+            proc.stdin.flush()
+            line = self._wait(proc)
+        except (BrokenPipeError, OSError):
+            line = None
+        if line == "":
+            self.close()
+            return {"timeout": True}
+        if line is None:  # crashed (e.g. killed by the memory limit)
+            self.close()
+            return {"err": "the worker died"}
+        return json.loads(line)
 
     def close(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
+        if proc is None:
+            return
+        if proc.poll() is None:
             proc.kill()
-        if proc is not None:
-            proc.wait()
-            for stream in (proc.stdin, proc.stdout):
-                try:
-                    stream.close()
-                except (OSError, AttributeError):
-                    pass
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                stream.close()
+            except (OSError, AttributeError):
+                pass
+
+
+# --- the pool -----------------------------------------------------------------------------------
+
+
+class VerifyPool:
+    """``workers`` children fed from one queue; results come back in input order."""
+
+    def __init__(self, workers: int = 1, cpu_limit_s: float = DEFAULT_CPU_LIMIT_S):
+        if workers < 1:
+            raise UserError(f"grading workers must be at least 1, not {workers}")
+        self.workers = [VerifyWorker(cpu_limit_s) for _ in range(workers)]
+
+    def run(self, requests: Sequence[dict[str, Any]],
+            on_reply: Optional[Callable[[int, dict[str, Any]], None]] = None) -> list[dict[str, Any]]:
+        """Every request's reply, by position. ``on_reply(i, reply)`` is called as each arrives
+        (from one thread at a time)."""
+        replies: list[Optional[dict[str, Any]]] = [None] * len(requests)
+        todo: "queue.Queue[int]" = queue.Queue()
+        for i in range(len(requests)):
+            todo.put(i)
+        lock = threading.Lock()
+        failures: list[BaseException] = []
+
+        def drain(worker: VerifyWorker) -> None:
+            try:
+                while not failures:
+                    try:
+                        i = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    reply = worker.call(requests[i])
+                    with lock:
+                        replies[i] = reply
+                        if on_reply is not None:
+                            on_reply(i, reply)
+            except BaseException as e:  # noqa: BLE001  -- re-raised in the caller's thread
+                failures.append(e)
+
+        active = self.workers[:max(1, min(len(self.workers), len(requests)))]
+        if len(active) == 1:
+            drain(active[0])
+        else:
+            threads = [threading.Thread(target=drain, args=(w,), daemon=True) for w in active]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        if failures:
+            raise failures[0]
+        return replies  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.close()
+
+
+def _verdict(reply: dict[str, Any]) -> Verdict:
+    if reply.get("timeout"):
+        return Verdict(False, timeout=True)
+    if "err" in reply:
+        return Verdict(False, error=True)
+    return Verdict(bool(reply["ok"]))
+
+
+# --- the grader ----------------------------------------------------------------------------------
 
 
 class Grader:
-    """Answer equivalence: normalised fast path, then Math-Verify under a deadline. Cached.
+    """Math-Verify grading through a ``VerifyPool``, cached.
 
-    ``equivalent(gold, pred)`` is not symmetric (Math-Verify's is not): pass the reference first.
-    ``stats`` counts how each decision was made (fast, math_verify, timeout, error).
-    ``fast_path=False`` sends every pair to Math-Verify (slow; used to test it on its own).
+    ``grade(items)`` reads and judges completions (``(gold answer, completion tail)`` pairs);
+    ``equivalent(gold, pred)`` judges two extracted answers (majority voting groups with it).
+    Neither is symmetric (Math-Verify's check is not): the reference comes first.
+    ``stats`` counts the checks run, cache hits, timeouts and errors.
     """
 
-    def __init__(self, timeout_s: float = 5.0, use_math_verify: bool = True, fast_path: bool = True):
-        self.fast_path = fast_path
-        self._worker = MathVerifyWorker(timeout_s) if use_math_verify else None
-        self._cache: dict[tuple[str, str], Verdict] = {}
-        self.stats: dict[str, int] = {"fast": 0, "math_verify": 0, "timeout": 0, "error": 0, "cached": 0}
+    def __init__(self, workers: int = 1, cpu_limit_s: float = DEFAULT_CPU_LIMIT_S):
+        self.workers, self.cpu_limit_s = workers, cpu_limit_s
+        self._pool: Optional[VerifyPool] = None
+        self._lock = threading.Lock()
+        self._graded: dict[tuple[str, str], Graded] = {}
+        self._same: dict[tuple[str, str], Verdict] = {}
+        self.stats: dict[str, int] = {"checked": 0, "cached": 0, "timeout": 0, "error": 0}
+
+    @property
+    def pool(self) -> VerifyPool:
+        if self._pool is None:  # started on first use: a task that never grades costs nothing
+            self._pool = VerifyPool(self.workers, self.cpu_limit_s)
+        return self._pool
+
+    def _count(self, verdict: Verdict) -> None:
+        self.stats["checked"] += 1
+        self.stats["timeout"] += verdict.timeout
+        self.stats["error"] += verdict.error
+
+    def grade(self, items: Sequence[tuple[str, str]],
+              on_graded: Optional[Callable[[int, Graded], None]] = None) -> list[Graded]:
+        """A ``Graded`` per ``(gold answer, completion tail)``, in order; ``on_graded(i, graded)``
+        as each is decided (cache hits first)."""
+        out: list[Optional[Graded]] = [None] * len(items)
+        fresh: dict[tuple[str, str], list[int]] = {}
+        for i, key in enumerate(items):
+            hit = self._graded.get(key)
+            if hit is not None:
+                self.stats["cached"] += 1
+                out[i] = hit
+                if on_graded is not None:
+                    on_graded(i, hit)
+            else:
+                fresh.setdefault(key, []).append(i)
+        keys = list(fresh)
+
+        def take(j: int, reply: dict[str, Any]) -> None:
+            verdict = _verdict(reply)
+            graded = Graded(reply.get("pred"), verdict)
+            self._count(verdict)
+            self._graded[keys[j]] = graded
+            for i in fresh[keys[j]]:
+                out[i] = graded
+                if on_graded is not None:
+                    on_graded(i, graded)
+
+        requests = [{"op": "grade", "gold": g, "tail": t} for g, t in keys]
+        with self._lock:
+            self.pool.run(requests, take)
+        return out  # type: ignore[return-value]
 
     def equivalent(self, gold: Optional[str], pred: Optional[str]) -> Verdict:
-        if gold is None or pred is None:
+        if gold is None or pred is None or not gold.strip() or not pred.strip():
             return Verdict(False)
-        g_tex, p_tex = canonical_latex(gold), canonical_latex(pred)
-        key = (normalize_answer(g_tex), normalize_answer(p_tex))
-        if not key[0] or not key[1]:
-            return Verdict(False)
-        if key in self._cache:
+        key = (gold, pred)
+        if key in self._same:
             self.stats["cached"] += 1
-            return self._cache[key]
-        verdict = fast_equal(*key) if self.fast_path else None
-        if verdict is not None:
-            self.stats["fast"] += 1
-            result = Verdict(verdict)
-        elif self._worker is None:
-            result = Verdict(False)
+            return self._same[key]
+        if answer_key(gold) == answer_key(pred):
+            verdict = Verdict(True)
         else:
-            result = self._worker.verify(g_tex, p_tex)
-            self.stats["timeout" if result.timeout else "error" if result.error else "math_verify"] += 1
-        self._cache[key] = result
-        return result
+            with self._lock:
+                verdict = _verdict(self.pool.run([{"op": "same", "a": gold, "b": pred}])[0])
+            self._count(verdict)
+        self._same[key] = verdict
+        return verdict
 
     def close(self) -> None:
-        if self._worker is not None:
-            self._worker.close()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def __enter__(self) -> "Grader":
         return self
@@ -380,33 +294,10 @@ class Grader:
         self.close()
 
 
-_DEFAULT: Optional[Grader] = None
-_DEFAULT_LOCK = threading.Lock()
-
-
-def default_grader() -> Grader:
-    """The process-wide grader the built-in tasks share (one worker, one cache)."""
-    global _DEFAULT
-    with _DEFAULT_LOCK:
-        if _DEFAULT is None:
-            _DEFAULT = Grader()
-        return _DEFAULT
-
-
-def configure_default_grader(timeout_s: float = 5.0, use_math_verify: bool = True) -> Grader:
-    """Replace the shared grader (e.g. with another timeout); returns the new one."""
-    global _DEFAULT
-    with _DEFAULT_LOCK:
-        if _DEFAULT is not None:
-            _DEFAULT.close()
-        _DEFAULT = Grader(timeout_s=timeout_s, use_math_verify=use_math_verify)
-        return _DEFAULT
-
-
-@atexit.register
-def _close_default() -> None:
-    if _DEFAULT is not None:
-        _DEFAULT.close()
+def answer_key(pred: Optional[str]) -> str:
+    """The exact-match key of an extracted answer (whitespace removed); '' for None. Equal keys
+    are the same answer without asking Math-Verify."""
+    return "" if pred is None else "".join(pred.split())
 
 
 # --- grading rows --------------------------------------------------------------------------------
@@ -440,21 +331,30 @@ def example_from_row(task: Task, row: dict[str, Any], where: str = "") -> Exampl
                    gold=gold, answer=task.gold_answer(gold))
 
 
-def grade_rows(task: Task, rows: Iterable[dict[str, Any]], source: str = "rows") -> list[dict[str, Any]]:
-    """Copies of ``rows`` with ``pred`` (str or None), ``correct`` (bool), ``grade_timeout``
-    (bool) and ``grade_error`` (bool) set. Each row needs ``gold`` and ``completion``."""
-    out = []
+def graded_row(row: dict[str, Any], graded: Graded) -> dict[str, Any]:
+    """``row`` with ``pred`` (str or None), ``correct``, ``grade_timeout`` and ``grade_error``."""
+    v = graded.verdict
+    return {**row, "pred": graded.pred, "correct": v.correct, "grade_timeout": v.timeout,
+            "grade_error": v.error}
+
+
+def grade_rows(task: Task, rows: Sequence[dict[str, Any]], source: str = "rows",
+               on_graded: Optional[Callable[[int, dict[str, Any]], None]] = None) -> list[dict[str, Any]]:
+    """Copies of ``rows`` graded (``graded_row``), in order. Each row needs ``gold`` and
+    ``completion``; a row that lacks one is an error naming it, before anything is graded.
+    ``on_graded(i, graded_row)`` is called as each row is decided, in any order."""
+    items = []
     for i, row in enumerate(rows, start=1):
         where = f"{source}: row {i}"
         if "completion" not in row:
             raise UserError(f"{where}: row has no 'completion' field")
-        example = example_from_row(task, row, where)
         completion = row["completion"]
-        pred = task.extract(completion) if isinstance(completion, str) else None
-        verdict = task.judge(pred, example)
-        out.append({**row, "pred": pred, "correct": verdict.correct,
-                    "grade_timeout": verdict.timeout, "grade_error": verdict.error})
-    return out
+        if completion is not None and not isinstance(completion, str):
+            raise UserError(f"{where}: 'completion' is a {type(completion).__name__}, not a string")
+        items.append((completion or "", example_from_row(task, row, where)))
+    hook = None if on_graded is None else (lambda i, g: on_graded(i, graded_row(rows[i], g)))
+    graded = task.grade_many(items, hook)
+    return [graded_row(row, g) for row, g in zip(rows, graded)]
 
 
 def summarize(rows: Iterable[dict[str, Any]]) -> GradeSummary:
@@ -466,3 +366,67 @@ def summarize(rows: Iterable[dict[str, Any]]) -> GradeSummary:
         timeouts=sum(bool(r.get("grade_timeout")) for r in rows),
         errors=sum(bool(r.get("grade_error")) for r in rows),
     )
+
+
+# --- grading a file, resumably -------------------------------------------------------------------
+
+
+def progress_path(out: str | os.PathLike) -> str:
+    """Where ``grade_file`` keeps the rows graded so far (removed once ``out`` is written)."""
+    return f"{os.fspath(out)}.grading.jsonl"
+
+
+def _row_digest(row: dict[str, Any]) -> str:
+    import hashlib
+
+    text = json.dumps([row.get("gold"), row.get("completion")], ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_GRADED_FIELDS = ("pred", "correct", "grade_timeout", "grade_error")
+
+
+def grade_file(path: str | os.PathLike, out: Optional[str | os.PathLike] = None, task_name: Optional[str] = None,
+               workers: Optional[int] = None, cpu_limit_s: float = DEFAULT_CPU_LIMIT_S,
+               log: Callable[[str], None] = lambda msg: None) -> GradeSummary:
+    """Grade the samples file ``path`` into ``out`` (default: ``path`` itself, replaced whole).
+
+    Each row is appended to ``progress_path(out)`` as it is graded, so an interrupted run keeps
+    its work: the next run with the same ``out`` grades only the rest. ``out`` is written in one
+    rename at the end, and nothing is written when the input is malformed or empty.
+    """
+    from .io import dumps_row, iter_jsonl, read_jsonl, write_jsonl_atomic
+    from .tasks.common import task_by_name
+
+    rows = read_jsonl(path)
+    if not rows:
+        raise UserError(f"{path}: no rows to grade (the file is empty)")
+    name = task_name or rows[0].get("task")
+    if not name:
+        raise UserError(f"{path}: rows name no task; pass --task")
+    out = os.fspath(out if out is not None else path)
+    progress = progress_path(out)
+    digests = [_row_digest(r) for r in rows]
+    done: dict[int, dict[str, Any]] = {}
+    if os.path.exists(progress):
+        for _, rec in iter_jsonl(progress, allow_truncated_tail=True):
+            i = rec.get("i")
+            if isinstance(i, int) and 0 <= i < len(rows) and rec.get("digest") == digests[i]:
+                done[i] = {k: rec.get(k) for k in _GRADED_FIELDS}
+        log(f"resuming: {len(done)} of {len(rows)} rows already graded ({progress})")
+    todo = [i for i in range(len(rows)) if i not in done]
+    with Grader(workers=workers or os.cpu_count() or 1, cpu_limit_s=cpu_limit_s) as grader, \
+            open(progress, "a", encoding="utf-8") as sink:
+        task = task_by_name(name).use_grader(grader)
+
+        def keep(j: int, graded: dict[str, Any]) -> None:
+            i = todo[j]
+            done[i] = {k: graded[k] for k in _GRADED_FIELDS}
+            sink.write(dumps_row({"i": i, "digest": digests[i], **done[i]}))
+            sink.flush()
+
+        grade_rows(task, [rows[i] for i in todo], source=str(path), on_graded=keep)
+    graded = [{**row, **done[i]} for i, row in enumerate(rows)]
+    write_jsonl_atomic(out, graded)
+    os.unlink(progress)
+    return summarize(graded)

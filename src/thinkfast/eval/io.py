@@ -63,8 +63,15 @@ def read_jsonl(path: str | os.PathLike, allow_truncated_tail: bool = False) -> l
 
 
 def dumps_row(row: dict[str, Any]) -> str:
-    """One JSONL line (with its newline). ``ensure_ascii=False`` keeps LaTeX and text readable."""
-    return json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n"
+    """One JSONL line (with its newline). ``ensure_ascii=False`` keeps LaTeX and text readable;
+    a row with a lone surrogate (model output read from a ``\\ud800`` escape), which UTF-8
+    cannot encode, is written with ASCII escapes instead, so it reads back the same."""
+    line = json.dumps(row, ensure_ascii=False, allow_nan=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(row, ensure_ascii=True, allow_nan=False)
+    return line + "\n"
 
 
 def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:

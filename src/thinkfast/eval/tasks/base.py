@@ -7,7 +7,7 @@ GSM8K, MATH-500 and the demo's synthetic task are each one small class implement
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,21 @@ class Example:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Graded:
+    """A completion graded: the answer read from it (None if none) and the verdict."""
+
+    pred: Optional[str]
+    verdict: Verdict
+
+
 class Task:
-    """Subclasses set ``name`` and implement ``load``, ``extract`` and ``prompt``."""
+    """Subclasses set ``name`` and implement ``load``, ``prompt``, ``extract`` and ``judge``.
+
+    ``extract`` reads a completion's final answer; ``judge`` decides a read answer against an
+    example's gold answer; ``grade_many`` does both for many completions at once (a task whose
+    check is costly overrides it to run them in parallel).
+    """
 
     name: str = ""
 
@@ -47,7 +60,9 @@ class Task:
         """The final answer in a completion, or None."""
         raise NotImplementedError
 
-    def is_correct(self, pred: Optional[str], example: Example) -> bool:
+    def judge(self, pred: Optional[str], example: Example) -> Verdict:
+        """Whether ``pred`` is the example's answer; a checker's timeout or error is reported in
+        the verdict (and counts as incorrect), never raised."""
         raise NotImplementedError
 
     stop: tuple[str, ...] = ()
@@ -56,19 +71,31 @@ class Task:
     prompt_styles: tuple[str, ...] = ("fewshot",)
     """The ``style`` values ``prompt`` accepts; the first is the default without a chat template."""
 
-    # --- defaults built on the four methods above; tasks may override them ---------------------
+    # --- defaults built on the methods above; tasks may override them --------------------------
     def gold_answer(self, gold: str) -> str:
         """The canonical final answer inside a dataset gold field (rows carry only ``gold``)."""
         answer = self.extract(gold)
         return answer if answer is not None else gold.strip()
 
-    def judge(self, pred: Optional[str], example: Example) -> Verdict:
-        """``is_correct`` with the checker's timeouts and errors reported, not raised."""
-        return Verdict(bool(self.is_correct(pred, example)))
+    def grade_many(self, items: Sequence[tuple[str, Example]],
+                   on_graded: Optional[Callable[[int, Graded], None]] = None) -> list[Graded]:
+        """``Graded`` per ``(completion, example)``, in order; ``on_graded(i, graded)`` as each is
+        decided."""
+        out = []
+        for i, (completion, example) in enumerate(items):
+            pred = self.extract(completion)
+            out.append(Graded(pred, self.judge(pred, example)))
+            if on_graded is not None:
+                on_graded(i, out[-1])
+        return out
 
     def same_answer(self, a: str, b: str) -> bool:
-        """Whether two predicted answers are the same; majority voting groups answers with it."""
+        """Whether two read answers are the same; majority voting groups answers with it."""
         return self.judge(b, Example(id="", question="", gold=a, answer=a)).correct
+
+    def use_grader(self, grader: Any) -> "Task":
+        """Grade through ``grader`` (an ``eval.grading.Grader``) where the task uses one."""
+        return self
 
 
 TASKS: dict[str, type[Task]] = {}

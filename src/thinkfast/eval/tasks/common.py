@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from ...runtime import UserError
-from .base import Example, Task, Verdict
+from .base import Example, Graded, Task, Verdict
 
 CHAT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -63,7 +63,8 @@ def fewshot_prompt(shots: list[tuple[str, str]], question: str, q_label: str, a_
 
 
 class MathTask(Task):
-    """A task whose answers are graded by ``eval.grading`` (extraction, normalisation, Math-Verify).
+    """A task graded by Math-Verify through an ``eval.grading.Grader`` (passed in with
+    ``use_grader``, or one of its own with one worker, started on first use).
 
     Subclasses set ``name``, ``stop``, ``fewshot`` with its labels, and implement ``load``.
     """
@@ -79,27 +80,54 @@ class MathTask(Task):
             return fewshot_prompt(self.fewshot, example.question, *self.fewshot_labels)
         raise UserError(f"unknown prompt style {style!r} (chat, fewshot)")
 
-    def extract(self, completion: str) -> Optional[str]:
-        from ..grading import extract_answer
+    def __init__(self, grader: Any = None):
+        self._grader = grader
 
-        # A few-shot completion that ran past its stop string goes on to invent the next
-        # question and answer it; only the text before that is this problem's answer.
-        for stop in self.stop:
-            completion = completion.split(stop, 1)[0]
-        return extract_answer(completion)
+    @property
+    def grader(self) -> Any:
+        """The ``eval.grading.Grader`` this task grades through (one worker unless given one)."""
+        if self._grader is None:
+            from ..grading import Grader
+
+            self._grader = Grader()
+        return self._grader
+
+    def use_grader(self, grader: Any) -> "MathTask":
+        self._grader = grader
+        return self
+
+    def tail(self, completion: str) -> str:
+        """The part of a completion its answer is read from (``extraction.completion_tail``)."""
+        from ..extraction import completion_tail
+
+        return completion_tail(completion, self.stop)
+
+    def grade_many(self, items: Sequence[tuple[str, Example]],
+                   on_graded: Optional[Callable[[int, Graded], None]] = None) -> list[Graded]:
+        tails = [self.tail(c) for c, _ in items]
+        out: list[Optional[Graded]] = [None] * len(items)
+        todo = [i for i, t in enumerate(tails) if t.strip()]
+        for i in sorted(set(range(len(items))) - set(todo)):  # nothing written: nothing to read
+            out[i] = Graded(None, Verdict(False))
+            if on_graded is not None:
+                on_graded(i, out[i])
+
+        def take(j: int, graded: Graded) -> None:
+            out[todo[j]] = graded
+            if on_graded is not None:
+                on_graded(todo[j], graded)
+
+        self.grader.grade([(items[i][1].answer, tails[i]) for i in todo], take)
+        return out  # type: ignore[return-value]
+
+    def extract(self, completion: str) -> Optional[str]:
+        return self.grade_many([(completion, Example(id="", question="", gold="", answer=""))])[0].pred
 
     def judge(self, pred: Optional[str], example: Example) -> Verdict:
-        from ..grading import default_grader
-
-        return default_grader().equivalent(example.answer, pred)
-
-    def is_correct(self, pred: Optional[str], example: Example) -> bool:
-        return self.judge(pred, example).correct
+        return self.grader.equivalent(example.answer, pred)
 
     def same_answer(self, a: str, b: str) -> bool:
-        from ..grading import default_grader
-
-        return default_grader().equivalent(a, b).correct
+        return self.grader.equivalent(a, b).correct
 
 
 def task_by_name(name: str) -> Task:

@@ -53,7 +53,7 @@ class Math500(MathTask):
     def gold_answer(self, gold: str) -> str:
         # MATH-500's gold field is the final answer; a full solution (MATH's own format) is
         # accepted too and read through its last \boxed{}.
-        from ..grading import last_boxed
+        from ..extraction import last_boxed
 
         boxed = last_boxed(gold)
         return (boxed if boxed is not None else gold).strip()

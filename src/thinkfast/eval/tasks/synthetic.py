@@ -22,7 +22,7 @@ import hashlib
 from typing import Any, Optional
 
 from ...data import synthetic as syn
-from .base import Example, Task, register
+from .base import Example, Task, Verdict, register
 
 DEFAULT_SIZES = {"train": 20000, "test": 500}
 
@@ -92,10 +92,11 @@ class SyntheticTask(Task):
         n = syn.parse_answer(completion)
         return None if n is None else str(n)
 
-    def is_correct(self, pred: Optional[str], example: Example) -> bool:
+    def judge(self, pred: Optional[str], example: Example) -> Verdict:
+        # Answers are integers written plainly (``#### N``): exact comparison is the whole check.
         if pred is None:
-            return False
+            return Verdict(False)
         try:
-            return int(pred) == int(example.answer)
+            return Verdict(int(pred) == int(example.answer))
         except (TypeError, ValueError):
-            return False
+            return Verdict(False)

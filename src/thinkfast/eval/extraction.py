@@ -1,0 +1,195 @@
+"""Which part of a completion holds its final answer: pure, linear-time text rules.
+
+Math-Verify (github.com/huggingface/Math-Verify) reads the answer out of the text it is given:
+``\\boxed{}`` first, then "final answer is ...", "answer: ...", and last the final LaTeX span
+or number, rightmost first. This module decides only *what text* it is given, with the few rules
+it lacks:
+
+- **the tail.** Only the last ``TAIL_CHARS`` characters are read, cut at a line start, so a
+  100 kB completion costs what a short one does and an inline ``$...$`` is never cut in two;
+- **the last marker wins.** Math-Verify ranks a ``\\boxed{}`` above "The answer is ...", wherever
+  they sit, so an intermediate box early in a chain beats the answer stated at its end. Here the
+  text handed over starts at the last answer marker;
+- **GSM8K's ``#### N``**, which Math-Verify does not know as a marker: the rest of its line.
+
+Each function scans its input once with regexes that cannot backtrack more than a bounded amount
+(no nested quantifiers), so hostile output costs time linear in the tail.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+TAIL_CHARS = 4000
+"""Characters of a completion's end that are read for its answer."""
+
+MAX_SPANS = 4
+"""Answer markers tried, from the last one back, before the whole tail is read."""
+
+# One alternation scanned left to right, so "The final answer is" is one marker, not two.
+_MARKER_RE = re.compile(
+    r"(?P<box>\\(?:boxed|fbox)(?![A-Za-z]))"
+    r"|(?P<hashes>####)"
+    r"|(?P<text>(?i:\bfinal\s{1,5}answer(?:\s{0,5}(?:is\b|:))?"
+    r"|\b(?:the|correct)\s{1,5}answer\s{0,5}(?:is\b|:)"
+    r"|^[ \t*#>_-]{0,8}answer\**\s{0,5}:))",
+    re.MULTILINE,
+)
+# Not markers: "answer" in passing ("we may check our answer: $17 \cdot 44 = 748$", "so our
+# answer is correct"), which would otherwise outrank the box before them.
+
+
+def completion_tail(text: str, stops: tuple[str, ...] = (), max_chars: int = TAIL_CHARS) -> str:
+    """The part of ``text`` an answer is read from: before the first stop string, its last
+    ``max_chars`` characters, starting at a line start where the cut falls inside a line.
+
+    Lone surrogates (which no UTF-8 writer accepts) become U+FFFD.
+    """
+    for stop in stops:  # a few-shot completion that ran on invents the next question: cut it off
+        cut = text.find(stop)
+        if cut >= 0:
+            text = text[:cut]
+    if len(text) > max_chars:
+        start = len(text) - max_chars
+        newline = text.find("\n", start, start + max_chars // 2)
+        text = text[newline + 1:] if newline >= 0 else text[start:]
+    return text.encode("utf-8", "replace").decode("utf-8") if _has_surrogate(text) else text
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+_SENTENCE_END_RE = re.compile(r"[.!?](?=\s|$)|\n[ \t]*\n")
+
+
+def _first_sentence(text: str, start: int) -> str:
+    """``text`` from ``start`` to the end of its sentence (a full stop, or a blank line)."""
+    end = _SENTENCE_END_RE.search(text, start, start + 400)
+    return text[start:end.end() if end else start + 400]
+
+
+def _rest_of_line(text: str, start: int) -> Optional[str]:
+    end = text.find("\n", start)
+    line = text[start:end if end >= 0 else len(text)].strip()
+    return line or None
+
+
+def answer_spans(tail: str) -> list[str]:
+    """The texts to read the answer from, in order, until one yields an answer.
+
+    For each of the last ``MAX_SPANS`` markers, from the last one back:
+    - ``####``: the rest of its line;
+    - "final answer", "the answer is", "Answer:" at a line start: the marker's sentence;
+    - ``\\boxed``: the last box, with the boxes joined to it by separators only (",", ", and",
+      ";", "\\text{ or }") read as one box. Math-Verify itself joins only some separators, and
+      given "\\boxed{12}, no wait: \\boxed{16}" reads both boxes as one set.
+    Before a text marker's span, and alone without a marker: the last token of the marker's line
+    (of the tail) when it is mathematics written as plain text ("the result is (2+5b)/7."),
+    read as LaTeX. Last, the whole tail, where Math-Verify finds an answer with no marker.
+    """
+    markers = list(_MARKER_RE.finditer(tail))[-MAX_SPANS:]
+    spans: list[str] = []
+    for m in reversed(markers):
+        if m.lastgroup == "hashes":
+            candidates = [_rest_of_line(tail, m.end()) or ""]
+        elif m.lastgroup == "text":
+            sentence = _first_sentence(tail, m.end())
+            candidates = [_plain_math(sentence) or "", tail[m.start():m.end()] + sentence]
+        else:
+            group = _joined_boxes(tail, markers) if m is markers[-1] else None
+            candidates = [group or "", tail]
+        spans += [c for c in candidates if c and c not in spans]
+    if not markers:
+        spans.append(_plain_math(tail.rstrip()) or "")
+        spans = [x for x in spans if x]
+    if tail not in spans:
+        spans.append(tail)
+    return spans
+
+
+_BOX_GAP_RE = re.compile(r"[\s$,;.]*(?:(?:and|or|\\text\{\s*(?:and|or)\s*\}|\\quad|\\qquad)[\s$,;.]*)?")
+
+
+def _box_content(text: str, box: re.Match) -> Optional[tuple[str, int]]:
+    """``(content, index after the closing brace)`` of the box starting at ``box``, or None."""
+    i = box.end()
+    while i < len(text) and text[i] in " \t":
+        i += 1
+    if i >= len(text) or text[i] != "{":
+        return None
+    depth, start = 0, i
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        depth += (c == "{") - (c == "}")
+        if depth == 0:
+            return text[start + 1:i], i + 1
+        i += 1
+    return None
+
+
+def _joined_boxes(tail: str, markers: list[re.Match]) -> Optional[str]:
+    """``\\boxed{a, b}`` for the run of boxes that ends with the last one, joined only by
+    separators (``\\boxed{b}`` for a box alone); None if the last box does not close."""
+    boxes = [m for m in markers if m.lastgroup == "box"]
+    parts: list[str] = []
+    next_start: Optional[int] = None
+    for m in reversed(boxes):
+        found = _box_content(tail, m)
+        if found is None:
+            break
+        content, end = found
+        if next_start is not None and not _BOX_GAP_RE.fullmatch(tail, end, next_start):
+            break
+        parts.insert(0, content.strip())
+        next_start = m.start()
+    return "\\boxed{" + ", ".join(parts) + "}" if parts else None
+
+
+# Mathematics written as plain text, one token: "(2+5b)/7", "y=2x-3", "[1,3)", "9:30", "(C)".
+# Math-Verify's plain-expression reader takes digits and operators only, so it reads "(2+5b)/7"
+# as nothing and "2+3i" as 2. Plain numbers ("1,000", "3.5") are left to it: "$1,000$" would be
+# read as a set.
+_TOKEN_END_RE = re.compile(r"(\S{1,80}?)[.,;!?*\s]*$")
+_PLAIN_MATH_RE = re.compile(r"[\w+\-*/^().,:\[\]{}=|<>]*\d[\w+\-*/^().,:\[\]{}=|<>]*|\([A-E]\)")
+_PLAIN_NUMBER_RE = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?")
+
+
+def _plain_math(sentence: str) -> Optional[str]:
+    """``$token$`` for the last token of ``sentence`` when it is plain-text mathematics."""
+    m = _TOKEN_END_RE.search(sentence[-100:])
+    if m is None:
+        return None
+    token = m.group(1).lstrip("*")
+    if not _PLAIN_MATH_RE.fullmatch(token) or _PLAIN_NUMBER_RE.fullmatch(token):
+        return None
+    return f"${token}$"
+
+
+def last_boxed(text: str, tries: int = 3) -> Optional[str]:
+    """Content of the last complete ``\\boxed{...}`` (escaped braces do not count), or None.
+
+    For gold fields (a MATH solution's answer): a box left unclosed is skipped in favour of an
+    earlier one, up to ``tries`` boxes back.
+    """
+    starts = [m.end() for m in re.finditer(r"\\boxed\s*\{", text)]
+    for open_idx in reversed(starts[-tries:]):
+        depth, i = 1, open_idx
+        while i < len(text):
+            c = text[i]
+            if c == "\\":
+                i += 2
+                continue
+            depth += (c == "{") - (c == "}")
+            if depth == 0:
+                return text[open_idx:i]
+            i += 1
+    return None
