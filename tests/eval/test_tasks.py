@@ -7,8 +7,7 @@ import sys
 
 import pytest
 
-from thinkfast.eval.tasks.base import TASKS, Example, Graded, Task, Verdict, get_task
-from thinkfast.eval.tasks.common import task_by_name
+from thinkfast.eval.tasks.base import TASKS, Example, Graded, Task, Verdict, get_task, task_by_name
 from thinkfast.runtime import UserError
 
 from .conftest import data_file, make_tokenizer

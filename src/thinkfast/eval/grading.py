@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from ..runtime import UserError
-from .tasks.base import Example, Graded, Task, Verdict
+from .tasks.base import Example, Graded, Task, Verdict, task_by_name
 
 DEFAULT_CPU_LIMIT_S = 5.0
 
@@ -396,7 +396,6 @@ def grade_file(path: str | os.PathLike, out: Optional[str | os.PathLike] = None,
     rename at the end, and nothing is written when the input is malformed or empty.
     """
     from .io import dumps_row, iter_jsonl, read_jsonl, write_jsonl_atomic
-    from .tasks.common import task_by_name
 
     rows = read_jsonl(path)
     if not rows:

@@ -121,3 +121,13 @@ def get_task(name: str) -> Task:
     if name not in TASKS:
         raise KeyError(f"unknown task {name!r}; known: {sorted(TASKS)}")
     return TASKS[name]()
+
+
+def task_by_name(name: str) -> Task:
+    """``get_task`` with an unknown name reported as a user error."""
+    from ...runtime import UserError
+
+    try:
+        return get_task(name)
+    except KeyError as e:
+        raise UserError(str(e.args[0])) from None
