@@ -1,7 +1,8 @@
 """The embedded demo: the whole study on one CPU, in minutes.
 
 Stages (each one's output lives in OUT/<stage>; a finished stage is recorded in OUT/stages.json
-and reused by the next run; ``force`` redoes them):
+and reused by the next run; ``force`` redoes them, removing only the demo's own files from OUT;
+a run holds a lock on OUT, and its worker processes die with it):
 
   data         synthetic train/test problems (the task the shipped teacher was trained on)
   teacher      the shipped teacher (or ``retrain_teacher``: thinkfast's own pretraining recipe)
@@ -13,7 +14,8 @@ and reused by the next run; ``force`` redoes them):
                decode seconds per sample there
   orm          an outcome reward model trained on graded teacher samples of TRAIN problems
   sample-*     samples of every TEST problem for each model, at one batch size for all: 32 for the
-               teacher, more for a student in proportion to its speed (``samples_per_problem``)
+               teacher, more for a student in proportion to its speed (``samples_per_problem``),
+               decided once per OUT and recorded with the speeds it came from (``StageRunner.decide``)
   score        grading and ORM scores
   report       metrics, budgets, the Pareto front, report.md + plots, results.json; each student
                is also scored at the most samples that fit each teacher budget (``budget_ks``)
@@ -25,6 +27,7 @@ majority accuracy than its teacher once the budget allows several teacher sample
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import json
@@ -34,10 +37,10 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from .config import atomic_write_text, to_dict
-from .runtime import UserError
+from .runtime import UserError, die_with_parent
 
 ASSETS = Path(__file__).parent / "assets"
 SHIPPED_TEACHER = ASSETS / "demo_teacher"
@@ -118,15 +121,45 @@ class DemoConfig:
 
 # --- stage bookkeeping --------------------------------------------------------------------------
 
+DECISIONS = "decisions"
+"""The entry of stages.json that holds the run's decisions (``StageRunner.decide``), not a stage."""
+
+
 class StageRunner:
-    """Runs named stages once; records results and wall time in OUT/stages.json."""
+    """Runs named stages once; records results and wall time in OUT/stages.json, and beside them
+    the run's decisions (``decide``)."""
 
     def __init__(self, out: Path, force: bool, log: Callable[[str], None]):
         self.out, self.force, self.log = out, force, log
         self.path = out / "stages.json"
-        self.state: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() and not force else {}
+        state: dict[str, Any] = {}
+        if self.path.exists() and not force:
+            try:
+                state = json.loads(self.path.read_text())
+            except json.JSONDecodeError as e:
+                raise UserError(f"{self.path}:{e.lineno}: malformed JSON ({e.msg}); "
+                                f"use --force to redo every stage") from None
+        self.decisions: dict[str, Any] = state.pop(DECISIONS, {})
+        self.state: dict[str, Any] = state
+
+    def decide(self, name: str, measured: dict[str, Any], rule: Callable[[dict[str, Any]], Any]) -> Any:
+        """``rule(measured)``, decided once per run: the first time it is recorded with the
+        measurements it came from, and every later run in this OUT reuses the recorded value even
+        when its own measurements differ. Timings vary from run to run; a choice made from them
+        (how many samples a model draws) must not, or a resumed run would mix two choices and its
+        figures that are not timings would depend on the timings of the run that resumed it."""
+        if name in self.decisions:
+            kept = self.decisions[name]
+            note = "" if kept["from"] == measured else f" (measured now: {measured}; kept: {kept['from']})"
+            self.log(f"[{name}] decided earlier, reused{note}")
+            return kept["value"]
+        value = rule(measured)
+        self.decisions[name] = {"value": value, "from": measured}
+        self._write()
+        return value
 
     def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        assert name != DECISIONS, f"{DECISIONS!r} is stages.json's entry for decisions, not a stage name"
         if name in self.state:
             self.log(f"[{name}] done earlier ({self.state[name]['seconds']:.0f}s), reused")
             return self.state[name]["result"]
@@ -154,7 +187,10 @@ class StageRunner:
         self.log(f"[{', '.join(todo)}] ... (in parallel, {min(workers, len(todo))} processes)")
         errors: dict[str, BaseException] = {}
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked OpenMP or torch state
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+        # Each worker dies with this process, even on kill -9: a worker left running would keep
+        # writing into OUT beside a rerun.
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
+                                 initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(_timed, jobs[name]): name for name in todo}
             for future in as_completed(futures):
                 name = futures[future]
@@ -174,8 +210,12 @@ class StageRunner:
 
     def _record(self, name: str, result: Any, seconds: float) -> None:
         self.state[name] = {"seconds": seconds, "result": result}
-        atomic_write_text(self.path, json.dumps(self.state, indent=2) + "\n")
+        self._write()
         self.log(f"[{name}] finished in {seconds:.0f}s")
+
+    def _write(self) -> None:
+        doc = {**self.state, DECISIONS: self.decisions} if self.decisions else self.state
+        atomic_write_text(self.path, json.dumps(doc, indent=2) + "\n")
 
     def seconds(self) -> dict[str, float]:
         return {k: round(v["seconds"], 1) for k, v in self.state.items()}
@@ -213,29 +253,137 @@ def parallel_workers(threads: int, jobs: Optional[int]) -> int:
     return max(1, min(2, cores // max(1, threads)))
 
 
-def check_out_dir(out: Path, cfg: DemoConfig, teacher_tag: str, force: bool,
-                  teacher_weights: Optional[str] = None) -> None:
-    """Refuse an OUT holding another configuration's files (unless ``force``). ``teacher_weights``
-    (a digest of the shipped teacher) makes a run of an older shipped teacher another configuration."""
+# --- the output directory -----------------------------------------------------------------------
+
+OWN_DIRS = ("data", "teacher", "tokenizer", "select", "llamba", "hybrid", "temperature", "orm", "samples")
+"""The stage directories the demo writes in OUT (``tokenizer`` only with ``retrain_teacher``)."""
+OWN_FILES = ("demo_config.json", "stages.json", "metrics.json", "results.json", "report.md")
+OWN_PLOTS = ("coverage_vs_k_*.png", "accuracy_vs_k_*.png", "accuracy_vs_seconds_*.png")
+"""The report's figures (``thinkfast.eval.report.write_report``), one of each per task."""
+LOCK_NAME = ".thinkfast-demo.lock"
+"""The file a running demo holds locked (``lock_out_dir``); it stays, and is the demo's own."""
+
+
+def is_demo_output(p: Path) -> bool:
+    """Whether ``p``, an entry of OUT, is one the demo writes: a stage directory, one of its files
+    or figures, the lock, or what an interrupted atomic write of one of those left behind
+    (``.NAME.<random>.tmp``). A symlink never is: the demo writes none."""
+    if p.is_symlink():
+        return False
+    if p.is_dir():
+        return p.name in OWN_DIRS
+    if not p.is_file():
+        return False
+    name = p.name
+    if name.startswith(".") and name.endswith(".tmp"):
+        name = name[1:].rsplit(".", 2)[0]  # ".report.md.k3j9x.tmp" -> "report.md"
+    elif name == LOCK_NAME:
+        return True
+    return name in OWN_FILES or any(Path(name).match(g) for g in OWN_PLOTS)
+
+
+def out_dir_meta(cfg: DemoConfig, teacher_tag: str, teacher_weights: Optional[str] = None) -> dict[str, Any]:
+    """What OUT/demo_config.json records, and a rerun in the same OUT must match."""
     meta = {"demo": to_dict(cfg), "teacher": teacher_tag}
     if teacher_weights is not None:
         meta["teacher_weights"] = teacher_weights
+    return meta
+
+
+def refuse_unusable_out(out: Path, meta: dict[str, Any], force: bool) -> None:
+    """Raise a UserError unless OUT can take this run, without writing anything: OUT must be a
+    directory (or not exist yet) that is empty, holds only the demo's own files, or holds a demo
+    run of this configuration (``meta``; any configuration with ``force``). A directory that holds
+    no demo run is refused even with ``force``, which removes only the demo's own files."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is not a directory; name a directory (it is created if missing)")
+    if not out.exists():
+        return
     path = out / "demo_config.json"
-    if path.exists():
+    if path.is_file():
         try:
             old = json.loads(path.read_text())
         except json.JSONDecodeError:
             old = None
         if old != meta and not force:
-            raise UserError(f"{out} holds a demo run with a different configuration ({path}); "
-                            f"use another --out, or --force to redo every stage there")
-    elif out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"{out} is not empty and holds no demo run; use another --out or --force")
-    if force and out.exists():  # redo everything: no stage may resume from old checkpoints
-        for p in out.iterdir():
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            raise UserError(f"{out} holds a demo run with a different configuration ({path}); use another "
+                            f"--out, or --force to redo every stage there (it removes only the demo's own files)")
+        return
+    # Without demo_config.json (the first file a run writes, once it holds the lock) even a
+    # stage-named entry may be someone else's: only what a run leaves before it is accepted.
+    foreign = sorted(p.name for p in out.iterdir()
+                     if not (p.name == LOCK_NAME or p.name.startswith(".demo_config.json.")) or p.is_symlink())
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise UserError(f"{out} is not empty and holds no demo run (no demo_config.json; it holds {shown}); "
+                        f"use an empty or new --out")
+
+
+def remove_demo_outputs(out: Path) -> list[str]:
+    """Remove the demo's own entries of OUT (``is_demo_output``) but the lock, which the caller
+    holds; returns the names of the entries kept that the demo did not write."""
+    kept = []
+    for p in sorted(out.iterdir()):
+        if p.name == LOCK_NAME:
+            continue
+        if not is_demo_output(p):
+            kept.append(p.name)
+        elif p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    return kept
+
+
+def check_out_dir(out: Path, cfg: DemoConfig, teacher_tag: str, force: bool,
+                  teacher_weights: Optional[str] = None, log: Callable[[str], None] = print) -> None:
+    """Make OUT ready for this run and record its configuration: refuse an unusable OUT
+    (``refuse_unusable_out``), and with ``force`` remove the demo's own files there, so that no
+    stage resumes from an old checkpoint. ``teacher_weights`` (a digest of the shipped teacher)
+    makes a run of an older shipped teacher another configuration. The caller holds OUT's lock."""
+    meta = out_dir_meta(cfg, teacher_tag, teacher_weights)
+    refuse_unusable_out(out, meta, force)
+    if force and out.exists():
+        kept = remove_demo_outputs(out)
+        if kept:
+            log(f"--force: kept what the demo did not write in {out}: {', '.join(kept)}")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(out / "demo_config.json", json.dumps(meta, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def lock_out_dir(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on OUT (``flock`` on OUT/.thinkfast-demo.lock) while the block runs;
+    a second run on the same OUT is refused meanwhile. The kernel drops the lock when its holder
+    dies, so a killed run leaves no stale lock, and the descriptor is not inherited by the
+    workers the run starts (Python's default), so a worker never holds it. Where ``fcntl`` is
+    missing (Windows) the run is not locked."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # e.g. a parent of OUT is a file
+        raise UserError(f"cannot create --out {out}: {e.strerror or e}") from None
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = out / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            raise UserError(f"{out} is in use by another thinkfast demo run"
+                            f"{f' (pid {holder})' if holder.isdigit() else ''}; wait for it to end, "
+                            f"or use another --out") from None
+        # The holder's pid, for that message. Written in place: the lock belongs to this inode,
+        # which a rename would replace.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 # --- the teacher --------------------------------------------------------------------------------
@@ -622,13 +770,8 @@ def teacher_train_problems(task_meta: dict[str, Any], n: int) -> list:
 
 def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teacher: bool = False,
              log: Callable[[str], None] = print, jobs: Optional[int] = None) -> dict[str, Any]:
-    """Run every stage (reusing finished ones); returns results.json's content. ``jobs``:
-    processes for the stages that run side by side (default: ``parallel_workers``)."""
-    from .data import synthetic as syn
-    from .eval.evaluation import EvalSettings, evaluate_run, pareto_by_task
-    from .eval.io import read_jsonl, write_json_atomic
-    from .eval.report import write_report
-
+    """Run every stage (reusing finished ones), holding OUT's lock; returns results.json's
+    content. ``jobs``: processes for the stages that run side by side (default: ``parallel_workers``)."""
     cfg = DemoConfig.preset(quick)
     task_meta = demo_task_config()
     teacher_tag = "retrained" if retrain_teacher else "shipped"
@@ -637,8 +780,24 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teache
         if shipped != task_meta:
             raise UserError("the shipped demo teacher was trained on another task configuration; "
                             "run `thinkfast demo --retrain-teacher`")
-    check_out_dir(out, cfg, teacher_tag, force, None if retrain_teacher else shipped_teacher_digest())
-    stages = StageRunner(out, force, log)
+    weights = None if retrain_teacher else shipped_teacher_digest()
+    # Refused before the lock file is created, so that a refused OUT is left as it was; checked
+    # again under the lock, as another run may have written there meanwhile.
+    refuse_unusable_out(out, out_dir_meta(cfg, teacher_tag, weights), force)
+    with lock_out_dir(out):
+        check_out_dir(out, cfg, teacher_tag, force, weights, log)
+        return run_stages(out, cfg, task_meta, teacher_tag, StageRunner(out, force, log), retrain_teacher,
+                          log, jobs)
+
+
+def run_stages(out: Path, cfg: DemoConfig, task_meta: dict[str, Any], teacher_tag: str, stages: StageRunner,
+               retrain_teacher: bool, log: Callable[[str], None], jobs: Optional[int]) -> dict[str, Any]:
+    """``run_demo``'s stages, in a prepared and locked OUT."""
+    from .data import synthetic as syn
+    from .eval.evaluation import EvalSettings, evaluate_run, pareto_by_task
+    from .eval.io import read_jsonl, write_json_atomic
+    from .eval.report import write_report
+
     task = demo_task(task_meta)
     syn_cfg = task.config
     data = out / "data"
@@ -705,7 +864,9 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teache
     }, workers)
     for name in MODELS[1:]:
         temperature(name)
-    n_by_model = samples_per_problem(cfg, speeds)
+    # Decided once per run from the temperature stages' timings, and kept by any run that resumes
+    # this one (StageRunner.decide): a sample file must hold one n, whatever a rerun measures.
+    n_by_model = stages.decide("samples_per_problem", speeds, functools.partial(samples_per_problem, cfg))
     log("samples per test problem: " + ", ".join(f"{k} {v}" for k, v in n_by_model.items()))
 
     test_examples = task.load("test", path=str(test_path))
@@ -732,7 +893,8 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teache
     write_json_atomic(out / "metrics.json", metrics)
     results = {
         "config": to_dict(cfg), "task": task_meta, "teacher": teacher_tag, "temperatures": temps,
-        "samples_per_problem": n_by_model, "train_decode_s_per_sample": speeds, "greedy": greedy,
+        "samples_per_problem": n_by_model, "train_decode_s_per_sample": speeds,
+        "decisions": stages.decisions, "greedy": greedy,
         "hybrid_layers": {k: hybrid_layers[k] for k in ("layers", "pattern", "method", "scores")},
         "runs": runs, "pareto": metrics["pareto"], "throughput": throughput_table(list(runs.values())),
         "claim": claim_verdict(runs), "stage_seconds": stages.seconds(),

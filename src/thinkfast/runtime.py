@@ -38,3 +38,34 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def die_with_parent(parent_pid: int, pdeathsig: bool = True, poll_s: float = 0.5) -> None:
+    """End this process when ``parent_pid``, the process that started it, ends: meant as the
+    initializer of a worker process. A parent killed with SIGKILL runs no cleanup, and its workers
+    would otherwise live on (re-parented) and keep writing into the parent's output.
+
+    On Linux the kernel does it at once (``prctl(PR_SET_PDEATHSIG, SIGKILL)``; ``pdeathsig=False``
+    leaves that out). Everywhere, a daemon thread also polls ``os.getppid()`` every ``poll_s``
+    seconds and exits when it changes: the portable fallback, and the cover for a prctl that failed."""
+    import sys
+    import threading
+    import time
+
+    if pdeathsig and sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass  # the thread below still watches
+    if os.getppid() != parent_pid:  # the parent died before the hook was in place
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="thinkfast-parent-watch", daemon=True).start()

@@ -7,10 +7,13 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
+    p.add_argument("--out", default="demo_out", help="output directory, created if missing; it must be empty or hold "
+                   "an earlier demo run (default: demo_out)")
     p.add_argument("--quick", action="store_true", help="tiny budgets: checks the pipeline in minutes; "
                    "its numbers are meaningless")
-    p.add_argument("--force", action="store_true", help="redo every stage (and accept a different configuration)")
+    p.add_argument("--force", action="store_true",
+                   help="redo every stage (and accept a different configuration): removes the demo's own "
+                        "files from --out and keeps anything else there")
     p.add_argument("--retrain-teacher", action="store_true",
                    help="train the teacher with thinkfast's own recipe instead of loading the shipped one")
     p.add_argument("--threads", type=int, default=1,
