@@ -30,7 +30,7 @@ import torch.nn as nn
 from ..config import ModelConfig
 from ..models.layers import Attention
 from ..models.lm import LanguageModel
-from ..models.mamba2 import DiscreteMamba2Mixer, Mamba2Mixer, _MambaBase
+from ..models.mamba2 import DiscreteMamba2Mixer, Mamba2Mixer, MambaMixerBase
 from ..runtime import UserError
 
 KeepSpec = Union[float, int, str, Sequence[int], None]
@@ -52,7 +52,7 @@ def evenly_spaced(n_layers: int, k: int) -> list[int]:
     return [(j + 1) * n_layers // k - 1 for j in range(k)]
 
 
-def _load_layers_json(path: Path, n_layers: int) -> list[int]:
+def load_layers_json(path: Path, n_layers: int) -> list[int]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -88,7 +88,7 @@ def attention_layers(n_layers: int, keep: KeepSpec) -> list[int]:
                 raise UserError(f"layer pattern {s!r} has {len(s)} letters but the model has {n_layers} layers")
             return [i for i, c in enumerate(s.upper()) if c == "A"]
         if s.endswith(".json") or os.path.exists(s):
-            layers = _load_layers_json(Path(s), n_layers)
+            layers = load_layers_json(Path(s), n_layers)
         else:
             try:
                 return attention_layers(n_layers, float(s))
@@ -134,7 +134,7 @@ def _groups(w: torch.Tensor, n_src: int, n_dst: int, what: str) -> torch.Tensor:
     return w.view(n_src, hd, -1).repeat_interleave(n_dst // n_src, dim=0).reshape(n_dst * hd, -1)
 
 
-def _check_mixer_shapes(mixer: _MambaBase, attn: Attention) -> None:
+def _check_mixer_shapes(mixer: MambaMixerBase, attn: Attention) -> None:
     if attn.q_proj.bias is not None:
         raise ConversionError("the teacher's attention has biases; the Mamba in_proj has none, so the "
                               "initialisation would drop them -- refusing")

@@ -16,7 +16,7 @@ import torch.nn as nn
 from ..config import ModelConfig
 from .cache import AttentionState, InferenceCache, MambaState
 from .layers import MLP, Attention, RMSNorm, RotaryEmbedding
-from .mamba2 import _MambaBase, build_mixer
+from .mamba2 import MambaMixerBase, build_mixer
 
 
 @dataclass
@@ -185,4 +185,4 @@ class LanguageModel(nn.Module):
 
     @property
     def mamba_layers(self) -> list[int]:
-        return [i for i, b in enumerate(self.layers) if isinstance(b.mixer, _MambaBase)]
+        return [i for i, b in enumerate(self.layers) if isinstance(b.mixer, MambaMixerBase)]

@@ -44,7 +44,7 @@ class GatedRMSNorm(nn.Module):
         return self.weight * g.view_as(y).to(dtype)
 
 
-class _MambaBase(nn.Module):
+class MambaMixerBase(nn.Module):
     """Conv with state, scan dispatch and the decode step shared by both mixers."""
 
     conv_activation: str = "silu"
@@ -110,7 +110,7 @@ class _MambaBase(nn.Module):
         return (s * Cm.float()[..., None, :]).sum(-1)  # (B, H, P)
 
 
-class Mamba2Mixer(_MambaBase):
+class Mamba2Mixer(MambaMixerBase):
     """The MambaInLlama Mamba-2 mixer.
 
     in_proj -> z (H*P), x (G*P), B (G*N), C (H*N), dt (H); causal conv (SiLU) over x|B|C at
@@ -219,7 +219,7 @@ def decay_bias_init(n_heads: int, tau_min: float, tau_max: float) -> torch.Tenso
     return torch.log(torch.expm1(1.0 / taus)).float()  # softplus^-1(1 / tau)
 
 
-class DiscreteMamba2Mixer(_MambaBase):
+class DiscreteMamba2Mixer(MambaMixerBase):
     """The discrete Mamba-2 mixer of Llamba / MOHAWK.
 
     in_proj -> x (H*P), B (H*N), C (H*N), z (H*P), a (H); identity causal conv over x|B|C;
@@ -288,5 +288,5 @@ class DiscreteMamba2Mixer(_MambaBase):
         return ssd_matrix(log_a, Bh, Ch)
 
 
-def build_mixer(cfg: ModelConfig) -> _MambaBase:
+def build_mixer(cfg: ModelConfig) -> MambaMixerBase:
     return Mamba2Mixer(cfg) if cfg.mamba.kind == "mamba2" else DiscreteMamba2Mixer(cfg)

@@ -32,7 +32,7 @@ import torch
 
 from ..checkpoint import load_model, save_model
 from ..config import atomic_write_text, to_dict
-from ..convert.from_attention import KeepSpec, _load_layers_json, evenly_spaced, student_from_teacher
+from ..convert.from_attention import KeepSpec, load_layers_json, evenly_spaced, student_from_teacher
 from ..data.dataset import DataConfig
 from ..data.packing import TokenBlocks
 from ..distill.metrics import compare_to_teacher
@@ -259,7 +259,7 @@ def write_layers_json(path: str | os.PathLike, doc: dict[str, Any]) -> None:
 
 def read_layers_json(path: str | os.PathLike, n_layers: int) -> list[int]:
     """The layers of a ``layers.json``; refused when it was made for another depth."""
-    return _load_layers_json(Path(path), n_layers)
+    return load_layers_json(Path(path), n_layers)
 
 
 METHODS = ("uniform", "loo", "kl-guided")
