@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from thinkfast.eval import rewards as R
+from thinkfast.runtime import UserError
 
 from .conftest import CHAT_TEMPLATE, make_model, make_tokenizer
 
@@ -72,7 +73,7 @@ def test_prm_step_scores_match_the_reference_loop(template):
 
 def test_prm_needs_single_token_labels_and_a_template():
     tok = make_tokenizer(chat=False)
-    with pytest.raises(Exception, match="chat template"):
+    with pytest.raises(UserError, match="chat template"):
         R.ProcessRewardModel(make_model(), tok)
 
 
@@ -94,7 +95,7 @@ def test_balanced_examples_are_balanced_and_seeded():
     a = R.balanced_examples(rows, seed=0)
     assert sum(y for *_, y in a) == len(a) // 2 == 5
     assert a == R.balanced_examples(rows, seed=0) and a != R.balanced_examples(rows, seed=1)
-    with pytest.raises(Exception, match="correct and incorrect"):
+    with pytest.raises(UserError, match="correct and incorrect"):
         R.balanced_examples(rows[1:4], seed=0)
 
 

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from thinkfast.checkpoint import load_pretrained  # noqa: E402
