@@ -388,3 +388,41 @@ def test_a_neighbour_gold_is_wrong_unless_the_answers_coincide(grader):
     for r in graded:
         same = float(task.gold_answer(r["gold"])) == float(task.gold_answer(r["completion"]))
         assert r["correct"] == same, (r["gold"][-40:], r["pred"])
+
+
+def test_workers_die_with_the_process_that_started_them(tmp_path):
+    """A grading run killed with SIGKILL leaves no worker behind, even one deep in a check."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "parent.py"
+    pids = tmp_path / "pids"
+    script.write_text(
+        "import sys\n"
+        "from thinkfast.eval.grading import Grader\n"
+        "g = Grader(workers=2, cpu_limit_s=600)\n"
+        "w = g.pool.workers\n"
+        "for x in w: x._start()\n"
+        f"open({str(pids)!r}, 'w').write(' '.join(str(x._proc.pid) for x in w))\n"
+        "g.pool.run([{'op': 'same', 'a': '5', 'b': '9^{9^{9^{9}}}'}] * 2)\n")
+    parent = subprocess.Popen([sys.executable, str(script)])
+    deadline = time.monotonic() + 120
+    while not (pids.exists() and pids.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = [int(p) for p in pids.read_text().split()]
+    time.sleep(1.0)  # both workers are now inside the tower
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(")")[-1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in workers)

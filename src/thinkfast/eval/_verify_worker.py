@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -34,19 +35,6 @@ def _limit_memory() -> None:
 
         resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
     except (ImportError, ValueError, OSError):  # not POSIX, or a lower hard limit already set
-        pass
-
-
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when its parent dies (it may be deep in SymPy, not reading)."""
-    try:
-        import ctypes
-        import signal
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: stdin's EOF still ends the loop
         pass
 
 
@@ -88,8 +76,10 @@ class Judge:
 
 
 def main() -> int:
+    from thinkfast.runtime import die_with_parent
+
     _limit_memory()
-    _die_with_parent()
+    die_with_parent(os.getppid())  # it may be deep in SymPy, not reading stdin, when the parent dies
     logging.disable(logging.WARNING)  # Math-Verify warns once per process that timeouts are off
     judge = Judge()  # imported before "ready" so start-up is never a timeout
     out = sys.stdout
