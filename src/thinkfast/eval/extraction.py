@@ -180,16 +180,9 @@ def last_boxed(text: str, tries: int = 3) -> Optional[str]:
     For gold fields (a MATH solution's answer): a box left unclosed is skipped in favour of an
     earlier one, up to ``tries`` boxes back.
     """
-    starts = [m.end() for m in re.finditer(r"\\boxed\s*\{", text)]
-    for open_idx in reversed(starts[-tries:]):
-        depth, i = 1, open_idx
-        while i < len(text):
-            c = text[i]
-            if c == "\\":
-                i += 2
-                continue
-            depth += (c == "{") - (c == "}")
-            if depth == 0:
-                return text[open_idx:i]
-            i += 1
+    boxes = [m for m in _MARKER_RE.finditer(text) if m.lastgroup == "box"]
+    for box in reversed(boxes[-tries:]):
+        found = _box_content(text, box)
+        if found is not None:
+            return found[0]
     return None
