@@ -139,3 +139,60 @@ def test_bootstrap_ci_is_seeded_and_brackets_the_mean():
     mean = sum(values) / len(values)
     assert lo < mean < hi
     assert M.bootstrap_ci([0.5] * 5) == (0.5, 0.5)
+
+
+# --- paired comparisons --------------------------------------------------------------------------
+
+def test_paired_difference_matches_the_exact_bootstrap_distribution():
+    """For 4 problems every one of the 4^4 resamples is equally likely: brute force."""
+    import itertools
+
+    import numpy as np
+
+    a, b = [1.0, 0.5, 0.0, 1.0], [0.5, 0.5, 0.25, 0.0]
+    d = [x - y for x, y in zip(a, b)]
+    means = sorted(sum(d[i] for i in idx) / 4 for idx in itertools.product(range(4), repeat=4))
+    exact_lo, exact_hi = np.quantile(means, [0.025, 0.975])
+    got = M.paired_difference(a, b, n_boot=200_000, seed=1)
+    assert got["diff"] == pytest.approx(sum(d) / 4)
+    assert got["lo"] == pytest.approx(exact_lo, abs=0.02) and got["hi"] == pytest.approx(exact_hi, abs=0.02)
+
+
+def test_pairing_separates_what_two_intervals_cannot():
+    """A student 3 points above on the same problems: separate intervals overlap, the paired
+    interval of the difference excludes 0."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    difficulty = rng.uniform(0, 1, size=400)
+    teacher = difficulty
+    student = np.clip(difficulty + 0.03 + rng.normal(0, 0.02, size=400), 0, 1)
+    lo_s, _ = M.bootstrap_ci(student)
+    _, hi_t = M.bootstrap_ci(teacher)
+    assert lo_s < hi_t  # the two intervals overlap
+    paired = M.paired_difference(student, teacher)
+    assert paired["verdict"] == "above" and paired["lo"] > 0
+    assert M.paired_difference(teacher, student)["verdict"] == "below"
+    assert M.paired_difference(teacher, teacher)["verdict"] == "tied"
+
+
+def test_paired_difference_is_seeded_and_needs_the_same_problems():
+    a, b = [1, 0, 1, 1, 0], [0, 0, 1, 0, 1]
+    assert M.paired_difference(a, b, seed=3) == M.paired_difference(a, b, seed=3)
+    with pytest.raises(ValueError, match="same problems"):
+        M.paired_difference(a, b[:4])
+
+
+def test_problems_for_margin_by_simulation():
+    """The sample size it gives detects the margin about ``power`` of the time."""
+    import numpy as np
+
+    sd, margin = 0.3, 0.03
+    n = M.problems_for_margin(sd, margin, power=0.8)
+    assert n == math.ceil(((1.959964 + 0.841621) * sd / margin) ** 2)
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(400):
+        d = rng.normal(margin, sd, size=n)
+        hits += abs(d.mean()) / (d.std(ddof=1) / math.sqrt(n)) > 1.959964
+    assert 0.74 < hits / 400 < 0.86
