@@ -3,8 +3,11 @@
 File discipline (what makes resume safe):
 - all n rows of a problem go out in one ``write`` followed by a flush, so a crash leaves at most
   one partial problem, at the end of the file;
-- on start, problems with all n samples are kept and skipped; rows of partial problems and a
-  truncated last line are dropped by rewriting the file atomically, then the run appends;
+- on start, problems with all n finished rows (every field of ``FINISHED_ROW_KEYS``, a string
+  ``completion``) are kept and skipped; the unfinished last problem a kill leaves (a cut-off or
+  incomplete last line, or fewer than n rows) is dropped by rewriting the file atomically, then
+  the run appends. Any other fault (a bad row before the last line, a problem split or repeated)
+  is an error naming the line: it was not made by a kill, and resume never discards data;
 - rows record the sampling settings, and a file made with other settings is refused rather
   than mixed.
 
@@ -15,6 +18,7 @@ transformers ``generate()`` or vLLM), all returning the same outputs and timings
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -22,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from ..runtime import UserError
-from .io import dumps_row, iter_jsonl, write_jsonl_atomic
+from .io import dumps_row, write_jsonl_atomic
 from .tasks.base import Example
 
 # generate_fn(prompts as token ids, seed) -> one output per prompt, each with .samples (objects
@@ -69,37 +73,109 @@ class SampleReport:
 
 # --- resume --------------------------------------------------------------------------------------
 
-
-def _complete_problems(rows: list[dict[str, Any]], n: int) -> set[str]:
-    """Problems whose rows are exactly sample indices 0..n-1, each once."""
-    seen: dict[str, list[Any]] = {}
-    for r in rows:
-        seen.setdefault(str(r.get("problem_id")), []).append(r.get("sample_index"))
-    return {pid for pid, idx in seen.items()
-            if all(isinstance(i, int) for i in idx) and sorted(idx) == list(range(n))}
+FINISHED_ROW_KEYS = ("task", "model", "problem_id", "sample_index", "question", "gold", "answer", "completion",
+                     "num_tokens", "logprob_sum", "finish_reason", "settings", "prefill_s", "decode_s",
+                     "batch_problems", "batch_rows", "new_tokens", "prompt_tokens", "hardware")
+"""The keys every row of ``sample_rows`` has (and had before ``hit_context_limit`` was added, so
+older files still resume): a row lacking one was not written by a finished sampling step."""
 
 
-def prepare_resume(path: str | os.PathLike, settings: SampleSettings) -> tuple[set[str], int]:
+def _row_problem(row: dict[str, Any], settings: SampleSettings) -> Optional[str]:
+    """Why ``row`` is not a finished sample row of a run with ``settings`` (None when it is)."""
+    missing = [k for k in FINISHED_ROW_KEYS if k not in row]
+    if missing:
+        return f"row lacks {', '.join(repr(k) for k in missing)}"
+    if not isinstance(row["completion"], str):
+        return f"'completion' is {type(row['completion']).__name__}, not a string"
+    if not isinstance(row["problem_id"], str):
+        return f"'problem_id' is {type(row['problem_id']).__name__}, not a string"
+    i = row["sample_index"]
+    if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < settings.n:
+        return f"'sample_index' is {i!r}, not an integer in 0..{settings.n - 1}"
+    return None
+
+
+def _read_rows(path: Path, settings: SampleSettings,
+               log: Callable[[str], None]) -> tuple[list[tuple[int, dict[str, Any]]], Optional[str]]:
+    """``(line number, row)`` of every row of ``path``, each a valid finished row; and, when the
+    last line was dropped, what it was: ``"row"`` (a JSON object, but no finished row) or
+    ``"text"`` (no JSON: cut off). None when every line was kept.
+
+    The last line may be what a killed run left: cut mid-write (no JSON) or otherwise not a
+    finished row. It is dropped, with a log line; the problem it belongs to is redone. The same
+    fault on any earlier line was not made by a kill, so it is an error naming the line, and
+    nothing is rewritten: those rows may be someone's data.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    numbered = [(i, ln) for i, ln in enumerate(text.split("\n"), start=1) if ln.strip()]
+    rows = []
+    for k, (lineno, line) in enumerate(numbered):
+        is_last = k == len(numbered) - 1
+        try:
+            row = json.loads(line)
+            why = None if isinstance(row, dict) else f"expected a JSON object, got {type(row).__name__}"
+        except json.JSONDecodeError as e:
+            row, why = None, f"malformed JSON row ({e.msg} at column {e.colno})"
+        if why is None and row.get("settings") != settings.to_dict():
+            # other settings are never a half-written row: refuse even on the last line
+            raise UserError(f"{path}:{lineno}: made with other settings ({row.get('settings')}); "
+                            f"this run uses {settings.to_dict()}. Choose another --out.")
+        if why is None:
+            why = _row_problem(row, settings)
+        if why is not None:
+            if is_last:
+                log(f"{path}:{lineno}: dropped the last line, left unfinished by an interrupted run ({why})")
+                return rows, ("row" if isinstance(row, dict) else "text")
+            raise UserError(f"{path}:{lineno}: {why}; only the last line may be unfinished (a run killed "
+                            "mid-write). Fix or remove this row, or choose another --out.")
+        rows.append((lineno, row))
+    return rows, None
+
+
+def prepare_resume(path: str | os.PathLike, settings: SampleSettings,
+                   log: Callable[[str], None] = lambda s: None) -> tuple[set[str], int]:
     """Finished problem ids in ``path`` and how many rows were dropped to make it appendable.
 
-    Raises ``UserError`` when the file was made with other settings, or has a malformed line
-    anywhere but at its very end.
+    A problem's n rows are written together, so the file is a run of whole problems, each its
+    rows with sample indices 0..n-1 once, then possibly one unfinished problem at the end (a
+    kill mid-write). That tail is dropped, by rewriting the file atomically. Anything else --
+    other settings, a row that is not a finished row, a problem whose rows are split or
+    repeated -- is a ``UserError`` naming the file and line.
     """
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         return set(), 0
-    rows = []
-    for lineno, row in iter_jsonl(path, allow_truncated_tail=True):
-        if row.get("settings") != settings.to_dict():
-            raise UserError(f"{path}:{lineno}: made with other settings ({row.get('settings')}); "
-                            f"this run uses {settings.to_dict()}. Choose another --out.")
-        rows.append(row)
-    done = _complete_problems(rows, settings.n)
-    kept = [r for r in rows if str(r.get("problem_id")) in done]
-    ends_cleanly = path.read_bytes().endswith(b"\n")
-    if len(kept) < len(rows) or not ends_cleanly:
+    rows, dropped_tail = _read_rows(path, settings, log)
+    # consecutive rows of one problem form a block; every block but the last must be whole
+    blocks: list[list[tuple[int, dict[str, Any]]]] = []
+    for lineno, row in rows:
+        if blocks and blocks[-1][0][1]["problem_id"] == row["problem_id"]:
+            blocks[-1].append((lineno, row))
+        else:
+            blocks.append([(lineno, row)])
+    done: set[str] = set()
+    kept: list[dict[str, Any]] = []
+    for b, block in enumerate(blocks):
+        pid, first = block[0][1]["problem_id"], block[0][0]
+        whole = sorted(r["sample_index"] for _, r in block) == list(range(settings.n))
+        if pid in done:
+            raise UserError(f"{path}:{first}: problem {pid!r} appears again (its rows are repeated or split); "
+                            "a samples file holds each problem once. Choose another --out.")
+        if not whole:
+            if b == len(blocks) - 1:
+                break  # the unfinished problem of an interrupted run: redone below
+            raise UserError(f"{path}:{first}: problem {pid!r} has sample indices "
+                            f"{[r['sample_index'] for _, r in block]}, not 0..{settings.n - 1} once each, and "
+                            "is not the last problem in the file. Choose another --out.")
+        done.add(pid)
+        kept.extend(r for _, r in block)
+    if len(kept) < len(rows) or dropped_tail or not path.read_bytes().endswith(b"\n"):
         write_jsonl_atomic(path, kept)
-    return done, len(rows) - len(kept)
+    # a cut-off line of text was no row; a whole but unfinished last row was one
+    return done, len(rows) - len(kept) + (dropped_tail == "row")
 
 
 # --- rows ----------------------------------------------------------------------------------------
@@ -164,7 +240,7 @@ def run_sampling(examples: Sequence[Example], prompts: Sequence[list[int]], gene
     if len(prompts) != len(examples):
         raise ValueError("one prompt per example")
     report = SampleReport()
-    done, report.dropped_rows = prepare_resume(out_path, settings)
+    done, report.dropped_rows = prepare_resume(out_path, settings, log)
     todo = []
     for pos, (ex, p) in enumerate(zip(examples, prompts)):
         if ex.id in done:
