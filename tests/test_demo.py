@@ -4,6 +4,7 @@ import functools
 import json
 import operator
 import os
+import shutil
 
 import pytest
 
@@ -11,7 +12,8 @@ import thinkfast.demo as demo
 from thinkfast.cli import main
 
 RESULT_KEYS = {"config", "task", "teacher", "temperatures", "greedy", "runs", "pareto", "throughput", "claim",
-               "stage_seconds", "models", "hybrid_layers", "samples_per_problem", "train_decode_s_per_sample"}
+               "stage_seconds", "models", "hybrid_layers", "samples_per_problem", "train_decode_s_per_sample",
+               "decisions"}
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +71,9 @@ def test_quick_demo_writes_a_complete_report(quick_run):
     # each model sampled the n the budget rule gave it, at the same rows per engine call
     n_by = results["samples_per_problem"]
     assert n_by == demo.samples_per_problem(demo.DemoConfig.preset(True), results["train_decode_s_per_sample"])
+    # ... a decision recorded once, with the timings it came from
+    decision = {"value": n_by, "from": results["train_decode_s_per_sample"]}
+    assert results["decisions"] == stages[demo.DECISIONS] == {"samples_per_problem": decision}
     cfg = results["config"]
     for name, run in results["runs"].items():
         assert run["n"] == n_by[name] and run["ks"][-1] == n_by[name]
@@ -124,6 +129,42 @@ def test_second_run_reuses_finished_stages(quick_run, capsys):
     assert main(["demo", "--quick", "--out", str(quick_run), "--threads", "1"]) == 0
     assert "reused" in capsys.readouterr().out
     assert (quick_run / "stages.json").read_text() == before
+
+
+def test_a_resumed_run_keeps_the_recorded_samples_per_problem(quick_run, tmp_path, monkeypatch, capsys):
+    """The students' temperature stages are measured again (as if they had not finished), and this
+    time their timings call for other sample counts: the resumed run keeps the recorded ones,
+    which its sample files were drawn with."""
+    out = tmp_path / "out"
+    shutil.copytree(quick_run, out)
+    state = json.loads((out / "stages.json").read_text())
+    recorded = state[demo.DECISIONS]["samples_per_problem"]
+    for name in ("llamba", "hybrid"):
+        del state[f"temperature-{name}"]
+    (out / "stages.json").write_text(json.dumps(state))
+    cfg = demo.DemoConfig.preset(True)
+    fastest = cfg.n_samples * min(cfg.max_budget_factor, cfg.batch_problems)
+    # each student as fast as the teacher where it was faster, else as fast as can be
+    scale = {name: 1.0 if recorded["value"][name] > cfg.n_samples else 1e-3 for name in ("llamba", "hybrid")}
+    measure = demo.choose_temperature
+
+    def remeasured(model_dir, task, examples, out_dir, name, cfg, log):
+        chosen = measure(model_dir, task, examples, out_dir, name, cfg, log)
+        return {**chosen, "decode_s_per_sample": recorded["from"]["teacher"] * scale[name]}
+
+    monkeypatch.setattr(demo, "choose_temperature", remeasured)
+    assert main(["demo", "--quick", "--out", str(out), "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    new_speeds = results["train_decode_s_per_sample"]
+    assert new_speeds != recorded["from"]
+    assert demo.samples_per_problem(cfg, new_speeds) == {"teacher": cfg.n_samples, **{
+        name: cfg.n_samples if recorded["value"][name] > cfg.n_samples else fastest for name in ("llamba", "hybrid")}}
+    assert demo.samples_per_problem(cfg, new_speeds) != recorded["value"]  # a new decision would differ
+    assert results["samples_per_problem"] == recorded["value"]
+    assert results["decisions"] == {"samples_per_problem": recorded}
+    assert {name: run["n"] for name, run in results["runs"].items()} == recorded["value"]
+    assert "[samples_per_problem] decided earlier, reused (measured now" in printed
 
 
 def test_out_dir_of_another_configuration_is_refused(quick_run, capsys):

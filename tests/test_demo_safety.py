@@ -86,6 +86,20 @@ def test_a_directory_left_with_only_the_lock_is_accepted(tmp_path):
     assert (out / "demo_config.json").is_file()
 
 
+@pytest.mark.slow
+def test_force_redoes_a_real_run_and_keeps_foreign_files(tmp_path):
+    out = tmp_path / "out"
+    assert main(["demo", "--quick", "--out", str(out), "--threads", "1"]) == 0
+    foreign = _foreign_files(out)
+    first = json.loads((out / "stages.json").read_text())
+    (out / "llamba" / "model" / "stale").write_text("")  # inside a stage's output: the demo's own
+    assert main(["demo", "--quick", "--force", "--out", str(out), "--threads", "1"]) == 0
+    for rel, text in foreign.items():
+        assert (out / rel).read_text() == text
+    assert not (out / "llamba" / "model" / "stale").exists()  # the stage was redone from scratch
+    assert json.loads((out / "stages.json").read_text()).keys() == first.keys()
+
+
 # --- --out that is not a directory ---------------------------------------------------------------
 
 def test_out_that_is_a_file_is_a_usage_error(tmp_path, capsys):
