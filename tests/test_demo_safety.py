@@ -265,3 +265,6 @@ def test_malformed_stages_json_names_the_file(tmp_path):
     (tmp_path / "stages.json").write_text('{"data": ')
     with pytest.raises(UserError, match=r"stages\.json:1: malformed JSON"):
         demo.StageRunner(tmp_path, False, print)
+    (tmp_path / "stages.json").write_text('["data"]\n')
+    with pytest.raises(UserError, match=r"stages\.json: expected an object of stages, found list"):
+        demo.StageRunner(tmp_path, False, print)

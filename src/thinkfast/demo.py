@@ -139,11 +139,14 @@ class StageRunner:
             except json.JSONDecodeError as e:
                 raise UserError(f"{self.path}:{e.lineno}: malformed JSON ({e.msg}); "
                                 f"use --force to redo every stage") from None
+            if not isinstance(state, dict):
+                raise UserError(f"{self.path}: expected an object of stages, found {type(state).__name__}; "
+                                f"use --force to redo every stage")
         self.decisions: dict[str, Any] = state.pop(DECISIONS, {})
         self.state: dict[str, Any] = state
 
     def decide(self, name: str, measured: dict[str, Any], rule: Callable[[dict[str, Any]], Any]) -> Any:
-        """``rule(measured)``, decided once per run: the first time it is recorded with the
+        """``rule(measured)``, decided once per OUT: the first run records it with the
         measurements it came from, and every later run in this OUT reuses the recorded value even
         when its own measurements differ. Timings vary from run to run; a choice made from them
         (how many samples a model draws) must not, or a resumed run would mix two choices and its
@@ -368,7 +371,10 @@ def lock_out_dir(out: Path) -> Iterator[None]:
         yield
         return
     path = out / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # e.g. OUT is not writable
+        raise UserError(f"cannot write into --out {out}: {e.strerror or e}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
