@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from thinkfast.config import ModelConfig
-from thinkfast.generate.engine import SamplingParams, filter_logits, generate, gumbel_noise
+from thinkfast.generate.engine import ContextLimitWarning, SamplingParams, filter_logits, generate, gumbel_noise
 from thinkfast.models.lm import LanguageModel
 
 PATTERNS = [("AAAA", "mamba2"), ("MMMM", "mamba2"), ("AMAM", "mamba2"), ("MMMM", "discrete")]
@@ -120,8 +120,10 @@ def test_prompt_over_context_is_an_error_and_generation_stops_at_context():
     model = _model("AMAM", "mamba2", max_seq_len=16)
     with pytest.raises(ValueError, match="longer than the model's context"):
         generate(model, [list(range(17))], SamplingParams(max_new_tokens=2))
-    out = generate(model, [list(range(10))], SamplingParams(max_new_tokens=50))[0]
+    with pytest.warns(ContextLimitWarning, match="at most 6 new tokens"):
+        out = generate(model, [list(range(10))], SamplingParams(max_new_tokens=50))[0]
     assert len(out.samples[0].token_ids) == 6 and out.samples[0].finish_reason == "length"
+    assert out.samples[0].hit_context_limit
 
 
 def test_stop_strings_and_eos_with_a_tokenizer():

@@ -13,6 +13,13 @@ sample j of a run with seed s equals the single sample of a run with seed s + j,
 sampled alone equals the same prompt in a left-padded batch. Sampling is Gumbel-max on the
 tempered, top-k / top-p filtered logits, which draws exactly from that distribution.
 
+The context: prompt plus new tokens never exceed the model's ``max_seq_len``. A prompt within
+``max_new_tokens`` of it gets only the room that is left; its samples that run out of room end
+with finish_reason 'length' and ``hit_context_limit`` set, and ``generate`` warns
+(``ContextLimitWarning``), once per call. Such prompts are decoded apart from the others, grouped
+by length, because a left-padded batch shares one length: one long prompt would otherwise cut
+every prompt beside it short, and a sample would depend on its batch.
+
 Glossary: P prompts in a batch, R = P * n rows, V vocab, Lp padded prompt length.
 """
 
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
@@ -69,6 +77,12 @@ class Sample:
     """The model's log-probability of each generated token (temperature 1, unfiltered)."""
     finish_reason: str
     """'eos', 'stop' or 'length'."""
+    hit_context_limit: bool = False
+    """Ended by the model's context, before ``max_new_tokens`` (finish_reason is 'length')."""
+
+
+class ContextLimitWarning(UserWarning):
+    """Some prompts leave less than ``max_new_tokens`` of room in the model's context."""
 
 
 @dataclass
@@ -204,11 +218,7 @@ def _generate_batch(model: LanguageModel, prompt_ids: list[list[int]], params: S
     device = model.device
     P, n = len(prompt_ids), params.n
     Lp = max(len(p) for p in prompt_ids)
-    ctx = model.config.max_seq_len
-    for p in prompt_ids:
-        if len(p) > ctx:
-            raise ValueError(f"prompt of {len(p)} tokens is longer than the model's context ({ctx})")
-    max_new = min(params.max_new_tokens, ctx - Lp)
+    max_new = min(params.max_new_tokens, model.config.max_seq_len - Lp)
     ids = torch.zeros(P, Lp, dtype=torch.long)
     mask = torch.zeros(P, Lp, dtype=torch.bool)
     for i, p in enumerate(prompt_ids):
@@ -274,7 +284,8 @@ def _generate_batch(model: LanguageModel, prompt_ids: list[list[int]], params: S
             text = tokenizer.decode(gen[r], skip_special_tokens=True) if tokenizer is not None else ""
             if reasons[r] == 2:
                 text = stopper.cut(text)
-            samples.append(Sample(text, gen[r], lps[r][: lengths[r]], names[reasons[r]]))
+            cut = reasons[r] == 0 and lengths[r] == max_new < params.max_new_tokens
+            samples.append(Sample(text, gen[r], lps[r][: lengths[r]], names[reasons[r]], hit_context_limit=cut))
         outs.append(GenerationOutput(p, samples, dict(timing)))
     return outs
 
@@ -297,13 +308,46 @@ def generate(
     ids = _encode(prompts, tokenizer, add_special_tokens)
     eos = set(params.eos_token_ids) if params.eos_token_ids is not None else set(_default_eos(tokenizer))
     stopper = _StopChecker(params.stop, tokenizer)
+    ctx = model.config.max_seq_len
+    _check_context(ids, params.max_new_tokens, ctx)
     bs = batch_size or len(ids)
     was_training = model.training
     model.eval()
     try:
-        outs: list[GenerationOutput] = []
+        outs: list[Optional[GenerationOutput]] = [None] * len(ids)
         for s in range(0, len(ids), bs):
-            outs.extend(_generate_batch(model, ids[s:s + bs], params, tokenizer, eos, stopper))
+            for group in _context_groups(ids, range(s, min(s + bs, len(ids))), params.max_new_tokens, ctx):
+                for i, o in zip(group, _generate_batch(model, [ids[i] for i in group], params, tokenizer, eos,
+                                                       stopper)):
+                    outs[i] = o
         return outs
     finally:
         model.train(was_training)
+
+
+def _check_context(ids: list[list[int]], max_new_tokens: int, ctx: int) -> None:
+    """Refuse prompts with no room in the context; warn about those with less than asked."""
+    for p in ids:
+        if len(p) > ctx:
+            raise ValueError(f"prompt of {len(p)} tokens is longer than the model's context ({ctx})")
+        if len(p) == ctx and max_new_tokens > 0:
+            raise ValueError(f"prompt of {len(p)} tokens fills the model's context ({ctx}): no room for new tokens")
+    room = [ctx - len(p) for p in ids if len(p) + max_new_tokens > ctx]
+    if room:
+        warnings.warn(f"{len(room)} of {len(ids)} prompts leave less than max_new_tokens={max_new_tokens} in the "
+                      f"model's {ctx}-token context: they get at most {min(room)}"
+                      f"{'' if min(room) == max(room) else f' to {max(room)}'} new tokens, up to "
+                      f"{max_new_tokens - min(room)} fewer than asked; their samples that run out of room "
+                      "end with finish_reason 'length' and hit_context_limit set",
+                      ContextLimitWarning, stacklevel=3)
+
+
+def _context_groups(ids: list[list[int]], batch: range, max_new_tokens: int, ctx: int) -> list[list[int]]:
+    """Indices of ``batch`` split so that no prompt's room is cut by a longer one beside it:
+    the prompts with room for ``max_new_tokens`` together, each length of the rest apart."""
+    fits = [i for i in batch if len(ids[i]) + max_new_tokens <= ctx]
+    by_len: dict[int, list[int]] = {}
+    for i in batch:
+        if len(ids[i]) + max_new_tokens > ctx:
+            by_len.setdefault(len(ids[i]), []).append(i)
+    return ([fits] if fits else []) + [by_len[k] for k in sorted(by_len)]
