@@ -144,6 +144,7 @@ def test_sample_command_with_an_injected_engine(tmp_path, monkeypatch):
     fake = FakeGenerate()
     engine = types.ModuleType("thinkfast.generate.engine")
     engine.SamplingParams = lambda **kw: SimpleNamespace(**kw)
+    engine.ContextLimitWarning = type("ContextLimitWarning", (UserWarning,), {})
     engine.generate = lambda model, prompts, params, tokenizer=None: fake(prompts, params.seed)
     monkeypatch.setitem(sys.modules, "thinkfast.generate.engine", engine)
 

@@ -73,5 +73,6 @@ def run(args: argparse.Namespace) -> int:
     elif errors.exists():
         errors.unlink()  # from an earlier run: nothing failed this time
     print(json.dumps({"written": report.written, "skipped": report.skipped, "failed": len(report.failed),
+                      "context_limited": len(report.context_limited),
                       "dropped_rows": report.dropped_rows, "out": args.out}), file=sys.stderr)
     return 0

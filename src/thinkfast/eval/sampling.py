@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -69,6 +70,9 @@ class SampleReport:
     """Rows of unfinished problems removed from the file before resuming."""
     failed: list[tuple[str, str]] = field(default_factory=list)
     """(problem id, reason) for problems that could not be sampled (e.g. prompt over context)."""
+    context_limited: list[str] = field(default_factory=list)
+    """Problems of this run whose prompt leaves less than max_new_tokens in the context: their
+    samples may be cut by it (each such row has ``hit_context_limit`` true)."""
 
 
 # --- resume --------------------------------------------------------------------------------------
@@ -201,6 +205,8 @@ def sample_rows(example: Example, output: Any, settings: SampleSettings, hardwar
             "num_tokens": len(s.token_ids) if getattr(s, "token_ids", None) is not None else None,
             "logprob_sum": _finite(sum(float(x) for x in logprobs)) if logprobs is not None else None,
             "finish_reason": getattr(s, "finish_reason", None),
+            # 'length' says only that the sample was cut; this says the context, not max_new_tokens, cut it
+            "hit_context_limit": bool(getattr(s, "hit_context_limit", False)),
             "settings": settings.to_dict(), **batch, "hardware": hardware,
         })
     return rows
@@ -235,13 +241,17 @@ def run_sampling(examples: Sequence[Example], prompts: Sequence[list[int]], gene
     """Sample ``settings.n`` completions for every example not yet finished in ``out_path``.
 
     ``prompts[i]`` is the token ids of ``examples[i]``'s prompt. A prompt that does not fit
-    ``context_len`` is reported in ``SampleReport.failed`` and the run goes on.
+    ``context_len`` is reported in ``SampleReport.failed`` and the run goes on. A prompt that
+    fits but leaves less than ``max_new_tokens`` is sampled with the room left: the run logs it
+    once, lists it in ``SampleReport.context_limited``, and each sample the context cut has
+    ``hit_context_limit`` true in its row.
     """
     if len(prompts) != len(examples):
         raise ValueError("one prompt per example")
     report = SampleReport()
     done, report.dropped_rows = prepare_resume(out_path, settings, log)
     todo = []
+    room: list[int] = []  # new tokens the context leaves each context-limited prompt
     for pos, (ex, p) in enumerate(zip(examples, prompts)):
         if ex.id in done:
             report.skipped += 1
@@ -251,6 +261,14 @@ def run_sampling(examples: Sequence[Example], prompts: Sequence[list[int]], gene
             log(f"skipped {ex.id}: {report.failed[-1][1]}")
         else:
             todo.append((pos, ex, p))
+            if context_len is not None and len(p) + settings.max_new_tokens > context_len:
+                report.context_limited.append(ex.id)
+                room.append(context_len - len(p))
+    if room:  # said once per run; the rows say which samples it cut
+        log(f"{len(report.context_limited)} of {len(todo)} problems to sample leave less than "
+            f"max_new_tokens={settings.max_new_tokens} in the model's {context_len}-token context (first: "
+            f"{report.context_limited[0]}): up to {settings.max_new_tokens - min(room)} fewer new tokens; "
+            "their samples cut by the context have hit_context_limit true")
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     with open(out_path, "a", encoding="utf-8") as f:
         for start in range(0, len(todo), batch_problems):
@@ -295,13 +313,16 @@ def encode_prompts(task: Any, examples: Sequence[Example], tokenizer: Any, style
 
 def engine_generate_fn(model: Any, tokenizer: Any, settings: SampleSettings, stop: Sequence[str]) -> GenerateFn:
     """A ``GenerateFn`` over ``thinkfast.generate.engine.generate`` with ``settings``."""
-    from ..generate.engine import SamplingParams, generate
+    from ..generate.engine import ContextLimitWarning, SamplingParams, generate
 
     def gen(prompts: list[list[int]], seed: int) -> Sequence[Any]:
         params = SamplingParams(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
                                 top_k=settings.top_k, max_new_tokens=settings.max_new_tokens,
                                 stop=tuple(stop), seed=seed)  # EOS: the tokenizer's
-        return generate(model, prompts, params, tokenizer=tokenizer)
+        with warnings.catch_warnings():
+            # run_sampling says it once per run, for every backend; the engine would say it per call
+            warnings.simplefilter("ignore", ContextLimitWarning)
+            return generate(model, prompts, params, tokenizer=tokenizer)
 
     return gen
 

@@ -2,7 +2,8 @@
 
 Each backend gives ``thinkfast.eval.sampling`` the same thing: a ``GenerateFn``
 (prompt token ids, seed) -> one output per prompt with ``.samples`` (text, token_ids, logprobs,
-finish_reason in {'eos', 'stop', 'length'}) and ``.timing`` (prefill_s, decode_s, batch_prompts,
+finish_reason in {'eos', 'stop', 'length'}, hit_context_limit: the model's context, not
+max_new_tokens, ended a 'length' sample) and ``.timing`` (prefill_s, decode_s, batch_prompts,
 batch_rows, new_tokens, prompt_tokens for the whole call), so the budget curves of
 ``thinkfast evaluate`` compare backends on one cost model.
 
@@ -51,6 +52,7 @@ class BackendSample:
     token_ids: list[int]
     logprobs: Optional[list[float]]
     finish_reason: str
+    hit_context_limit: bool = False
 
 
 @dataclass
@@ -191,7 +193,9 @@ def hf_generate_fn(model: Any, tokenizer: Any, settings: Any, stop: Sequence[str
                 text = tokenizer.decode(toks, skip_special_tokens=True) if tokenizer is not None else ""
                 if reason == "stop":
                     text = stopper.cut(text)
-                samples.append(BackendSample(text, toks, lpr, reason))
+                # the batch shares one padded length, so the longest prompt sets every row's room
+                cut = reason == "length" and length == max_new < settings.max_new_tokens
+                samples.append(BackendSample(text, toks, lpr, reason, hit_context_limit=cut))
             samples = samples * n if greedy else samples
             total_new += sum(len(s.token_ids) for s in samples)
             outs.append(BackendOutput(list(p), samples))
@@ -290,7 +294,7 @@ def vllm_generate_fn(llm: Any, tokenizer: Any, settings: Any, stop: Sequence[str
             prefill = time.perf_counter() - tp
             total = max(t1 - t0, prefill)
         outs, total_new = [], 0
-        for p, o in zip(prompts, res):
+        for p, o, sp in zip(prompts, res, params):
             comps = sorted(o.outputs, key=lambda c: getattr(c, "index", 0))
             samples = []
             for c in comps:
@@ -302,7 +306,8 @@ def vllm_generate_fn(llm: Any, tokenizer: Any, settings: Any, stop: Sequence[str
                     reason = "length"
                 else:  # 'stop': a stop string (stop_reason is the string) or EOS / a stop token id
                     reason = "stop" if isinstance(getattr(c, "stop_reason", None), str) else "eos"
-                samples.append(BackendSample(c.text, toks, lps, reason))
+                cut = reason == "length" and len(toks) == sp.max_tokens < settings.max_new_tokens
+                samples.append(BackendSample(c.text, toks, lps, reason, hit_context_limit=cut))
             samples = samples * n if greedy else samples
             total_new += sum(len(s.token_ids) for s in samples)
             outs.append(BackendOutput(list(p), samples))
