@@ -259,7 +259,8 @@ def parallel_workers(threads: int, jobs: Optional[int]) -> int:
 # --- the output directory -----------------------------------------------------------------------
 
 OWN_DIRS = ("data", "teacher", "tokenizer", "select", "llamba", "hybrid", "temperature", "orm", "samples")
-"""The stage directories the demo writes in OUT (``tokenizer`` only with ``retrain_teacher``)."""
+"""The stage directories the demo writes in OUT (``tokenizer`` only with ``retrain_teacher``); each
+is the demo's own, whole, in a directory that holds a demo run."""
 OWN_FILES = ("demo_config.json", "stages.json", "metrics.json", "results.json", "report.md")
 OWN_PLOTS = ("coverage_vs_k_*.png", "accuracy_vs_k_*.png", "accuracy_vs_seconds_*.png")
 """The report's figures (``thinkfast.eval.report.write_report``), one of each per task."""
@@ -294,10 +295,11 @@ def out_dir_meta(cfg: DemoConfig, teacher_tag: str, teacher_weights: Optional[st
 
 
 def refuse_unusable_out(out: Path, meta: dict[str, Any], force: bool) -> None:
-    """Raise a UserError unless OUT can take this run, without writing anything: OUT must be a
-    directory (or not exist yet) that is empty, holds only the demo's own files, or holds a demo
-    run of this configuration (``meta``; any configuration with ``force``). A directory that holds
-    no demo run is refused even with ``force``, which removes only the demo's own files."""
+    """Raise a UserError unless OUT can take this run, without writing anything: OUT must not
+    exist yet, or be a directory that holds a demo run of this configuration (``meta``; of any
+    configuration with ``force``), or one that holds nothing but what a run leaves before it
+    records its configuration (``_left_before_config``). A directory that holds no demo run is
+    refused even with ``force``: what is in it is not the demo's to remove."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is not a directory; name a directory (it is created if missing)")
     if not out.exists():
@@ -314,12 +316,18 @@ def refuse_unusable_out(out: Path, meta: dict[str, Any], force: bool) -> None:
         return
     # Without demo_config.json (the first file a run writes, once it holds the lock) even a
     # stage-named entry may be someone else's: only what a run leaves before it is accepted.
-    foreign = sorted(p.name for p in out.iterdir()
-                     if not (p.name == LOCK_NAME or p.name.startswith(".demo_config.json.")) or p.is_symlink())
+    foreign = sorted(p.name for p in out.iterdir() if not _left_before_config(p))
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise UserError(f"{out} is not empty and holds no demo run (no demo_config.json; it holds {shown}); "
                         f"use an empty or new --out")
+
+
+def _left_before_config(p: Path) -> bool:
+    """Whether ``p`` is what a run leaves in OUT before demo_config.json: the lock, or a
+    half-written demo_config.json."""
+    return (p.is_file() and not p.is_symlink()
+            and (p.name == LOCK_NAME or (p.name.startswith(".demo_config.json.") and p.name.endswith(".tmp"))))
 
 
 def remove_demo_outputs(out: Path) -> list[str]:
