@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import torch
 
-from .config import ConfigError, ModelConfig, atomic_write_text
+from .config import ConfigError, ModelConfig, atomic_write_text, json_error_detail
 from .models.lm import LanguageModel
 from .runtime import UserError
 
@@ -91,19 +91,29 @@ def load_state_dict_strict(model: LanguageModel, sd: dict[str, torch.Tensor], so
 
 
 def read_config(model_dir: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
-    path = Path(model_dir) / "config.json"
+    """(ModelConfig, the whole config.json) of a thinkfast model directory, checked strictly:
+    any problem is a CheckpointError naming the file (and the key, for a bad setting)."""
+    model_dir = Path(model_dir)
+    path = model_dir / "config.json"
+    if not model_dir.is_dir():
+        raise CheckpointError(f"{model_dir} is not a directory: a thinkfast model is a directory "
+                              "holding config.json and model.safetensors")
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path} not found: not a thinkfast model directory") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON (line {e.lineno}: {e.msg})") from None
-    if meta.get("format") != FORMAT or "model" not in meta:
+        raise CheckpointError(f"{path} is not valid JSON (line {e.lineno}: {json_error_detail(e)})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "model" not in meta:
         raise CheckpointError(f"{path} is not a thinkfast config (no \"format\": \"thinkfast\")")
     try:
-        return ModelConfig.from_dict(meta["model"]), meta
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: {e}") from None
+        return ModelConfig.from_dict(meta["model"], source=path, where="model"), meta
+    except ConfigError as e:  # already names the file and the key
+        raise CheckpointError(str(e)) from None
 
 
 def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu",
@@ -129,13 +139,13 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu",
 
 
 def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
-    """The tokenizer saved beside a model (transformers' format), or None when there is none."""
-    p = Path(path)
-    if p.is_dir() and not any((p / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        return None
-    from transformers import AutoTokenizer
+    """The tokenizer saved beside a model (transformers' format), or None when the directory has
+    no tokenizer files at all; an incomplete or corrupt one is a UserError naming what is wrong."""
+    from .data import tokenizer as T
 
-    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if Path(path).is_dir() and not T.has_tokenizer(path):
+        return None
+    return T.load_tokenizer(path, trust_remote_code=trust_remote_code)
 
 
 def load_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu",

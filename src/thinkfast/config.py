@@ -13,14 +13,29 @@ import dataclasses
 import json
 import os
 import tempfile
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .runtime import UserError
 
-class ConfigError(ValueError):
-    """A config that cannot be built: unknown key, bad value, wrong type."""
+
+class ConfigError(UserError, ValueError):
+    """A config that cannot be built: unknown key, bad value, wrong type.
+
+    A ``UserError`` (the CLI prints it as one line) and a ``ValueError`` (what code that builds
+    configs in Python expects)."""
+
+
+# --- the strict loader ------------------------------------------------------------------------
+# Every config file (a checkpoint's config.json, a distill or compress recipe, the synthetic
+# task's settings) goes through ``from_dict``: it is the one place where a value read from a file
+# is checked against the dataclass annotation before ``__post_init__`` sees it, so a "128" where
+# an int belongs is named with its key and file instead of surfacing as a torch TypeError.
+
+_UNION_TYPES = (typing.Union, getattr(types, "UnionType", typing.Union))
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -29,44 +44,159 @@ def _is_dataclass_type(tp: Any) -> bool:
 
 def _unwrap_optional(tp: Any) -> Any:
     args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
+    if typing.get_origin(tp) in _UNION_TYPES and type(None) in args:
         rest = [a for a in args if a is not type(None)]
         if len(rest) == 1:
             return rest[0]
     return tp
 
 
-def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
-    """Build dataclass ``cls`` from a plain dict, recursively; unknown keys are errors."""
+def _describe(tp: Any) -> str:
+    """A type annotation in the words of an error message."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in _UNION_TYPES:
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (list, tuple):
+        inner = [a for a in args if a is not Ellipsis]
+        name = origin.__name__
+        return f"{name}[{', '.join(_describe(a) for a in inner)}]" if inner else name
+    if origin is dict:
+        return "mapping"
+    if _is_dataclass_type(tp):
+        return f"mapping ({tp.__name__})"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _got(value: Any, tp: Any = None) -> str:
+    hint = ""
+    if isinstance(value, str) and tp in (int, float):
+        try:
+            float(value)
+            hint = "; write the number without quotes"
+            if tp is float and "e" in value.lower() and "." not in value:
+                hint += " (YAML reads 1e-3 as a string: write 1.0e-3)"
+        except ValueError:
+            pass
+    return f"got {value!r} ({type(value).__name__}){hint}"
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """``value`` checked against annotation ``tp`` (ints widened to float, lists to tuples,
+    mappings built into nested dataclasses); a mismatch is a ConfigError naming ``where``."""
+    if tp is Any:
+        return value
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in _UNION_TYPES:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for alt in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, alt, where)
+            except ConfigError as e:
+                errors.append(e)
+        if len(errors) == 1:  # Optional[X]: X's own message is the precise one
+            raise errors[0]
+        raise ConfigError(f"{where}: expected {_describe(tp)}, {_got(value)}")
+    if origin is typing.Literal:
+        if any(value == a and type(value) is type(a) for a in args):  # Literal[1] is not True
+            return value
+        raise ConfigError(f"{where}: expected {_describe(tp)}, {_got(value)}")
+    if _is_dataclass_type(tp):
+        return _build(tp, value, where)
+    if origin is list or tp is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected {_describe(tp)}, {_got(value)}")
+        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is tuple or tp is tuple:
+        if not isinstance(value, (list, tuple)):  # JSON and YAML have lists, no tuples
+            raise ConfigError(f"{where}: expected {_describe(tp)}, {_got(value)}")
+        if not args:
+            return tuple(value)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} entries ({_describe(tp)}), {_got(value)}")
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, {_got(value)}")
+        return value
+    # bool is a subclass of int in Python, but `true` for a layer count is a mistake, as is 1 for
+    # a switch: neither is accepted as the other.
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+    else:
+        return value  # an annotation this loader does not know: leave it to __post_init__
+    raise ConfigError(f"{where}: expected {_describe(tp)}, {_got(value, tp)}")
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    name = where or cls.__name__
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{name}: expected a mapping, {_got(data)}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
-        raise ConfigError(
-            f"{where or cls.__name__}: unknown config key(s) {unknown}; known keys: {sorted(names)}"
-        )
-    kwargs = {}
-    for key, value in data.items():
-        tp = _unwrap_optional(hints[key])
-        if value is not None and _is_dataclass_type(tp):
-            value = from_dict(tp, value, where=f"{where or cls.__name__}.{key}")
-        kwargs[key] = value
+        raise ConfigError(f"{name}: unknown config key(s) {unknown}; known keys: {sorted(fields)}")
+    prefix = f"{where}." if where else ""
+    kwargs = {key: _convert(value, hints[key], f"{prefix}{key}") for key, value in data.items()}
     try:
         return cls(**kwargs)
-    except TypeError as e:  # missing required fields
-        raise ConfigError(f"{where or cls.__name__}: {e}") from None
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(f"{name}: {e}") from None
+
+
+def from_dict(cls: type, data: Any, source: str | os.PathLike = "", where: str = "") -> Any:
+    """Build dataclass ``cls`` from plain data read from a file, strictly and recursively.
+
+    Unknown keys, values of the wrong type and values ``__post_init__`` rejects are all a
+    ``ConfigError`` that starts with ``source`` (the file, when there is one) and names the key
+    by its dotted path under ``where`` (e.g. ``model.mamba.kind``). Types follow the annotations:
+    bool is not int and int is not bool, a string is never a number, an int is accepted where a
+    float is expected (and becomes one), a list where a tuple is, a mapping where a dataclass is;
+    Optional, Union, Literal, list[...], tuple[...] and dict are understood."""
+    try:
+        return _build(cls, data, where)
+    except ConfigError as e:
+        if source:
+            raise ConfigError(f"{source}: {e}") from None
+        raise
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
+def json_error_detail(e: json.JSONDecodeError) -> str:
+    """``e``'s message and column, worded for a sentence: json's own messages sometimes end in
+    "at" ("Unterminated string starting at"), which a plain "... at column N" would double."""
+    msg = e.msg if e.msg.endswith(" at") else f"{e.msg} at"
+    return f"{msg} column {e.colno}"
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and a rename: never half-written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():  # os.replace would fail only after the work that produced ``text``
+        raise UserError(f"{path} is a directory: cannot write a file in its place")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"cannot write {path}: a file stands where a directory of its path belongs") from None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
@@ -78,6 +208,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _require_positive(obj: Any, prefix: str, names: tuple[str, ...]) -> None:
+    """Sizes and scales that must be > 0 (None means "use the default" and is skipped)."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{prefix}{name} must be > 0, got {value!r}")
 
 
 @dataclass
@@ -93,6 +231,7 @@ class RopeScaling:
     def __post_init__(self) -> None:
         if self.rope_type not in ("llama3", "linear"):
             raise ConfigError(f"rope_scaling.rope_type {self.rope_type!r} is not supported (llama3, linear)")
+        _require_positive(self, "rope_scaling.", ("factor", "original_max_position_embeddings"))
 
 
 @dataclass
@@ -144,6 +283,11 @@ class MambaConfig:
             self.decay_bias = [float(v) for v in tb]
         if self.conv_kernel < 1:
             raise ConfigError("mamba.conv_kernel must be >= 1")
+        _require_positive(self, "mamba.", ("n_heads", "n_kv_heads", "head_dim", "d_state", "chunk_size",
+                                           "dt_min", "dt_max", "A_init_min", "A_init_max"))
+        if self.dt_min > self.dt_max or self.A_init_min > self.A_init_max:
+            raise ConfigError(f"mamba needs dt_min <= dt_max and A_init_min <= A_init_max, got dt "
+                              f"[{self.dt_min}, {self.dt_max}], A [{self.A_init_min}, {self.A_init_max}]")
 
 
 @dataclass
@@ -173,9 +317,13 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.mamba, dict):  # ModelConfig(mamba={...}) from Python code
-            self.mamba = from_dict(MambaConfig, self.mamba, "ModelConfig.mamba")
+            self.mamba = from_dict(MambaConfig, self.mamba, where="ModelConfig.mamba")
         if isinstance(self.rope_scaling, dict):
-            self.rope_scaling = from_dict(RopeScaling, self.rope_scaling, "ModelConfig.rope_scaling")
+            self.rope_scaling = from_dict(RopeScaling, self.rope_scaling, where="ModelConfig.rope_scaling")
+        _require_positive(self, "", ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                                     "d_ff", "max_seq_len", "norm_eps", "rope_theta"))
+        if self.init_std < 0:
+            raise ConfigError(f"init_std must be >= 0, got {self.init_std!r}")
         if self.head_dim is None:
             if self.d_model % self.n_heads:
                 raise ConfigError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
@@ -217,8 +365,9 @@ class ModelConfig:
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        return from_dict(cls, data)
+    def from_dict(cls, data: dict[str, Any], source: str | os.PathLike = "", where: str = "") -> "ModelConfig":
+        """Strictly (see the module's ``from_dict``); ``source`` names the file in errors."""
+        return from_dict(cls, data, source=source, where=where)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -227,10 +376,14 @@ class ModelConfig:
     def from_file(cls, path: str | os.PathLike) -> "ModelConfig":
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
-        return cls.from_dict(data)
+            raise ConfigError(f"{path}:{e.lineno}: not valid JSON ({json_error_detail(e)})") from None
+        return cls.from_dict(data, source=path)
 
     def to_file(self, path: str | os.PathLike) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")

@@ -9,19 +9,23 @@ import argparse
 import json
 import os
 
+from ..config import MODEL_PRESETS
+from .args import comma_list, output_file, positive_int
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="smollm2-135m", help="named model size (random weights)")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--prompt", type=int, default=64, help="prompt tokens")
-    p.add_argument("--gen", type=int, default=256, help="new tokens")
-    p.add_argument("--kinds", default="llama,mamba,hybrid")
-    p.add_argument("--engines", default="thinkfast,hf", help="thinkfast and/or hf (transformers generate)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
+    p.add_argument("--preset", default="smollm2-135m", choices=sorted(MODEL_PRESETS),
+                   help="named model size (random weights)")
+    p.add_argument("--batch", type=positive_int, default=16)
+    p.add_argument("--prompt", type=positive_int, default=64, help="prompt tokens")
+    p.add_argument("--gen", type=positive_int, default=256, help="new tokens")
+    p.add_argument("--kinds", type=comma_list("llama", "mamba", "hybrid"), default="llama,mamba,hybrid")
+    p.add_argument("--engines", type=comma_list("thinkfast", "hf"), default="thinkfast,hf", help="thinkfast and/or hf (transformers generate)")
+    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: all cores)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--repeats", type=int, default=1, help="best of N timings")
-    p.add_argument("--json", dest="json_out", default=None, help="write every figure and the ratios here")
+    p.add_argument("--repeats", type=positive_int, default=1, help="best of N timings")
+    p.add_argument("--json", dest="json_out", type=output_file, default=None, help="write every figure and the ratios here")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
 
     threads = args.threads or os.cpu_count() or 1
     results = []
-    for kind in args.kinds.split(","):
-        for engine in args.engines.split(","):
+    for kind in args.kinds:
+        for engine in args.engines:
             if engine == "hf" and kind == "hybrid":
                 continue  # transformers has no architecture for our hybrid
             case = BenchCase(engine=engine, kind=kind, preset=args.preset, batch=args.batch, prompt=args.prompt,

@@ -5,26 +5,23 @@ from __future__ import annotations
 
 import argparse
 
+from .args import existing_file, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="a compress recipe YAML (see configs/compress/)")
+    parser.add_argument("--config", required=True, type=existing_file, help="a compress recipe YAML (see configs/compress/)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="overrides, e.g. teacher=runs/teacher/model d_s=64 init=gaussian train.steps=200")
     parser.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
-    parser.add_argument("--threads", type=int, default=None, help="PyTorch intra-op threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="PyTorch intra-op threads")
 
 
 def run(args: argparse.Namespace) -> int:
     import yaml
 
     from ..compress.config import load_config
-    from ..config import ConfigError
-    from ..runtime import UserError
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        raise UserError(str(e)) from None
+    cfg = load_config(args.config, args.overrides)  # a bad recipe is a ConfigError, a UserError
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0

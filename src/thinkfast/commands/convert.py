@@ -6,11 +6,12 @@ import argparse
 from pathlib import Path
 
 from ..runtime import UserError
+from .args import output_dir
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("hf_path", help="HF model directory, hub id (when online) or .gguf file")
-    p.add_argument("out_dir", help="thinkfast model directory to write")
+    p.add_argument("out_dir", type=output_dir, help="thinkfast model directory to write")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="let transformers run code shipped with the checkpoint (off by default)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")

@@ -7,23 +7,25 @@ import argparse
 import json
 from pathlib import Path
 
+from .args import data_source, existing_dir, output_file, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", nargs="+", required=True, help="thinkfast model directories")
-    parser.add_argument("--data", required=True, help="JSONL rows (formatted like training data)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the first model's)")
+    parser.add_argument("--data", required=True, type=data_source, help="JSONL rows (formatted like training data)")
+    parser.add_argument("--tokenizer", type=existing_dir, default=None, help="tokenizer directory (default: the first model's)")
     parser.add_argument("--format", default="auto", help="row format (see data.format of a recipe)")
     parser.add_argument("--prompt-template", default=None, help='e.g. "Question: {question}\\nAnswer:"')
     parser.add_argument("--response-template", default=None, help='e.g. " {answer}\\n\\n"')
     parser.add_argument("--no-bos", action="store_true", help="do not add BOS to each example")
     parser.add_argument("--no-eos", action="store_true", help="do not add EOS to each example")
-    parser.add_argument("--seq-len", type=int, default=256, help="tokens per row")
+    parser.add_argument("--seq-len", type=positive_int, default=256, help="tokens per row")
     parser.add_argument("--no-pack", action="store_true",
                         help="one example per row (right-padded, cut at --seq-len; padding is not counted), "
                              "as the demo teacher was trained; default: examples packed back to back")
-    parser.add_argument("--sequences", type=int, default=32, help="rows measured (the first ones)")
-    parser.add_argument("--out", default=None, help="write results: .json, or .png (plot, plus .json beside it)")
-    parser.add_argument("--threads", type=int, default=None, help="PyTorch intra-op threads")
+    parser.add_argument("--sequences", type=positive_int, default=32, help="rows measured (the first ones)")
+    parser.add_argument("--out", type=output_file, default=None, help="write results: .json, or .png (plot, plus .json beside it)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="PyTorch intra-op threads")
 
 
 def _plot(results: dict, path: Path) -> None:

@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .args import existing_file, non_negative_int, output_file, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", help="samples JSONL files (graded or not; one per model)")
-    parser.add_argument("--out", required=True, help="metrics JSON to write (atomically)")
+    parser.add_argument("runs", nargs="+", type=existing_file, help="samples JSONL files (graded or not; one per model)")
+    parser.add_argument("--out", required=True, type=output_file, help="metrics JSON to write (atomically)")
     parser.add_argument("--task", default=None, help="task of every run (default: the rows' 'task')")
     parser.add_argument("--reward-key", default="reward", help="row field holding the reward (default reward)")
-    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    parser.add_argument("--max-subsets", type=int, default=256,
+    parser.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
+    parser.add_argument("--max-subsets", type=positive_int, default=256,
                         help="k-subsets per problem for voting metrics (all when fewer; default 256)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
 
 
 def run(args: argparse.Namespace) -> int:

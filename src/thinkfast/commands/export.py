@@ -11,14 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 
+from .args import output_dir, positive_int
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", help="thinkfast model directory (e.g. a distill run's model/), or a HF Llama")
-    p.add_argument("out_dir", help="directory to write (config.json, model.safetensors, tokenizer files)")
+    p.add_argument("out_dir", type=output_dir, help="directory to write (config.json, model.safetensors, tokenizer files)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                    help="weights dtype (default: the dtype the model is stored in)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
 
 
 def run(args: argparse.Namespace) -> int:

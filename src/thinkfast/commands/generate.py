@@ -5,19 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 
+from .args import non_negative_float, non_negative_int, positive_int, probability
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="thinkfast model dir or HF Llama")
     p.add_argument("prompts", nargs="+")
-    p.add_argument("--n", type=int, default=1)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=positive_int, default=1, help="samples per prompt")
+    p.add_argument("--temperature", type=non_negative_float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-p", type=probability, default=1.0)
+    p.add_argument("--top-k", type=non_negative_int, default=0, help="0 = off")
+    p.add_argument("--max-new-tokens", type=positive_int, default=128)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--stop", action="append", default=[])
     p.add_argument("--json", action="store_true", help="print one JSON object per sample")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,11 +6,12 @@ import argparse
 import sys
 
 from ..runtime import UserError
+from .args import existing_file, output_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("metrics", nargs="+", help="metrics JSON files written by `thinkfast evaluate`")
-    parser.add_argument("--out", required=True, help="directory for report.md and the PNGs")
+    parser.add_argument("metrics", nargs="+", type=existing_file, help="metrics JSON files written by `thinkfast evaluate`")
+    parser.add_argument("--out", required=True, type=output_dir, help="directory for report.md and the PNGs")
 
 
 def run(args: argparse.Namespace) -> int:

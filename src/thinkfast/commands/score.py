@@ -6,10 +6,11 @@ import argparse
 import sys
 
 from ..runtime import UserError
+from .args import existing_file, output_file, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help="samples JSONL (rows need 'question' and 'completion')")
+    parser.add_argument("input", type=existing_file, help="samples JSONL (rows need 'question' and 'completion')")
     parser.add_argument("--rm", required=True, help="ORM directory (thinkfast train-rm) or a causal LM used as a PRM")
     parser.add_argument("--kind", choices=("auto", "orm", "prm"), default="auto",
                         help="auto = orm when the directory has orm.json, else prm")
@@ -18,10 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone-kind", choices=("thinkfast", "hf"), default="thinkfast",
                         help="how a PRM is loaded: thinkfast (its dirs and HF Llamas) or any HF causal LM")
     parser.add_argument("--key", default="reward", help="row field to write (default reward)")
-    parser.add_argument("--out", default=None, help="output JSONL (default: rewrite the input atomically)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--out", type=output_file, default=None, help="output JSONL (default: rewrite the input atomically)")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=positive_int, default=None)
 
 
 def run(args: argparse.Namespace) -> int:

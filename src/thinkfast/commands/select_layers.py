@@ -14,18 +14,34 @@ import argparse
 import os
 from pathlib import Path
 
+from .args import (data_source, existing_dir, fraction, non_negative_int, output_dir, output_file,
+                   positive_float, positive_int)
+
+
+def keep_spec(text: str) -> str:
+    """--keep at parse time: a count >= 1 or a fraction in (0, 1); the count is checked against the
+    teacher's layers once it is loaded (``select.layers.keep_count``)."""
+    s = text.strip()
+    try:
+        value: float = int(s) if s.lstrip("-").isdigit() else float(s)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 1 if isinstance(value, int) else 0 < value < 1):
+        raise argparse.ArgumentTypeError(f"must be a number of layers (>= 1) or a fraction in (0, 1), got {text!r}")
+    return text
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--teacher", required=True, help="thinkfast model directory of the teacher")
-    parser.add_argument("--data", required=True, help="JSONL rows (the distillation data); held-out text is "
+    parser.add_argument("--teacher", required=True, type=existing_dir, help="thinkfast model directory of the teacher")
+    parser.add_argument("--data", required=True, type=data_source, help="JSONL rows (the distillation data); held-out text is "
                         "split off it by --eval-fraction unless --eval is given")
     parser.add_argument("--method", required=True, choices=("uniform", "loo", "kl-guided"))
-    parser.add_argument("--keep", required=True, help="attention layers to keep: a count K or a fraction in (0, 1)")
-    parser.add_argument("--out", required=True, help="layers.json to write (accepted by distill's student.keep)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer dir (default: beside the teacher)")
+    parser.add_argument("--keep", required=True, type=keep_spec, help="attention layers to keep: a count K or a fraction in (0, 1)")
+    parser.add_argument("--out", required=True, type=output_file, help="layers.json to write (accepted by distill's student.keep)")
+    parser.add_argument("--tokenizer", type=existing_dir, default=None, help="tokenizer dir (default: beside the teacher)")
     d = parser.add_argument_group("data (as in a distill recipe's data section)")
-    d.add_argument("--eval", default=None, help="held-out JSONL (default: split off --data)")
-    d.add_argument("--eval-fraction", type=float, default=0.05)
+    d.add_argument("--eval", type=data_source, default=None, help="held-out JSONL (default: split off --data)")
+    d.add_argument("--eval-fraction", type=fraction, default=0.05)
     d.add_argument("--format", default="auto")
     d.add_argument("--prompt-template", default=None)
     d.add_argument("--response-template", default=None)
@@ -33,26 +49,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--no-eos", action="store_true", help="add_eos: false")
     d.add_argument("--loss-on", default="response", choices=("response", "all"),
                    help="which tokens are trained on and counted in the KL")
-    d.add_argument("--seq-len", type=int, default=256)
+    d.add_argument("--seq-len", type=positive_int, default=256)
     d.add_argument("--no-pack", action="store_true",
                    help="pack: false, one example per row (right-padded, cut at --seq-len), as the demo teacher "
                         "was trained; default: examples packed back to back")
-    d.add_argument("--max-examples", type=int, default=None)
-    d.add_argument("--eval-blocks", type=int, default=None, help="score on at most this many held-out blocks")
+    d.add_argument("--max-examples", type=positive_int, default=None)
+    d.add_argument("--eval-blocks", type=positive_int, default=None, help="score on at most this many held-out blocks")
     s = parser.add_argument_group("students")
     s.add_argument("--kind", default="mamba2", choices=("mamba2", "discrete"))
-    s.add_argument("--seed", type=int, default=0, help="Mamba init, data order and held-out split")
+    s.add_argument("--seed", type=non_negative_int, default=0, help="Mamba init, data order and held-out split")
     k = parser.add_argument_group("kl-guided training (the same for every layer)")
-    k.add_argument("--steps", type=int, default=100)
-    k.add_argument("--batch-size", type=int, default=8)
-    k.add_argument("--lr", type=float, default=1e-3)
+    k.add_argument("--steps", type=positive_int, default=100)
+    k.add_argument("--batch-size", type=positive_int, default=8)
+    k.add_argument("--lr", type=positive_float, default=1e-3)
     k.add_argument("--loss", default="reverse", choices=("reverse", "forward"), help="KL direction of the training")
-    k.add_argument("--base", default=None, help="an all-Mamba student dir (e.g. after MOHAWK stages 1-2) to "
+    k.add_argument("--base", type=existing_dir, default=None, help="an all-Mamba student dir (e.g. after MOHAWK stages 1-2) to "
                    "restore layers into; default: attention-initialised from the teacher")
-    k.add_argument("--work-dir", default=None, help="per-layer runs (default: OUT without .json + '.runs')")
+    k.add_argument("--work-dir", type=output_dir, default=None, help="per-layer runs (default: OUT without .json + '.runs')")
     k.add_argument("--device", default="auto")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--threads", type=int, default=None, help="PyTorch intra-op threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="PyTorch intra-op threads")
 
 
 def _table(doc: dict) -> str:

@@ -6,22 +6,23 @@ import argparse
 import sys
 
 from ..runtime import UserError
+from .args import existing_file, non_negative_int, output_dir, positive_float, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", help="graded samples JSONL (rows: question, completion, correct)")
+    parser.add_argument("inputs", nargs="+", type=existing_file, help="graded samples JSONL (rows: question, completion, correct)")
     parser.add_argument("--backbone", required=True, help="thinkfast model dir or HF model")
     parser.add_argument("--backbone-kind", choices=("thinkfast", "hf"), default="thinkfast")
-    parser.add_argument("--out", required=True, help="ORM directory to write (atomically)")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-len", type=int, default=2048, help="tokens kept per example (the end)")
-    parser.add_argument("--max-per-class", type=int, default=None)
+    parser.add_argument("--out", required=True, type=output_dir, help="ORM directory to write (atomically)")
+    parser.add_argument("--epochs", type=positive_int, default=2)
+    parser.add_argument("--lr", type=positive_float, default=1e-3)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--max-len", type=positive_int, default=2048, help="tokens kept per example (the end)")
+    parser.add_argument("--max-per-class", type=positive_int, default=None)
     parser.add_argument("--train-backbone", action="store_true", help="fine-tune the backbone too (slow)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=positive_int, default=None)
 
 
 def run(args: argparse.Namespace) -> int:

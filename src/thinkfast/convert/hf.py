@@ -7,7 +7,9 @@ and safetensors, a hub id when online, a GGUF file) and copies its weights into 
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from typing import Any, Optional
 
 import torch
@@ -116,6 +118,39 @@ def to_hf_state_dict(model: LanguageModel) -> dict[str, torch.Tensor]:
     return {v: sd[k].detach().clone().contiguous() for k, v in _key_map(model.config).items()}
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+"""The shape of a hub id ("org/name"); anything else that does not exist locally is a missing path."""
+
+
+def _check_source(path: str) -> None:
+    """Say what is wrong with ``path`` before transformers does: its messages for a local path
+    ("Repo id must be ...", "Should have a model_type key") read as if the path were a hub id."""
+    if path.endswith(".gguf"):
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: no such GGUF file")
+        return
+    if os.path.isdir(path):
+        cfg = os.path.join(path, "config.json")
+        if not os.path.isfile(cfg):
+            raise UserError(f"{path} has no config.json: not a Hugging Face checkpoint directory "
+                            "(give a directory with config.json and *.safetensors, or a .gguf file)")
+        try:
+            with open(cfg, "rb") as f:
+                meta = json.loads(f.read())
+        except (OSError, ValueError) as e:  # ValueError: bad JSON or not UTF-8
+            raise UserError(f"{cfg} is not a readable JSON file: {e}") from None
+        if isinstance(meta, dict) and meta.get("format") == "thinkfast":
+            raise UserError(f"{path} is already a thinkfast model directory (load it as it is)")
+        if not isinstance(meta, dict) or "model_type" not in meta:
+            raise UserError(f"{cfg} has no \"model_type\": not a transformers model config")
+        return
+    if os.path.exists(path):
+        raise UserError(f"{path} is a file: give the checkpoint's directory (or a .gguf file)")
+    if not _HUB_ID.fullmatch(path):
+        raise UserError(f"{path} does not exist")
+    # "org/name" that is not a local path: a hub id, fetched by transformers when online
+
+
 def import_hf(path: str, device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None,
               trust_remote_code: bool = False):
     """(thinkfast model, tokenizer or None) from a HF Llama directory, hub id or .gguf file."""
@@ -128,16 +163,17 @@ def import_hf(path: str, device: str | torch.device = "cpu", dtype: Optional[tor
         if exported is not None:
             return exported
 
+    _check_source(str(path))
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     src = path
     if str(path).endswith(".gguf"):
-        if not os.path.isfile(path):
-            raise UserError(f"{path}: no such GGUF file")
         src, kwargs["gguf_file"] = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
     try:
         hf_cfg = AutoConfig.from_pretrained(src, **kwargs)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot read a transformers config from {path}: {e}") from None
+        where = path if os.path.exists(path) else f"{path} (no such local directory; tried as a hub id)"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]  # one line: the CLI's error format
+        raise UserError(f"cannot read a transformers config from {where}: {first}") from None
     cfg = config_from_hf(hf_cfg)
     kwargs["output_loading_info"] = True
     try:

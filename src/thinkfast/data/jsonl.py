@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from ..config import json_error_detail
 from ..runtime import UserError
 
 
@@ -19,21 +20,43 @@ class DataError(UserError):
     """Unusable training data: a malformed row, a missing field, a token id out of range."""
 
 
+def decode_utf8(raw: bytes, path: str | os.PathLike, first_line: int = 1) -> str:
+    """``raw`` as text; bytes that are not UTF-8 are a DataError at ``path:LINE`` (the line
+    counted from ``first_line``), the position the rest of thinkfast reports errors at."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = first_line + raw.count(b"\n", 0, e.start)
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {column} of the line)") from None
+
+
+def read_utf8(path: str | os.PathLike) -> str:
+    """The whole of a UTF-8 text file; unreadable or non-UTF-8 files are a DataError naming it."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    return decode_utf8(raw, path)
+
+
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, row) for each non-blank line; a row must be a JSON object."""
     path = Path(path)
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, "rb")  # decoded line by line, so bad bytes are reported by line
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from None
     with f:
-        for lineno, line in enumerate(f, 1):
+        for lineno, raw in enumerate(f, 1):
+            line = decode_utf8(raw, path, lineno)
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+                raise DataError(f"{path}:{lineno}: malformed JSON ({json_error_detail(e)})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             yield lineno, row

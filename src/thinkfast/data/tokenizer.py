@@ -22,8 +22,12 @@ takes the pieces directly. Save with ``tok.save_pretrained(dir)`` and load offli
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Iterable, Optional
+
+from ..runtime import UserError
 
 SPACE = "\u2581"  # "▁"
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -101,8 +105,61 @@ def build_tokenizer(texts: Optional[Iterable[str]] = None, vocab: Optional[Itera
     )
 
 
-def load_tokenizer(path: str | os.PathLike):
-    """Load a tokenizer saved with ``save_pretrained`` (offline)."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+"""Files whose presence in a directory means a tokenizer was saved there."""
+
+
+class TokenizerError(UserError):
+    """A tokenizer directory that cannot be loaded: missing, incomplete or corrupt."""
+
+
+def has_tokenizer(path: str | os.PathLike) -> bool:
+    """Whether directory ``path`` holds any tokenizer file at all."""
+    p = Path(path)
+    return p.is_dir() and any((p / f).exists() for f in TOKENIZER_FILES)
+
+
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
+    """Load a tokenizer saved with ``save_pretrained``, offline.
+
+    Missing pieces are a ``TokenizerError`` that names them: transformers, given a directory
+    without ``tokenizer.json``, tries to rebuild a fast tokenizer from slow-tokenizer files and
+    fails with a message about sentencepiece or tiktoken that never mentions the missing file."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    p = Path(path)
+    if not p.exists():
+        raise TokenizerError(f"{p} does not exist (expected a directory holding tokenizer.json)")
+    if not p.is_dir():
+        raise TokenizerError(f"{p} is a file: a tokenizer is a directory holding tokenizer.json")
+    present = [f for f in TOKENIZER_FILES if (p / f).exists()]
+    if "tokenizer.json" not in present and "tokenizer.model" not in present:
+        raise TokenizerError(f"{p} has no tokenizer.json ("
+                             + (f"only {', '.join(present)}" if present else "no tokenizer files")
+                             + "): save the tokenizer there with tokenizer.save_pretrained, or copy "
+                               "tokenizer.json from where the model came from")
+    try:
+        return AutoTokenizer.from_pretrained(str(p), local_files_only=True, trust_remote_code=trust_remote_code)
+    except Exception as e:  # the tokenizers library raises bare Exception for a corrupt tokenizer.json
+        _raise_for_bad_json(p, present)
+        if "tokenizer.json" not in present:  # a sentencepiece tokenizer.model that could not be converted
+            raise TokenizerError(f"{p} has no tokenizer.json (its tokenizer.model could not be loaded: "
+                                 f"{type(e).__name__}: {_first_line(e)}; pip install sentencepiece, or add "
+                                 "tokenizer.json)") from None
+        raise TokenizerError(f"cannot load the tokenizer in {p}: {type(e).__name__}: {_first_line(e)}") from None
+
+
+def _raise_for_bad_json(directory: Path, present: list[str]) -> None:
+    """After a failed load: name the tokenizer file that is not valid JSON, if one is not."""
+    for name in present:
+        if name.endswith(".json"):
+            try:
+                json.loads((directory / name).read_bytes())
+            except json.JSONDecodeError as e:
+                raise TokenizerError(f"{directory / name}:{e.lineno}: not valid JSON ({e.msg})") from None
+            except (OSError, UnicodeDecodeError) as e:
+                raise TokenizerError(f"cannot read {directory / name}: {e}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0]

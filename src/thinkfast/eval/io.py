@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ..config import atomic_write_text
+from ..config import atomic_write_text, json_error_detail
+from ..data.jsonl import decode_utf8
 from ..runtime import UserError
 
 
@@ -22,10 +23,19 @@ def _parse_line(line: str, path: Path, lineno: int) -> dict[str, Any]:
     try:
         row = json.loads(line)
     except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{lineno}: malformed JSON row ({e.msg} at column {e.colno})") from None
+        raise UserError(f"{path}:{lineno}: malformed JSON row ({json_error_detail(e)})") from None
     if not isinstance(row, dict):
         raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
     return row
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except OSError as e:  # a directory, no permission
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def iter_jsonl(path: str | os.PathLike, allow_truncated_tail: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -35,13 +45,15 @@ def iter_jsonl(path: str | os.PathLike, allow_truncated_tail: bool = False) -> I
     mid-write) is skipped silently; anywhere else a bad line is an error with file and line.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    lines = text.split("\n")
+    raw = _read_bytes(path)
+    if allow_truncated_tail:  # a writer killed mid-character leaves half a UTF-8 sequence at the end
+        cut = raw.rfind(b"\n") + 1
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if e.start >= cut:
+                raw = raw[:cut]
+    lines = decode_utf8(raw, path).split("\n")
     for i, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -86,8 +98,6 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
+        return json.loads(decode_utf8(_read_bytes(path), path))
     except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        raise UserError(f"{path}:{e.lineno}: malformed JSON ({json_error_detail(e)})") from None

@@ -1,0 +1,146 @@
+"""Argument types for the ``thinkfast`` commands: bad values are usage errors at parse time.
+
+Pass one of these as ``type=`` to ``add_argument``. argparse turns the ``ArgumentTypeError`` they
+raise into ``thinkfast CMD: error: argument --n: must be an integer >= 1, got '0'`` and exit
+status 2, before any model is loaded, instead of a traceback from deep inside the run.
+
+Numbers:  positive_int, non_negative_int, positive_float, non_negative_float, probability
+          (0 < p <= 1), fraction (0 <= x < 1).
+Paths:    existing_file, existing_dir, data_source (an existing file or ``hf:NAME``) for inputs;
+          output_file, output_dir for outputs (an output file must not be an existing directory
+          and the reverse; neither needs to exist).
+Lists:    comma_list(*choices): "a,b" -> ["a", "b"], each one of ``choices``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+__all__ = ["positive_int", "non_negative_int", "positive_float", "non_negative_float", "probability",
+           "fraction", "existing_file", "existing_dir", "data_source", "output_file", "output_dir", "comma_list"]
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+
+
+def _float(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    if not math.isfinite(value):  # float() accepts "nan" and "inf"
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    what = "an integer >= 1"
+    value = _int(text, what)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    what = "an integer >= 0"
+    value = _int(text, what)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    what = "a number > 0"
+    value = _float(text, what)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    what = "a number >= 0"
+    value = _float(text, what)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
+
+def probability(text: str) -> float:
+    """A number in (0, 1], such as top-p."""
+    what = "a number in (0, 1]"
+    value = _float(text, what)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1), such as a held-out share of the data."""
+    what = "a number in [0, 1)"
+    value = _float(text, what)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
+
+def existing_file(text: str) -> str:
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a directory, not a file")
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"{text} does not exist")
+    return text
+
+
+def existing_dir(text: str) -> str:
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"{text} does not exist")
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a directory")
+    return text
+
+
+def data_source(text: str) -> str:
+    """Training-style data: a JSONL file, or ``hf:NAME[:CONFIG]`` (a Hugging Face dataset)."""
+    return text if text.startswith("hf:") else existing_file(text)
+
+
+def output_file(text: str) -> str:
+    """A file to write: it may not exist yet, but it must not be a directory (nor lie in a file)."""
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file name to write")
+    _parent_is_not_a_file(text)
+    return text
+
+
+def output_dir(text: str) -> str:
+    """A directory to write into: it may not exist yet, but it must not be a file."""
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a directory")
+    _parent_is_not_a_file(text)
+    return text
+
+
+def _parent_is_not_a_file(text: str) -> None:
+    parent = os.path.dirname(os.path.abspath(text))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, so nothing can be written under it")
+
+
+def comma_list(*choices: str):
+    """A type for "a,b,c": the list of names, each one of ``choices``, at least one."""
+    def parse(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        bad = [n for n in names if n not in choices]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(f"must be a comma-separated list of {', '.join(choices)}, got {text!r}")
+        return names
+    parse.__name__ = "comma_list"
+    return parse
