@@ -97,3 +97,12 @@ def test_other_settings_on_the_last_line_are_still_refused(tmp_path):
     _write(out, rows)
     with pytest.raises(UserError, match=rf"x\.jsonl:{3 * N}: made with other settings"):
         prepare_resume(out, SETTINGS)
+
+
+def test_a_file_written_before_hit_context_limit_existed_still_resumes(tmp_path):
+    out, rows = _sampled(tmp_path)
+    for r in rows:
+        del r["hit_context_limit"]
+    _write(out, rows)
+    done, dropped = prepare_resume(out, SETTINGS)
+    assert done == {"test/0", "test/1", "test/2"} and dropped == 0
