@@ -152,6 +152,8 @@ def _plain_endings(x: str, number: bool) -> dict[str, str]:
 
 ENDINGS = tuple(_endings("X")) + tuple(_plain_endings("X", number=True))
 _LATEX_FREE = re.compile(r"[^\\{}$ ]+")
+# "-3,2" in plain text is as much a decimal comma as a list: it gets LaTeX endings only.
+_BARE_COMMA = re.compile(r"^[+-]?\d+,[+-]?\d+$")
 
 
 def _product(rng: random.Random) -> list[Case]:
@@ -160,7 +162,7 @@ def _product(rng: random.Random) -> list[Case]:
         variants = [(r, True) for r in a.equal] + [(r, False) for r in a.wrong]
         for rendering, ok in variants:
             endings = dict(_endings(rendering))
-            if _LATEX_FREE.fullmatch(rendering):
+            if _LATEX_FREE.fullmatch(rendering) and not _BARE_COMMA.search(rendering):
                 endings.update(_plain_endings(rendering, number=a.plain))
             for family, ending in endings.items():
                 chain = rng.choice(CHAINS)
@@ -188,7 +190,7 @@ def _several_boxes() -> list[Case]:
                                ("2, -3", ("2", "-3"), ("2",)),
                                ("1, 5, 7", ("1", "5", "7"), ("1", "5")),
                                ("-1, 4", ("-1", "4"), ("4",))):
-        for sep in (", ", " and ", ", and "):
+        for sep in (", ", " and ", ", and ", " \\quad \\text{and} \\quad "):
             for parts_, ok in ((parts, True), (wrong, False)):
                 joined = sep.join(f"\\boxed{{{p}}}" for p in parts_)
                 cases.append(Case("several_boxes", gold, f"The solutions are {joined}.", ok))

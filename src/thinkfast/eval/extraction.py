@@ -113,7 +113,11 @@ def answer_spans(tail: str) -> list[str]:
     return spans
 
 
-_BOX_GAP_RE = re.compile(r"[\s$,;.]*(?:(?:and|or|\\text\{\s*(?:and|or)\s*\}|\\quad|\\qquad)[\s$,;.]*)?")
+# What may stand between two boxes of one answer: punctuation, math delimiters, spacing commands
+# and "and" / "or" ("$\boxed{-2}$ \quad \text{and} \quad $\boxed{1}$"), nothing else.
+_BOX_GAP_RE = re.compile(
+    r"(?:[\s$,;.~]|\\[()\[\]]|\\(?:quad|qquad)\b|\\[,;:! ]|\band\b|\bor\b"
+    r"|\\text\{\s*(?:and|or|,)?\s*\})*")
 
 
 def _box_content(text: str, box: re.Match) -> Optional[tuple[str, int]]:
@@ -139,7 +143,12 @@ def _box_content(text: str, box: re.Match) -> Optional[tuple[str, int]]:
 def _joined_boxes(tail: str, markers: list[re.Match]) -> Optional[str]:
     """``\\boxed{a, b}`` for the run of boxes that ends with the last one, joined only by
     separators (``\\boxed{b}`` for a box alone); None if the last box does not close."""
-    boxes = [m for m in markers if m.lastgroup == "box"]
+    parts = _box_run(tail, [m for m in markers if m.lastgroup == "box"])
+    return "\\boxed{" + ", ".join(parts) + "}" if parts else None
+
+
+def _box_run(tail: str, boxes: list[re.Match]) -> list[str]:
+    """Contents of the run of ``boxes`` that ends with the last one, joined only by separators."""
     parts: list[str] = []
     next_start: Optional[int] = None
     for m in reversed(boxes):
@@ -151,38 +160,68 @@ def _joined_boxes(tail: str, markers: list[re.Match]) -> Optional[str]:
             break
         parts.insert(0, content.strip())
         next_start = m.start()
-    return "\\boxed{" + ", ".join(parts) + "}" if parts else None
+    return parts
 
 
 # Mathematics written as plain text, one token: "(2+5b)/7", "y=2x-3", "[1,3)", "9:30", "(C)".
 # Math-Verify's plain-expression reader takes digits and operators only, so it reads "(2+5b)/7"
 # as nothing and "2+3i" as 2. Plain numbers ("1,000", "3.5") are left to it: "$1,000$" would be
 # read as a set.
-_TOKEN_END_RE = re.compile(r"(\S{1,80}?)[.,;!?*\s]*$")
-_PLAIN_MATH_RE = re.compile(r"[\w+\-*/^().,:\[\]{}=|<>]*\d[\w+\-*/^().,:\[\]{}=|<>]*|\([A-E]\)")
-_PLAIN_NUMBER_RE = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?")
+_WORD_RE = re.compile(r"\S+")
+_MATH_WORD_RE = re.compile(r"[\w+\-*/^().,:\[\]{}=|]+")
+_OPERATOR_WORDS = frozenset("+ - * / ^ = : ±".split())
+_LETTERS_RE = re.compile(r"[A-Za-z]{2,}")  # a word ("left", "user", "sqrt"): not LaTeX-readable
+_NUMBER_ONLY_RE = re.compile(r"[+-]?[\d.,]+(?: \d{3})*")  # "1,000", "3.5", "1 000": Math-Verify's
+_MIXED_RE = re.compile(r"(\d+) (\d+)/(\d+)")  # "4 4/9" in plain text is four and four ninths
+
+
+def _is_math_word(w: str) -> bool:
+    """Digits, operators, brackets and single letters."""
+    return bool(_MATH_WORD_RE.fullmatch(w)) and not _LETTERS_RE.search(w)
 
 
 def _plain_math(sentence: str) -> Optional[str]:
-    """``$token$`` for the last token of ``sentence`` when it is plain-text mathematics."""
-    m = _TOKEN_END_RE.search(sentence[-100:])
-    if m is None:
+    """``$expr$`` for the mathematics that ends ``sentence`` when it is written as plain text,
+    or None: the longest run of math words at its end ("11 + 4/9", "x^2 + 1", "(2+5b)/7",
+    "(C)"), with a digit in it. Two operands side by side end the run ("4 4/9 2" is a list of
+    numbers, and its last is the answer), except a mixed number ("4 4/9") or a list ("2, -3")."""
+    last_line = sentence[-200:].rstrip(" \t\r\n.,;!?*").rsplit("\n", 1)[-1]  # "11\n5/6" is two lines
+    words = _WORD_RE.findall(last_line)
+    run: list[str] = []
+    for w in reversed(words):
+        w = w.strip("*")
+        if not w or not _is_math_word(w):
+            break
+        joined = w in _OPERATOR_WORDS or run[:1] and run[0] in _OPERATOR_WORDS or w.endswith(",")
+        if run and not joined:
+            if len(run) == 1 and _MIXED_RE.fullmatch(f"{w} {run[0]}"):
+                run.insert(0, w)
+            break
+        run.insert(0, w)
+    expr = " ".join(run)
+    if not expr or _NUMBER_ONLY_RE.fullmatch(expr):
         return None
-    token = m.group(1).lstrip("*")
-    if not _PLAIN_MATH_RE.fullmatch(token) or _PLAIN_NUMBER_RE.fullmatch(token):
+    if not any(c.isdigit() for c in expr) and not re.fullmatch(r"\([A-E]\)", expr):
         return None
-    return f"${token}$"
+    mixed = _MIXED_RE.fullmatch(expr)
+    if mixed:
+        whole, num, den = mixed.groups()
+        if int(num) >= int(den):  # "11 7/6" is no mixed number: leave it unread
+            return None
+        expr = f"{whole} + \\frac{{{num}}}{{{den}}}"
+    return f"${expr}$"
 
 
 def last_boxed(text: str, tries: int = 3) -> Optional[str]:
-    """Content of the last complete ``\\boxed{...}`` (escaped braces do not count), or None.
+    """Content of the last complete ``\\boxed{...}`` (escaped braces do not count), joined with
+    the boxes before it that only separators part from it ("a, b"), or None.
 
     For gold fields (a MATH solution's answer): a box left unclosed is skipped in favour of an
     earlier one, up to ``tries`` boxes back.
     """
     boxes = [m for m in _MARKER_RE.finditer(text) if m.lastgroup == "box"]
-    for box in reversed(boxes[-tries:]):
-        found = _box_content(text, box)
-        if found is not None:
-            return found[0]
+    for end in range(len(boxes), max(0, len(boxes) - tries), -1):
+        parts = _box_run(text, boxes[:end])
+        if parts:
+            return ", ".join(parts)
     return None
