@@ -55,3 +55,27 @@ def test_corrupt_files_give_clear_errors(tmp_path):
     (bad / "config.json").write_text(json.dumps({"format": "thinkfast", "model": {"d_modle": 3}}))
     with pytest.raises(CheckpointError, match="unknown config key"):
         load_model(bad)
+
+
+@pytest.mark.parametrize("change,expected", [
+    ({"d_model": "64"}, "model.d_model: expected int, got '64' (str); write the number without quotes"),
+    ({"tie_embeddings": "no"}, "model.tie_embeddings: expected bool, got 'no' (str)"),
+    ({"n_kv_heads": 0}, "n_kv_heads must be > 0, got 0"),
+])
+def test_a_badly_typed_config_json_names_the_file_and_the_key(tmp_path, change, expected):
+    save_model(LanguageModel(ModelConfig.from_name("tiny")), tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    meta["model"].update(change)
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError) as e:
+        load_model(tmp_path)
+    assert str(e.value) == f"{tmp_path / 'config.json'}: {expected}"
+
+
+def test_a_model_path_that_is_no_model_directory(tmp_path):
+    (tmp_path / "weights.bin").write_text("x")
+    with pytest.raises(CheckpointError, match=rf"^{tmp_path / 'weights.bin'} is not a directory"):
+        load_model(tmp_path / "weights.bin")
+    (tmp_path / "config.json").write_text("[1, 2]\n")
+    with pytest.raises(CheckpointError, match=r"is not a thinkfast config"):
+        load_model(tmp_path)

@@ -86,3 +86,29 @@ def test_save_and_load_offline(tok, tmp_path):
         for text in _task_texts(5):
             assert loaded.encode(text) == tok.encode(text)
             assert loaded.decode(loaded.encode(text), skip_special_tokens=True) == text
+
+
+def test_a_directory_without_tokenizer_json_names_the_missing_file(tok, tmp_path):
+    from thinkfast.checkpoint import load_tokenizer as load_beside_model
+    from thinkfast.data.tokenizer import TokenizerError
+
+    tok.save_pretrained(tmp_path / "t")
+    (tmp_path / "t" / "tokenizer.json").unlink()  # tokenizer_config.json alone: transformers would ask for sentencepiece
+    for load in (load_tokenizer, load_beside_model):
+        with pytest.raises(TokenizerError, match=rf"^{tmp_path / 't'} has no tokenizer.json \(only tokenizer_config.json\)"):
+            load(tmp_path / "t")
+    (tmp_path / "none").mkdir()
+    assert load_beside_model(tmp_path / "none") is None  # a model saved without a tokenizer
+    with pytest.raises(TokenizerError, match=r"has no tokenizer.json \(no tokenizer files\)"):
+        load_tokenizer(tmp_path / "none")
+    with pytest.raises(TokenizerError, match=rf"^{tmp_path / 'missing'} does not exist"):
+        load_tokenizer(tmp_path / "missing")
+
+
+def test_a_corrupt_tokenizer_file_is_named_with_its_line(tok, tmp_path):
+    from thinkfast.data.tokenizer import TokenizerError
+
+    tok.save_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").write_text('{"version": "1.0",\n "model": {\n')
+    with pytest.raises(TokenizerError, match=rf"^{tmp_path / 'tokenizer.json'}:3: not valid JSON"):
+        load_tokenizer(tmp_path)

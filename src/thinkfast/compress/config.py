@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from ..config import ConfigError, from_dict, to_dict
 from ..data.dataset import DataConfig
-from ..distill.config import TrainConfig, check_types, precheck, read_recipe
+from ..distill.config import TrainConfig, read_recipe, recipe_source
 from .init import INITS
 
 
@@ -65,12 +65,10 @@ class CompressConfig:
         return to_dict(self)
 
 
-def build_config(data: dict[str, Any]) -> CompressConfig:
-    precheck(CompressConfig, data, "config")
-    cfg = from_dict(CompressConfig, data, where="config")
-    check_types(cfg, "config")
-    return cfg
+def build_config(data: dict[str, Any], source: str | Path = "") -> CompressConfig:
+    """A CompressConfig from a recipe mapping, through the strict loader every config file uses."""
+    return from_dict(CompressConfig, data, source=source, where="config")
 
 
 def load_config(path: str | Path, overrides: Optional[list[str]] = None) -> CompressConfig:
-    return build_config(read_recipe(path, overrides))
+    return build_config(read_recipe(path, overrides), recipe_source(path, overrides))

@@ -50,7 +50,9 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from None
     with f:
         for lineno, raw in enumerate(f, 1):
-            line = decode_utf8(raw, path, lineno)
+            # without its newline, a row cut inside a string reads "Unterminated string", not
+            # "Invalid control character"
+            line = decode_utf8(raw, path, lineno).rstrip("\r\n")
             if not line.strip():
                 continue
             try:

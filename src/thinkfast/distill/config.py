@@ -9,14 +9,13 @@ stage may override any training setting. Unknown keys and wrongly typed values a
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from ..config import ConfigError, from_dict, to_dict
 from ..data.dataset import DataConfig
+from ..data.jsonl import DataError, read_utf8
 
 OBJECTIVES = ("lm", "matrix", "hidden", "kd")
 
@@ -174,83 +173,29 @@ class DistillConfig:
         return to_dict(self)
 
 
-# --- strict typing ---------------------------------------------------------------------------
-def _type_ok(value: Any, tp: Any) -> bool:
-    if tp is Any:
-        return True
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is typing.Union:
-        return any(_type_ok(value, a) for a in args)
-    if tp is type(None):
-        return value is None
-    if origin is list:
-        return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value) if args else isinstance(value, list)
-    if origin is dict:
-        return isinstance(value, dict)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if dataclasses.is_dataclass(tp):
-        return isinstance(value, tp)
-    return isinstance(value, tp)
-
-
-def check_types(obj: Any, where: str) -> None:
-    """Every field of dataclass ``obj`` (recursively) has its annotated type; ints become floats."""
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        value, tp = getattr(obj, f.name), hints[f.name]
-        if not _type_ok(value, tp):
-            raise ConfigError(f"{where}.{f.name}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
-        if tp is float and isinstance(value, int):
-            setattr(obj, f.name, float(value))
-        if dataclasses.is_dataclass(value):
-            check_types(value, f"{where}.{f.name}")
-        if isinstance(value, list):
-            for i, v in enumerate(value):
-                if dataclasses.is_dataclass(v):
-                    check_types(v, f"{where}.{f.name}[{i}]")
-
-
-def precheck(cls: type, data: Any, where: str) -> None:
-    """Type-check a raw mapping against dataclass ``cls`` before building it (so validation in
-    ``__post_init__`` never sees a string where a number belongs). Unknown keys are left to
-    ``from_dict``, which names them."""
-    if not isinstance(data, dict):
-        return
-    hints = typing.get_type_hints(cls)
-    for key, value in data.items():
-        if key not in hints:
-            continue
-        tp = hints[key]
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        if dataclasses.is_dataclass(tp) or (len(inner) == 1 and dataclasses.is_dataclass(inner[0])):
-            precheck(tp if dataclasses.is_dataclass(tp) else inner[0], value, f"{where}.{key}")
-        elif cls is DistillConfig and key == "stages" and isinstance(value, list):
-            for i, st in enumerate(value):
-                precheck(StageConfig, st, f"{where}.stages[{i}]")
-        elif not _type_ok(value, tp):
-            raise ConfigError(f"{where}.{key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
-
-
-def build_config(data: dict[str, Any]) -> DistillConfig:
-    precheck(DistillConfig, data, "config")
-    cfg = from_dict(DistillConfig, data, where="config")
-    check_types(cfg, "config")
-    for i, s in enumerate(cfg.stages):
-        resolve_train(cfg, i)  # stage overrides must be valid too
+# --- building ----------------------------------------------------------------------------------
+# Types, unknown keys and values are checked by the one strict loader every config file goes
+# through (``thinkfast.config.from_dict``); what is left here is recipe-specific: the stages'
+# train overrides are merged into the shared settings and checked the same way.
+def build_config(data: dict[str, Any], source: str | Path = "") -> DistillConfig:
+    """A DistillConfig from a recipe mapping; ``source`` (the recipe file) starts every error."""
+    cfg = from_dict(DistillConfig, data, source=source, where="config")
+    for i in range(len(cfg.stages)):
+        resolve_train(cfg, i, source)  # stage overrides must be valid too
     return cfg
 
 
-def resolve_train(cfg: DistillConfig, index: int) -> TrainConfig:
+def resolve_train(cfg: DistillConfig, index: int, source: str | Path = "") -> TrainConfig:
     """The recipe's train settings with stage ``index``'s overrides applied."""
     stage = cfg.stages[index]
     merged = {**to_dict(cfg.train), **stage.train}
-    precheck(TrainConfig, merged, f"stages[{index}] ({stage.name}).train")
-    tc = from_dict(TrainConfig, merged, where=f"stages[{index}] ({stage.name}).train")
-    check_types(tc, f"stages[{index}].train")
-    return tc
+    return from_dict(TrainConfig, merged, source=source, where=f"stages[{index}] ({stage.name}).train")
+
+
+def recipe_source(path: str | Path, overrides: Optional[list[str]]) -> str:
+    """How errors name a recipe: its file, and the command-line overrides when a value may come
+    from one of them rather than from the file."""
+    return f"{path} (with overrides {' '.join(overrides)})" if overrides else str(path)
 
 
 # --- files and overrides ------------------------------------------------------------------------
@@ -306,18 +251,21 @@ def read_recipe(path: str | Path, overrides: Optional[list[str]] = None) -> dict
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+        data = yaml.safe_load(read_utf8(path)) or {}
+    except DataError as e:  # unreadable, or not UTF-8 (named by line)
+        raise ConfigError(str(e)) from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML ({problem})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe is a mapping at the top level")
     return apply_overrides(data, overrides or [])
 
 
 def load_config(path: str | Path, overrides: Optional[list[str]] = None) -> DistillConfig:
-    return build_config(read_recipe(path, overrides))
+    return build_config(read_recipe(path, overrides), recipe_source(path, overrides))
 
 
 def config_to_yaml(cfg: DistillConfig) -> str:
