@@ -128,3 +128,22 @@ def test_comma_list():
     for text in ("", "llama,gpt", ","):
         with pytest.raises(argparse.ArgumentTypeError, match="comma-separated list of llama, mamba"):
             parse(text)
+
+
+def test_the_erank_plot_is_replaced_whole(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from thinkfast.commands.erank import _plot
+
+    out = tmp_path / "erank.png"
+    out.write_bytes(b"previous plot")
+
+    def dying_savefig(self, path, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", dying_savefig)
+    with pytest.raises(KeyboardInterrupt):
+        _plot({"m": {"erank": [1.0, 2.0], "cov_erank": [1.0, 1.5]}}, out)
+    assert out.read_bytes() == b"previous plot" and [p.name for p in tmp_path.iterdir()] == ["erank.png"]

@@ -79,3 +79,22 @@ def test_a_model_path_that_is_no_model_directory(tmp_path):
     (tmp_path / "config.json").write_text("[1, 2]\n")
     with pytest.raises(CheckpointError, match=r"is not a thinkfast config"):
         load_model(tmp_path)
+
+
+class _DyingTokenizer:
+    """save_pretrained writes half a tokenizer.json and dies, as a killed process would."""
+
+    def save_pretrained(self, path):
+        from pathlib import Path
+
+        (Path(path) / "tokenizer.json").write_text('{"version": ')
+        raise KeyboardInterrupt
+
+
+def test_a_tokenizer_save_that_dies_leaves_the_previous_tokenizer_whole(tmp_path):
+    model = LanguageModel(ModelConfig.from_name("tiny"))
+    (tmp_path / "tokenizer.json").write_text('{"previous": true}\n')
+    with pytest.raises(KeyboardInterrupt):
+        save_model(model, tmp_path, tokenizer=_DyingTokenizer())
+    assert json.loads((tmp_path / "tokenizer.json").read_text()) == {"previous": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]

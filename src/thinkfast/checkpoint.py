@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -65,8 +66,20 @@ def save_model(model: LanguageModel, out_dir: str | os.PathLike, tokenizer: Any 
         meta.update(extra)
     atomic_write_text(out / "config.json", json.dumps(meta, indent=2) + "\n")
     if tokenizer is not None:
-        tokenizer.save_pretrained(str(out))
+        _save_tokenizer(tokenizer, out)
     return out
+
+
+def _save_tokenizer(tokenizer: Any, out: Path) -> None:
+    """``tokenizer.save_pretrained`` into a temporary directory beside the model, then each file
+    renamed into ``out``: transformers writes in place, and a crash would leave half a tokenizer.json."""
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".tokenizer."))
+    try:
+        tokenizer.save_pretrained(str(tmp))
+        for f in sorted(tmp.iterdir()):
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # our own temporary directory, emptied by the renames
 
 
 def load_state_dict_strict(model: LanguageModel, sd: dict[str, torch.Tensor], source: str) -> None:
