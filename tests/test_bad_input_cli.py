@@ -109,10 +109,13 @@ CASES = [
      "argument --teacher: {missing} does not exist"),
     ("select-layers --teacher {file} --data {good} --method loo --keep 2 --out {out}",
      "argument --teacher: {file} is a file, not a directory"),
+    # --keep is checked against the teacher's depth, once its config is read
     ("select-layers --teacher {model} --data {good} --method loo --keep 0 --out {out}",
-     "argument --keep: must be a number of layers (>= 1) or a fraction in (0, 1), got '0'"),
-    ("select-layers --teacher {model} --data {good} --method loo --keep 1.5 --out {out}", "argument --keep"),
-    ("select-layers --teacher {model} --data {good} --method loo --keep half --out {out}", "argument --keep"),
+     "cannot keep 0 attention layers: the teacher has 4 layers"),
+    ("select-layers --teacher {model} --data {good} --method loo --keep 1.5 --out {out}",
+     "keep fraction 1.5 is outside (0, 1)"),
+    ("select-layers --teacher {model} --data {good} --method loo --keep half --out {out}",
+     "--keep 'half' is neither a number of layers nor a fraction"),
     ("select-layers --teacher {model} --data {good} --method loo --keep 9 --out {out}",
      "cannot keep 9 attention layers: the teacher has 4 layers"),
     ("select-layers --teacher {model} --data {good} --method loo --keep 2 --out {empty}",
@@ -124,7 +127,7 @@ CASES = [
     ("select-layers --teacher {model} --data {good} --method kl-guided --keep 2 --out {out} --steps 0",
      "argument --steps: must be an integer >= 1"),
     ("select-layers --teacher {model} --data {missing} --method loo --keep 2 --out {out}",
-     "argument --data: {missing} does not exist"),
+     "cannot read {missing}: No such file or directory"),  # read only by the methods that need data
     ("select-layers --teacher {bad_cfg} --data {good} --method loo --keep 2 --out {out}", "model.d_model"),
     # the evaluation pipeline's JSONL and JSON inputs
     ("score {missing} --rm {model}", "argument input: {missing} does not exist"),
@@ -162,7 +165,7 @@ CASES = [
 def _run(argv: list[str]) -> int:
     try:
         return main(argv)
-    except SystemExit as e:  # argparse's usage errors
+    except SystemExit as e:  # argparse's usage errors exit from the parser
         return e.code
 
 

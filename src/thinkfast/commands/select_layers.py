@@ -14,33 +14,20 @@ import argparse
 import os
 from pathlib import Path
 
-from .args import (data_source, existing_dir, fraction, non_negative_int, output_dir, output_file,
+from .args import (existing_dir, fraction, non_negative_int, output_dir, output_file,
                    positive_float, positive_int)
-
-
-def keep_spec(text: str) -> str:
-    """--keep at parse time: a count >= 1 or a fraction in (0, 1); the count is checked against the
-    teacher's layers once it is loaded (``select.layers.keep_count``)."""
-    s = text.strip()
-    try:
-        value: float = int(s) if s.lstrip("-").isdigit() else float(s)
-    except ValueError:
-        value = float("nan")
-    if not (value >= 1 if isinstance(value, int) else 0 < value < 1):
-        raise argparse.ArgumentTypeError(f"must be a number of layers (>= 1) or a fraction in (0, 1), got {text!r}")
-    return text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", required=True, type=existing_dir, help="thinkfast model directory of the teacher")
-    parser.add_argument("--data", required=True, type=data_source, help="JSONL rows (the distillation data); held-out text is "
+    parser.add_argument("--data", required=True, help="JSONL rows (the distillation data); held-out text is "
                         "split off it by --eval-fraction unless --eval is given")
     parser.add_argument("--method", required=True, choices=("uniform", "loo", "kl-guided"))
-    parser.add_argument("--keep", required=True, type=keep_spec, help="attention layers to keep: a count K or a fraction in (0, 1)")
+    parser.add_argument("--keep", required=True, help="attention layers to keep: a count K or a fraction in (0, 1)")
     parser.add_argument("--out", required=True, type=output_file, help="layers.json to write (accepted by distill's student.keep)")
     parser.add_argument("--tokenizer", type=existing_dir, default=None, help="tokenizer dir (default: beside the teacher)")
     d = parser.add_argument_group("data (as in a distill recipe's data section)")
-    d.add_argument("--eval", type=data_source, default=None, help="held-out JSONL (default: split off --data)")
+    d.add_argument("--eval", default=None, help="held-out JSONL (default: split off --data)")
     d.add_argument("--eval-fraction", type=fraction, default=0.05)
     d.add_argument("--format", default="auto")
     d.add_argument("--prompt-template", default=None)
