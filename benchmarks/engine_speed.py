@@ -7,7 +7,7 @@ choices buy there, each measured side by side with its reference in one run.
    time) against the same sum written as a product and a sum over a trailing K-1 axis on a
    (B, Cd, K-1) window, on the Llamba student's first mixer at batch 256.
 2. The engine on 8 test problems x 32 samples at T = 0.8 (the demo's rows per call): each model
-   with the stop-string filter (``_StopChecker.may_complete``) and with every row checked, which
+   with the stop-string filter (``StopChecker.may_complete``) and with every row checked, which
    must give the same tokens.
 
 Prints a table and writes JSON (``--json``) with every figure and ratio. ``--profile MODEL``
@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from thinkfast.checkpoint import load_pretrained  # noqa: E402
 from thinkfast.demo import demo_prompt_ids, demo_task  # noqa: E402
-from thinkfast.generate import engine  # noqa: E402
+from thinkfast.inference import engine  # noqa: E402
 from thinkfast.models.cache import MambaState  # noqa: E402
 
 
@@ -85,7 +85,7 @@ def warm_up(model, prompts, tokenizer) -> None:
 @torch.inference_mode()
 def engine_runs(out_dir: Path, problems: int, n: int) -> dict:
     every_row = lambda self, t: torch.ones_like(t, dtype=torch.bool)  # noqa: E731
-    filtered = engine._StopChecker.may_complete
+    filtered = engine.StopChecker.may_complete
     res = {}
     for name in ("teacher", "llamba", "hybrid"):
         model, tok = load_pretrained(str(out_dir / name / "model"))
@@ -93,13 +93,13 @@ def engine_runs(out_dir: Path, problems: int, n: int) -> dict:
         warm_up(model, prompts, tok)
         row, tokens = {}, {}
         for label, fn in (("filter", filtered), ("every_row", every_row)):
-            engine._StopChecker.may_complete = fn
+            engine.StopChecker.may_complete = fn
             try:
                 t = time.perf_counter()
                 outs = engine.generate(model, prompts, params, tokenizer=tok)
                 seconds = time.perf_counter() - t
             finally:
-                engine._StopChecker.may_complete = filtered
+                engine.StopChecker.may_complete = filtered
             tokens[label] = [s.token_ids for o in outs for s in o.samples]
             new = sum(map(len, tokens[label]))
             row[label] = {"seconds": seconds, "new_tokens": new, "tokens_per_s": new / seconds}

@@ -17,8 +17,8 @@ _LAZY = {
     "load_pretrained": "thinkfast.checkpoint",
     "load_model": "thinkfast.checkpoint",
     "save_model": "thinkfast.checkpoint",
-    "generate": "thinkfast.generate.engine",
-    "SamplingParams": "thinkfast.generate.engine",
+    "generate": "thinkfast.inference.engine",
+    "SamplingParams": "thinkfast.inference.engine",
 }
 
 __all__ = sorted(_LAZY)

@@ -518,7 +518,8 @@ def sample_file(model_dir: Path, task: Any, examples: list, out_path: Path, name
     (default ``cfg.batch_problems``) per engine call; returns the report."""
     from .checkpoint import load_model, load_tokenizer
     from .eval.budget import hardware_string
-    from .eval.sampling import SampleSettings, engine_generate_fn, run_sampling
+    from .eval.sampling import SampleSettings, run_sampling
+    from .inference.backends import engine_generate_fn
 
     model, tok = load_model(model_dir), load_tokenizer(model_dir)
     settings = SampleSettings(task=task.name, model=name, n=n, temperature=temperature,

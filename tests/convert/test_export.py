@@ -135,7 +135,7 @@ def test_granite_config_sets_the_neutral_values(exported):
 
 
 def test_granite_greedy_generate_matches_the_thinkfast_engine(exported):
-    from thinkfast.generate.engine import SamplingParams, generate
+    from thinkfast.inference.engine import SamplingParams, generate
 
     model, d = exported["hybrid-gqa-llama3"]
     hf = hf_load(d)

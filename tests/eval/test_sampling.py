@@ -142,11 +142,11 @@ def test_sample_command_with_an_injected_engine(tmp_path, monkeypatch):
     data.write_text("".join(json.dumps({"question": f"q {i}", "answer": f"so\n#### {i}"}) + "\n" for i in range(3)))
 
     fake = FakeGenerate()
-    engine = types.ModuleType("thinkfast.generate.engine")
+    engine = types.ModuleType("thinkfast.inference.engine")
     engine.SamplingParams = lambda **kw: SimpleNamespace(**kw)
     engine.ContextLimitWarning = type("ContextLimitWarning", (UserWarning,), {})
     engine.generate = lambda model, prompts, params, tokenizer=None: fake(prompts, params.seed)
-    monkeypatch.setitem(sys.modules, "thinkfast.generate.engine", engine)
+    monkeypatch.setitem(sys.modules, "thinkfast.inference.engine", engine)
 
     out = tmp_path / "s.jsonl"
     argv = ["sample", "--model", str(model_dir), "--task", "gsm8k", "--n", str(N), "--out", str(out),
@@ -169,7 +169,6 @@ def test_sample_command_with_an_injected_engine(tmp_path, monkeypatch):
 
 def test_sample_command_with_the_real_engine(tmp_path):
     """Tiny model, real engine: rows are complete, and batching does not change the samples."""
-    pytest.importorskip("thinkfast.generate.engine")
     from thinkfast.checkpoint import save_model
     from thinkfast.cli import main
 

@@ -70,7 +70,7 @@ SETTINGS = SampleSettings(task="gsm8k", model="m", n=3, temperature=0.7, top_p=0
 
 
 def test_vllm_generate_fn_maps_settings_outputs_and_timings(monkeypatch):
-    from thinkfast.generate.backends import derive_seed, vllm_generate_fn
+    from thinkfast.inference.backends import derive_seed, vllm_generate_fn
 
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm_module())
     llm = FakeLLM()
@@ -96,7 +96,7 @@ def test_vllm_generate_fn_maps_settings_outputs_and_timings(monkeypatch):
 
 
 def test_vllm_without_metrics_times_the_prefill_with_a_one_token_call(monkeypatch):
-    from thinkfast.generate.backends import vllm_generate_fn
+    from thinkfast.inference.backends import vllm_generate_fn
 
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm_module())
     llm = FakeLLM(with_metrics=False)
@@ -109,7 +109,7 @@ def test_vllm_without_metrics_times_the_prefill_with_a_one_token_call(monkeypatc
 
 
 def test_vllm_greedy_asks_for_one_sequence_and_repeats_it(monkeypatch):
-    from thinkfast.generate.backends import vllm_generate_fn
+    from thinkfast.inference.backends import vllm_generate_fn
 
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm_module())
     llm = FakeLLM()
@@ -122,7 +122,7 @@ def test_vllm_greedy_asks_for_one_sequence_and_repeats_it(monkeypatch):
 
 
 def test_vllm_prompt_without_room_is_a_value_error_so_only_that_problem_fails(monkeypatch):
-    from thinkfast.generate.backends import vllm_generate_fn
+    from thinkfast.inference.backends import vllm_generate_fn
 
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm_module())
     gen = vllm_generate_fn(FakeLLM(), None, SETTINGS, stop=[], context_len=4)
@@ -180,7 +180,7 @@ def test_sample_command_with_backend_vllm(tmp_path, monkeypatch, capsys):
 def test_missing_vllm_is_a_clear_message_not_an_import_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
     from thinkfast.cli import main
-    from thinkfast.generate import backends
+    from thinkfast.inference import backends
 
     with pytest.raises(UserError, match=r"pip install 'thinkfast\[vllm\]'"):
         backends.import_vllm()
@@ -196,8 +196,8 @@ def test_missing_vllm_is_a_clear_message_not_an_import_error(tmp_path, monkeypat
 
 
 def test_hf_backend_greedy_matches_our_engine_on_a_left_padded_batch(tmp_path):
-    from thinkfast.generate.backends import hf_generate_fn, load_hf_model
-    from thinkfast.generate.engine import SamplingParams, generate
+    from thinkfast.inference.backends import hf_generate_fn, load_hf_model
+    from thinkfast.inference.engine import SamplingParams, generate
 
     _, served = _exported_student(tmp_path)
     model, tok = make_model(), make_tokenizer()
@@ -217,8 +217,8 @@ def test_hf_backend_greedy_matches_our_engine_on_a_left_padded_batch(tmp_path):
 
 
 def test_hf_backend_stop_strings_end_rows_like_our_engine(tmp_path):
-    from thinkfast.generate.backends import hf_generate_fn, load_hf_model
-    from thinkfast.generate.engine import SamplingParams, generate
+    from thinkfast.inference.backends import hf_generate_fn, load_hf_model
+    from thinkfast.inference.engine import SamplingParams, generate
 
     _, served = _exported_student(tmp_path)
     model, tok = make_model(), make_tokenizer()
@@ -240,7 +240,7 @@ def test_hf_backend_stop_strings_end_rows_like_our_engine(tmp_path):
 
 
 def test_hf_backend_sampling_is_seeded(tmp_path):
-    from thinkfast.generate.backends import hf_generate_fn, load_hf_model
+    from thinkfast.inference.backends import hf_generate_fn, load_hf_model
 
     _, served = _exported_student(tmp_path)
     hf, tok = load_hf_model(str(served), "cpu", "float32"), make_tokenizer()

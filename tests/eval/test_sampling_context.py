@@ -7,9 +7,10 @@ import sys
 import warnings
 
 from thinkfast.eval.io import read_jsonl
-from thinkfast.eval.sampling import SampleSettings, engine_generate_fn, run_sampling
+from thinkfast.eval.sampling import SampleSettings, run_sampling
+from thinkfast.inference.backends import engine_generate_fn
 from thinkfast.eval.tasks.base import Example
-from thinkfast.generate.engine import ContextLimitWarning
+from thinkfast.inference.engine import ContextLimitWarning
 
 from .conftest import make_model, make_tokenizer
 from .test_sampling_backends import SETTINGS as VLLM_SETTINGS
@@ -41,7 +42,7 @@ def test_engine_rows_record_the_context_cut_and_the_run_logs_it_once(tmp_path):
 
 
 def test_vllm_samples_cut_by_the_context_are_marked(monkeypatch):
-    from thinkfast.generate.backends import vllm_generate_fn
+    from thinkfast.inference.backends import vllm_generate_fn
 
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm_module())
     gen = vllm_generate_fn(FakeLLM(), None, VLLM_SETTINGS, stop=[], context_len=12)
@@ -53,7 +54,7 @@ def test_vllm_samples_cut_by_the_context_are_marked(monkeypatch):
 
 
 def test_hf_samples_cut_by_the_context_are_marked(tmp_path):
-    from thinkfast.generate.backends import hf_generate_fn, load_hf_model
+    from thinkfast.inference.backends import hf_generate_fn, load_hf_model
 
     _, served = _exported_student(tmp_path)
     hf = load_hf_model(str(served), "cpu", "float32")

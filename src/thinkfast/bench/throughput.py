@@ -132,7 +132,7 @@ def measure(case: BenchCase) -> dict[str, Any]:
     dtype = getattr(torch, case.dtype)
     g = torch.Generator().manual_seed(case.seed + 1)
     if case.engine == "thinkfast":
-        from ..generate.engine import SamplingParams, generate
+        from ..inference.engine import SamplingParams, generate
 
         model = _build_thinkfast(case).to(dev, dtype)
         vocab = model.config.vocab_size

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_pretrained
-    from ..generate.engine import SamplingParams, generate
+    from ..inference.engine import SamplingParams, generate
     from ..runtime import UserError
 
     model, tok = load_pretrained(args.model)

@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.budget import hardware_string
     from ..eval.io import write_jsonl_atomic
     from ..eval.sampling import SampleSettings, encode_prompts, run_sampling
-    from ..eval.tasks.common import task_by_name
-    from ..generate.backends import open_backend
+    from ..eval.tasks.base import task_by_name
+    from ..inference.backends import open_backend
 
     if args.n < 1 or args.batch_problems < 1:
         raise UserError("--n and --batch-problems must be at least 1")

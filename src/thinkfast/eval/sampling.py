@@ -12,7 +12,7 @@ File discipline (what makes resume safe):
   than mixed.
 
 The generator is injected (``GenerateFn``), so this module needs no model and is tested with a
-fake one; ``thinkfast sample`` binds it to one of ``thinkfast.generate.backends`` (our engine,
+fake one; ``thinkfast sample`` binds it to one of ``thinkfast.inference.backends`` (our engine,
 transformers ``generate()`` or vLLM), all returning the same outputs and timings.
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -309,27 +308,3 @@ def encode_prompts(task: Any, examples: Sequence[Example], tokenizer: Any, style
             raise UserError(f"task {getattr(task, 'name', task)}: {e}") from None
         out.append(list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]))
     return out
-
-
-def engine_generate_fn(model: Any, tokenizer: Any, settings: SampleSettings, stop: Sequence[str]) -> GenerateFn:
-    """A ``GenerateFn`` over ``thinkfast.generate.engine.generate`` with ``settings``."""
-    from ..generate.engine import ContextLimitWarning, SamplingParams, generate
-
-    def gen(prompts: list[list[int]], seed: int) -> Sequence[Any]:
-        params = SamplingParams(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
-                                top_k=settings.top_k, max_new_tokens=settings.max_new_tokens,
-                                stop=tuple(stop), seed=seed)  # EOS: the tokenizer's
-        with warnings.catch_warnings():
-            # run_sampling says it once per run, for every backend; the engine would say it per call
-            warnings.simplefilter("ignore", ContextLimitWarning)
-            return generate(model, prompts, params, tokenizer=tokenizer)
-
-    return gen
-
-
-def context_length(model: Any) -> Optional[int]:
-    cfg = getattr(model, "config", None)
-    for attr in ("max_seq_len", "max_position_embeddings"):
-        if getattr(cfg, attr, None):
-            return int(getattr(cfg, attr))
-    return None

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from thinkfast.config import ModelConfig
-from thinkfast.generate import engine
-from thinkfast.generate.engine import SamplingParams, generate
+from thinkfast.inference import engine
+from thinkfast.inference.engine import SamplingParams, generate
 from thinkfast.models.lm import LanguageModel
 
 TEXTS = ["Question: Pam has 53 coins.\nAnswer: d3 + d5 = d8 , Kim = 8\n\n#### 8",
@@ -70,7 +70,7 @@ def test_may_complete_keeps_every_row_that_hit_would_stop(name):
     rng = random.Random(0)
     # " ok" ends in a space (every token counts); "日本語" ends in a character BPE may split
     for stops in [STOPS[:1], STOPS[1:2], STOPS[2:3], STOPS[-1:], STOPS]:
-        checker = engine._StopChecker(stops, tok)
+        checker = engine.StopChecker(stops, tok)
         newly, checked = 0, 0
         for seq in _sequences(tok, rng, 100):
             for t in range(1, len(seq) + 1):
@@ -82,7 +82,7 @@ def test_may_complete_keeps_every_row_that_hit_would_stop(name):
         assert newly > 0  # the property was exercised
     # and the filter does skip rows: with "\n\n" alone only tokens holding a newline (or, in the
     # byte-level vocabulary, part of a character: half its 256 byte tokens) can end it
-    only = engine._StopChecker(("\n\n",), tok)
+    only = engine.StopChecker(("\n\n",), tok)
     flags = only.may_complete(torch.arange(len(tok)))
     assert 0 < int(flags.sum()) < (0.6 if name == "bytelevel-bpe" else 0.5) * len(tok)
 
@@ -96,7 +96,7 @@ def test_engine_output_is_the_same_without_the_filter(monkeypatch):
     sp = SamplingParams(n=8, seed=0, temperature=1.0, max_new_tokens=30, stop=["\n\n", "####"], eos_token_ids=[])
     prompts = ["Question: Pam has", "Answer: d3 +"]
     fast = generate(model, prompts, sp, tokenizer=tok, add_special_tokens=False)
-    monkeypatch.setattr(engine._StopChecker, "may_complete", lambda self, t: torch.ones_like(t, dtype=torch.bool))
+    monkeypatch.setattr(engine.StopChecker, "may_complete", lambda self, t: torch.ones_like(t, dtype=torch.bool))
     slow = generate(model, prompts, sp, tokenizer=tok, add_special_tokens=False)
     got = [(s.token_ids, s.text, s.finish_reason) for o in fast for s in o.samples]
     assert got == [(s.token_ids, s.text, s.finish_reason) for o in slow for s in o.samples]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from thinkfast.config import ModelConfig
-from thinkfast.generate.engine import ContextLimitWarning, SamplingParams, generate
+from thinkfast.inference.engine import ContextLimitWarning, SamplingParams, generate
 from thinkfast.models.lm import LanguageModel
 
 CTX = 32

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from thinkfast.config import ModelConfig
-from thinkfast.generate.engine import ContextLimitWarning, SamplingParams, filter_logits, generate, gumbel_noise
+from thinkfast.inference.engine import ContextLimitWarning, SamplingParams, filter_logits, generate, gumbel_noise
 from thinkfast.models.lm import LanguageModel
 
 PATTERNS = [("AAAA", "mamba2"), ("MMMM", "mamba2"), ("AMAM", "mamba2"), ("MMMM", "discrete")]

@@ -7,7 +7,7 @@ max_new_tokens, ended a 'length' sample) and ``.timing`` (prefill_s, decode_s, b
 batch_rows, new_tokens, prompt_tokens for the whole call), so the budget curves of
 ``thinkfast evaluate`` compare backends on one cost model.
 
-* ``thinkfast``: ``thinkfast.generate.engine``; reads thinkfast directories and HF Llamas.
+* ``thinkfast``: ``thinkfast.inference.engine``; reads thinkfast directories and HF Llamas.
 * ``hf``: transformers ``generate()``, a reference. Reads any transformers checkpoint without
   remote code (an export of ``thinkfast export``, a HF Llama). Same settings (greedy at
   temperature 0; top-k 0 = off; the tokenizer's EOS; stop strings checked per row with the
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -120,9 +121,9 @@ def hf_generate_fn(model: Any, tokenizer: Any, settings: Any, stop: Sequence[str
     import torch
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
-    from .engine import _StopChecker
+    from .engine import StopChecker
 
-    stopper = _StopChecker(tuple(stop), tokenizer)
+    stopper = StopChecker(tuple(stop), tokenizer)
     if eos_token_ids is None:
         eos_token_ids = [tokenizer.eos_token_id] if getattr(tokenizer, "eos_token_id", None) is not None else []
     eos = set(int(t) for t in eos_token_ids)
@@ -355,7 +356,6 @@ def open_backend(name: str, model_path: str, device: Optional[str] = None, dtype
         import torch
 
         from ..checkpoint import load_pretrained
-        from ..eval.sampling import context_length, engine_generate_fn
 
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, tok = load_pretrained(model_path, device=dev, dtype=getattr(torch, dtype) if dtype else None)
@@ -384,3 +384,29 @@ def open_backend(name: str, model_path: str, device: Optional[str] = None, dtype
     llm = load_vllm(model_path, dtype=dtype, seed=seed, **(vllm_kwargs or {}))
     return Backend(name, tok, ctx, device or "cuda",
                    lambda settings, stop: vllm_generate_fn(llm, tok, settings, stop, context_len=ctx))
+
+
+def engine_generate_fn(model: Any, tokenizer: Any, settings: Any, stop: Sequence[str]):
+    """A ``GenerateFn`` of ``eval.sampling`` (``(prompts, seed) -> outputs``) over thinkfast's
+    engine, with ``settings`` (an ``eval.sampling.SampleSettings``: n, temperature, top_p, top_k,
+    max_new_tokens)."""
+    from .engine import ContextLimitWarning, SamplingParams, generate
+
+    def gen(prompts: list[list[int]], seed: int) -> Sequence[Any]:
+        params = SamplingParams(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
+                                top_k=settings.top_k, max_new_tokens=settings.max_new_tokens,
+                                stop=tuple(stop), seed=seed)  # EOS: the tokenizer's
+        with warnings.catch_warnings():
+            # run_sampling says it once per run, for every backend; the engine would say it per call
+            warnings.simplefilter("ignore", ContextLimitWarning)
+            return generate(model, prompts, params, tokenizer=tokenizer)
+
+    return gen
+
+
+def context_length(model: Any) -> Optional[int]:
+    cfg = getattr(model, "config", None)
+    for attr in ("max_seq_len", "max_position_embeddings"):
+        if getattr(cfg, attr, None):
+            return int(getattr(cfg, attr))
+    return None

@@ -164,7 +164,7 @@ def _default_eos(tokenizer) -> tuple[int, ...]:
     return (int(tokenizer.eos_token_id),)
 
 
-class _StopChecker:
+class StopChecker:
     """Finds stop strings at the end of each row's text by decoding only a short tail.
 
     ``hit`` is the reference: decode the row's last ``window`` tokens and look for a stop. The
@@ -214,7 +214,7 @@ class _StopChecker:
 
 @torch.inference_mode()
 def _generate_batch(model: LanguageModel, prompt_ids: list[list[int]], params: SamplingParams,
-                    tokenizer, eos: set[int], stopper: _StopChecker) -> list[GenerationOutput]:
+                    tokenizer, eos: set[int], stopper: StopChecker) -> list[GenerationOutput]:
     device = model.device
     P, n = len(prompt_ids), params.n
     Lp = max(len(p) for p in prompt_ids)
@@ -307,7 +307,7 @@ def generate(
     params = params or SamplingParams()
     ids = _encode(prompts, tokenizer, add_special_tokens)
     eos = set(params.eos_token_ids) if params.eos_token_ids is not None else set(_default_eos(tokenizer))
-    stopper = _StopChecker(params.stop, tokenizer)
+    stopper = StopChecker(params.stop, tokenizer)
     ctx = model.config.max_seq_len
     _check_context(ids, params.max_new_tokens, ctx)
     bs = batch_size or len(ids)
