@@ -87,6 +87,10 @@ class LossConfig:
     ce_weight: float = 0.0
     hidden_weight: float = 0.0
     """Weight of the MSE between student and teacher hidden states (every block output)."""
+    chunk_size: int = 1024
+    """Positions per chunk of the logit losses (objectives kd and lm): each chunk is projected
+    through the LM heads, reduced and dropped (backward recomputes it), so no (B, T, V) logits are
+    ever held. 0 = the reference path on full logits (same result, O(B*T*V) memory)."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("forward", "reverse"):

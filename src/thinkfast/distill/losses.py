@@ -10,6 +10,11 @@ Sources: forward KL with a temperature is Hinton et al. 2015 (the T^2 factor kee
 scale independent of T); reverse KL is MiniLLM (Gu et al. 2024) and MambaInLlama's choice;
 stage 1 and 2 are MOHAWK (Bick et al. 2024), eqs. for matrix orientation and hidden-state
 alignment.
+
+These functions take full logits and are the readable reference. Training at a real vocabulary
+size uses ``chunked_loss.chunked_distillation_loss`` / ``chunked_cross_entropy`` instead: the same
+losses from the LM heads' inputs, chunk by chunk, never holding (B, T, V) logits; the tests hold
+them equal to these.
 """
 
 from __future__ import annotations

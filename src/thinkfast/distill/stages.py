@@ -31,6 +31,7 @@ from ..convert.from_attention import ConversionError, attention_layers, student_
 from ..models.layers import Attention
 from ..models.lm import LanguageModel
 from ..runtime import UserError
+from .chunked_loss import DEFAULT_CHUNK, chunked_cross_entropy, chunked_distillation_loss, has_head, head_inputs
 from .losses import IGNORE, cross_entropy, distillation_loss, hidden_alignment_loss, hidden_mse, \
     matrix_orientation_loss
 
@@ -104,11 +105,24 @@ class Objective(nn.Module):
 
 
 class LMObjective(Objective):
-    """Cross-entropy on the labels; the data decides which tokens count (all or response only)."""
+    """Cross-entropy on the labels; the data decides which tokens count (all or response only).
+
+    chunk_size > 0: the loss from the LM head's input, chunk by chunk (``chunked_loss``), never the
+    (B, T, V) logits; 0: the reference on full logits."""
 
     name = "lm"
 
+    def __init__(self, student, teacher=None, trainable="all", chunk_size: int = DEFAULT_CHUNK):
+        if chunk_size < 0:
+            raise UserError(f"loss.chunk_size must be >= 0, got {chunk_size}")
+        self.chunk_size = chunk_size
+        super().__init__(student, teacher, trainable)
+
     def forward(self, batch):
+        if self.chunk_size and has_head(self.student):
+            _, h = head_inputs(self.student, batch["input_ids"])  # (B, T, D)
+            head = self.student.lm_head
+            return chunked_cross_entropy(h, head.weight, batch["labels"], None, head.bias, self.chunk_size), {}
         logits = self.student(batch["input_ids"]).logits  # (B, T, V)
         loss = cross_entropy(logits, batch["labels"])
         return loss, {}
@@ -216,6 +230,8 @@ class KDObjective(Objective):
             raise UserError("objective kd needs a teacher")
         need = ("vocab_size",) + (("d_model", "n_layers") if loss_cfg.hidden_weight else ())
         check_compatible(student, teacher, need)
+        if loss_cfg.chunk_size < 0:
+            raise UserError(f"loss.chunk_size must be >= 0, got {loss_cfg.chunk_size}")
         self.loss_cfg, self.kind, self.seed = loss_cfg, kind, seed
         self.schedule = sorted(schedule or [], key=lambda e: e[0])
         super().__init__(student, teacher, "all" if trainable == "auto" else trainable)
@@ -244,11 +260,21 @@ class KDObjective(Objective):
         ids, labels = batch["input_ids"], batch["labels"]
         c = self.loss_cfg
         want_h = c.hidden_weight > 0
-        with torch.no_grad():
-            t = self.teacher(ids, output_hidden_states=want_h)
-        s = self.student(ids, output_hidden_states=want_h)
-        loss, kl, ce = distillation_loss(s.logits, t.logits, labels, None, c.kind, c.temperature,
-                                         c.kl_weight, c.ce_weight)
+        if c.chunk_size and has_head(self.student) and has_head(self.teacher):
+            # The LM heads' inputs, not their (B, T, V) outputs: the loss projects chunk by chunk.
+            with torch.no_grad():
+                t, th = head_inputs(self.teacher, ids, output_hidden_states=want_h)
+            s, sh = head_inputs(self.student, ids, output_hidden_states=want_h)
+            sw, tw = self.student.lm_head, self.teacher.lm_head
+            loss, kl, ce = chunked_distillation_loss(sh, sw.weight, th, tw.weight, labels, None, c.kind,
+                                                     c.temperature, c.kl_weight, c.ce_weight, c.chunk_size,
+                                                     sw.bias, tw.bias)
+        else:
+            with torch.no_grad():
+                t = self.teacher(ids, output_hidden_states=want_h)
+            s = self.student(ids, output_hidden_states=want_h)
+            loss, kl, ce = distillation_loss(s.logits, t.logits, labels, None, c.kind, c.temperature,
+                                             c.kl_weight, c.ce_weight)
         metrics = {"kl": kl.detach()}
         if c.ce_weight:
             metrics["ce"] = ce.detach()
@@ -267,7 +293,8 @@ def build_objective(stage, student: LanguageModel, teacher: Optional[LanguageMod
         if stage.hybrid_schedule:
             raise UserError("hybrid_schedule with objective lm is not supported: it needs a teacher "
                             "to initialise from; use objective kd with ce_weight")
-        return LMObjective(student, None, "all" if stage.trainable == "auto" else stage.trainable)
+        return LMObjective(student, None, "all" if stage.trainable == "auto" else stage.trainable,
+                           stage.loss.chunk_size)
     if stage.objective == "matrix":
         return MatrixObjective(student, teacher, stage.trainable)
     if stage.objective == "hidden":
