@@ -20,13 +20,10 @@ import torch
 
 from .config import ConfigError, ModelConfig, atomic_write_text, json_error_detail
 from .models.lm import LanguageModel
+from .models.state import CheckpointError, load_state_dict_strict  # noqa: F401  (re-exported)
 from .runtime import UserError
 
 FORMAT = "thinkfast"
-
-
-class CheckpointError(UserError):
-    """A checkpoint that does not fit the model: missing/unexpected keys, shapes, corrupt file."""
 
 
 def is_thinkfast_dir(path: str | os.PathLike) -> bool:
@@ -80,27 +77,6 @@ def _save_tokenizer(tokenizer: Any, out: Path) -> None:
             os.replace(f, out / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # our own temporary directory, emptied by the renames
-
-
-def load_state_dict_strict(model: LanguageModel, sd: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``sd`` into ``model``; one error naming every missing, unexpected or misshapen key."""
-    own = model.state_dict()
-    optional = {"lm_head.weight"} if model.config.tie_embeddings else set()
-    missing = sorted(k for k in own if k not in sd and k not in optional)
-    unexpected = sorted(k for k in sd if k not in own)
-    shapes = sorted(f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-                    for k in sd if k in own and sd[k].shape != own[k].shape)
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected}")
-        if shapes:
-            parts.append(f"mismatched shapes [{'; '.join(shapes)}]")
-        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
-    model.load_state_dict(sd, strict=False)
-    model.tie_weights()
 
 
 def read_config(model_dir: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
@@ -163,10 +139,33 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
 
 def load_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu",
                     dtype: Optional[torch.dtype] = None, trust_remote_code: bool = False):
-    """(model, tokenizer) from a thinkfast directory, or from anything transformers loads as a
-    Llama (a local HF directory, a hub id when online, a .gguf file); tokenizer may be None."""
+    """(model, tokenizer) from a thinkfast directory, a GraniteMoeHybrid / Llamba directory that
+    ``thinkfast export`` wrote, or anything transformers loads as a Llama (a local HF directory,
+    a hub id when online, a .gguf file); tokenizer may be None. The one loader every command uses."""
     if is_thinkfast_dir(path):
         return load_model(path, device, dtype), load_tokenizer(path, trust_remote_code)
+    from .convert.export import import_exported
     from .convert.hf import import_hf
 
+    if os.path.isdir(path):  # a GraniteMoeHybrid / Llamba directory written by `thinkfast export`
+        exported = import_exported(path, device=device, dtype=dtype)
+        if exported is not None:
+            return exported
+
     return import_hf(str(path), device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def export_dir(model_path: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False,
+               dtype: Optional[str] = None):
+    """``thinkfast export``: load a thinkfast model directory (or anything ``load_pretrained``
+    reads) and export it. ``dtype``: float32 / bfloat16 / float16, default the stored dtype."""
+    from .convert.export import EXPORT_DTYPES, ExportError, check_out_dir, export_model, stored_dtype
+
+    src = Path(model_path)
+    check_out_dir(Path(out_dir), overwrite, src)  # refuse before the (slow) load
+    if dtype is not None and dtype not in EXPORT_DTYPES:
+        raise ExportError(f"--dtype {dtype!r}: choose from {sorted(EXPORT_DTYPES)}")
+    model, tok = load_pretrained(str(model_path))
+    want = EXPORT_DTYPES[dtype] if dtype else (stored_dtype(src) if src.is_dir() else None) or torch.float32
+    return export_model(model, out_dir, tokenizer=tok, tokenizer_dir=src if src.is_dir() else None,
+                        overwrite=overwrite, dtype=want, source=src)

@@ -18,13 +18,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import save_model
-    from ..convert.hf import import_hf
+    from ..checkpoint import is_thinkfast_dir, load_pretrained, save_model
 
     out = Path(args.out_dir)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise UserError(f"{out} exists and is not empty (use --overwrite)")
-    model, tok = import_hf(args.hf_path, trust_remote_code=args.trust_remote_code)
+    if is_thinkfast_dir(args.hf_path):
+        raise UserError(f"{args.hf_path} is already a thinkfast model directory (load it as it is)")
+    model, tok = load_pretrained(args.hf_path, trust_remote_code=args.trust_remote_code)
     save_model(model, out, tokenizer=tok, extra={"source": str(args.hf_path)})
     print(f"wrote {out}: {model.config.kind}, {model.num_parameters() / 1e6:.1f}M parameters"
           + ("" if tok is not None else " (no tokenizer found)"))

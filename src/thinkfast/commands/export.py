@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..convert.export import export_dir
+    from ..checkpoint import export_dir
 
     res = export_dir(args.model_dir, args.out_dir, overwrite=args.overwrite, dtype=args.dtype)
     print(json.dumps({

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from ..checkpoint import load_state_dict_strict
+from ..models.state import load_state_dict_strict
 from ..config import ModelConfig
 from ..models.layers import Attention, RMSNorm, rope_inv_freq
 from ..models.lm import LanguageModel, ModelOutput

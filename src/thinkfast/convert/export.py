@@ -209,11 +209,11 @@ def _token_ids(tokenizer: Any) -> dict[str, Optional[int]]:
     return {k: getattr(tokenizer, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+EXPORT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
-    return {v: k for k, v in _DTYPES.items()}[dtype]
+    return {v: k for k, v in EXPORT_DTYPES.items()}[dtype]
 
 
 # --- Llama -----------------------------------------------------------------------------------------
@@ -384,7 +384,7 @@ class ExportResult:
     tokenizer_files: list[str]
 
 
-def _check_out_dir(out: Path, overwrite: bool, source: Optional[Path] = None) -> None:
+def check_out_dir(out: Path, overwrite: bool, source: Optional[Path] = None) -> None:
     if source is not None and out.resolve() == source.resolve():
         raise ExportError(f"{out} is the model directory itself; choose another OUT_DIR")
     if out.exists() and not out.is_dir():
@@ -441,7 +441,7 @@ def export_model(model, out_dir: str | os.PathLike, tokenizer: Any = None,
     cfg = model.config
     target = export_target(cfg)
     out = Path(out_dir)
-    _check_out_dir(out, overwrite, Path(source) if source is not None else None)
+    check_out_dir(out, overwrite, Path(source) if source is not None else None)
     dtype = dtype or model.dtype
     if target == LLAMA:
         from .hf import to_hf_state_dict
@@ -457,7 +457,7 @@ def export_model(model, out_dir: str | os.PathLike, tokenizer: Any = None,
         _save_safetensors(sd, tmp / "model.safetensors", dtype)
         (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         copied = _copy_tokenizer(Path(tokenizer_dir) if tokenizer_dir is not None else None, tokenizer, tmp)
-        _check_out_dir(out, overwrite)  # again: something may have appeared meanwhile
+        check_out_dir(out, overwrite)  # again: something may have appeared meanwhile
         _install(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -465,7 +465,7 @@ def export_model(model, out_dir: str | os.PathLike, tokenizer: Any = None,
     return ExportResult(out, target, student_kind(cfg), target != LLAMBA, copied)
 
 
-def _stored_dtype(model_dir: Path) -> Optional[torch.dtype]:
+def stored_dtype(model_dir: Path) -> Optional[torch.dtype]:
     """The dtype a thinkfast directory stores its weights in (its embedding's), None if unknown."""
     f = model_dir / "model.safetensors"
     if not f.is_file():
@@ -480,22 +480,6 @@ def _stored_dtype(model_dir: Path) -> Optional[torch.dtype]:
 
 
 _ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
-
-
-def export_dir(model_path: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False,
-               dtype: Optional[str] = None) -> ExportResult:
-    """``thinkfast export``: load a thinkfast model directory (or anything ``load_pretrained``
-    reads) and export it. ``dtype``: float32 / bfloat16 / float16, default the stored dtype."""
-    from ..checkpoint import load_pretrained
-
-    src = Path(model_path)
-    _check_out_dir(Path(out_dir), overwrite, src)  # refuse before the (slow) load
-    if dtype is not None and dtype not in _DTYPES:
-        raise ExportError(f"--dtype {dtype!r}: choose from {sorted(_DTYPES)}")
-    model, tok = load_pretrained(str(model_path))
-    want = _DTYPES[dtype] if dtype else (_stored_dtype(src) if src.is_dir() else None) or torch.float32
-    return export_model(model, out_dir, tokenizer=tok, tokenizer_dir=src if src.is_dir() else None,
-                        overwrite=overwrite, dtype=want, source=src)
 
 
 # --- import ----------------------------------------------------------------------------------------
@@ -544,10 +528,12 @@ def _collapse_groups(H: int, rows_x: torch.Tensor, rows_b: torch.Tensor, conv_x:
 
 
 def _load_tokenizer(path: Path):
-    from ..checkpoint import load_tokenizer
+    from ..data import tokenizer as T
 
+    if path.is_dir() and not T.has_tokenizer(path):
+        return None
     try:
-        return load_tokenizer(path)
+        return T.load_tokenizer(path)
     except (OSError, ValueError, TypeError):
         return None
 
@@ -559,7 +545,7 @@ def import_hf_hybrid(path: str | os.PathLike, device: str | torch.device = "cpu"
     full RoPE. Repeated x/B groups are folded back to the fewest groups that reproduce them."""
     from transformers import AutoConfig
 
-    from ..checkpoint import load_state_dict_strict
+    from ..models.state import load_state_dict_strict
     from ..models.lm import LanguageModel
 
     p = Path(path)
@@ -702,7 +688,7 @@ def import_hf_hybrid(path: str | os.PathLike, device: str | torch.device = "cpu"
 def import_llamba(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None):
     """(thinkfast model, tokenizer or None) from a Llamba-format directory (config.json with
     ``ssm_cfg`` / ``mlp_cfg`` and safetensors weights under ``backbone.*``)."""
-    from ..checkpoint import load_state_dict_strict
+    from ..models.state import load_state_dict_strict
     from ..models.lm import LanguageModel
 
     p = Path(path)

@@ -95,7 +95,7 @@ def _key_map(cfg: ModelConfig) -> dict[str, str]:
 
 
 def llama_from_hf_state_dict(cfg: ModelConfig, hf_sd: dict[str, torch.Tensor], source: str = "checkpoint") -> LanguageModel:
-    from ..checkpoint import load_state_dict_strict
+    from ..models.state import load_state_dict_strict
 
     kmap = _key_map(cfg)
     missing = sorted(v for v in kmap.values() if v not in hf_sd)
@@ -155,13 +155,6 @@ def import_hf(path: str, device: str | torch.device = "cpu", dtype: Optional[tor
               trust_remote_code: bool = False):
     """(thinkfast model, tokenizer or None) from a HF Llama directory, hub id or .gguf file."""
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    if os.path.isdir(path):  # a GraniteMoeHybrid / Llamba directory written by `thinkfast export`
-        from .export import import_exported
-
-        exported = import_exported(path, device=device, dtype=dtype)
-        if exported is not None:
-            return exported
 
     _check_source(str(path))
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
