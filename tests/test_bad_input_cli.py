@@ -151,14 +151,21 @@ CASES = [
     ("report {missing} --out {out}", "argument metrics: {missing} does not exist"),
     ("report {bad} --out {out}", "{bad}:1: malformed JSON (Expecting value at column 11)"),
     ("report {good} --out {file}", "argument --out: {file} is a file, not a directory"),
-    # commands owned elsewhere, where they already behave
     ("grade {good} --workers 0", "argument --workers"),
     ("grade {good} --timeout -1", "argument --timeout"),
     ("grade {missing}", "{missing}: file not found"),
     ("grade {empty}", "cannot read {empty}: Is a directory"),
     ("grade {bad_json}", "{bad_json}:2: malformed JSON row"),
-    ("sample --model {model} --task synthetic --out {out} --n 0", "--n and --batch-problems must be at least 1"),
+    ("grade {good} --out {empty}", "argument --out: {empty} is a directory"),
+    ("sample --model {model} --task synthetic --out {out} --n 0", "argument --n: must be an integer >= 1"),
+    ("sample --model {model} --task synthetic --out {out} --batch-problems 0", "argument --batch-problems"),
+    ("sample --model {model} --task synthetic --out {out} --temperature -1", "argument --temperature"),
+    ("sample --model {model} --task synthetic --out {out} --top-p 2", "argument --top-p"),
+    ("sample --model {model} --task synthetic --out {out} --limit 0", "argument --limit"),
+    ("sample --model {model} --task synthetic --out {empty}", "argument --out: {empty} is a directory"),
     ("demo --out {file}", "--out {file} is not a directory"),
+    ("demo --out {out} --threads 0", "argument --threads"),
+    ("demo --out {out} --jobs 0", "argument --jobs"),
 ]
 
 

@@ -8,6 +8,7 @@ import pytest
 from thinkfast.data import synthetic as syn
 from thinkfast.eval.tasks.base import TASKS
 from thinkfast.eval.tasks.synthetic import SyntheticTask
+from thinkfast.runtime import UserError
 
 CFG = syn.SyntheticConfig()
 
@@ -234,8 +235,11 @@ def test_jsonl_round_trip(tmp_path):
         assert rec["answer"] == p.solution and rec["answer"].endswith(f"#### {p.answer}")
         assert syn.problem_from_record(rec, CFG).answer == p.answer
     (tmp_path / "bad.jsonl").write_text('{"question": "q"}\n')
-    with pytest.raises(ValueError, match="answer"):
+    with pytest.raises(UserError, match=r"bad\.jsonl:1: a record needs 'question' and 'answer'"):
         syn.read_jsonl(tmp_path / "bad.jsonl")
+    (tmp_path / "bytes.jsonl").write_bytes(b'{"question": "q", "answer": "a"}\n{"question": "\xff"}\n')
+    with pytest.raises(UserError, match=r"bytes\.jsonl:2: not UTF-8"):
+        syn.read_jsonl(tmp_path / "bytes.jsonl")
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -106,3 +106,14 @@ def test_a_file_written_before_hit_context_limit_existed_still_resumes(tmp_path)
     _write(out, rows)
     done, dropped = prepare_resume(out, SETTINGS)
     assert done == {"test/0", "test/1", "test/2"} and dropped == 0
+
+
+def test_bytes_that_are_not_utf8_are_named_by_line(tmp_path):
+    out, _ = _sampled(tmp_path)
+    lines = out.read_bytes().split(b"\n")
+    lines[1] = lines[1].replace(b'"q', b'"\xff q', 1)
+    out.write_bytes(b"\n".join(lines))
+    before = out.read_bytes()
+    with pytest.raises(UserError, match=r"x\.jsonl:2: not UTF-8"):
+        prepare_resume(out, SETTINGS)
+    assert out.read_bytes() == before

@@ -5,26 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-def _positive(kind: type):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-        return value
-    return parse
+from .args import output_file, positive_float, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="JSONL rows with 'gold' (the dataset's gold field) and 'completion'")
     parser.add_argument("--task", default=None, help="gsm8k, math500, synthetic (default: the rows' 'task')")
-    parser.add_argument("--out", default=None, help="output JSONL (default: rewrite the input atomically)")
-    parser.add_argument("--workers", type=_positive(int), default=None,
+    parser.add_argument("--out", default=None, type=output_file, help="output JSONL (default: rewrite the input atomically)")
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help="grading worker processes (default: one per core)")
-    parser.add_argument("--timeout", type=_positive(float), default=5.0,
+    parser.add_argument("--timeout", type=positive_float, default=5.0,
                         help="CPU seconds per completion before it counts as incorrect (default 5)")
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..runtime import UserError
+from .args import non_negative_float, non_negative_int, output_file, positive_int, probability
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,15 +16,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="thinkfast model dir, or a HF Llama (dir / hub id / .gguf); for --backend hf / vllm "
                              "a transformers checkpoint (e.g. the output of thinkfast export)")
     parser.add_argument("--task", required=True, help="gsm8k, math500, synthetic")
-    parser.add_argument("--n", type=int, default=64, help="samples per problem (default 64)")
-    parser.add_argument("--out", required=True, help="samples JSONL; an existing file is resumed")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0, help="0 = off")
-    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--n", type=positive_int, default=64, help="samples per problem (default 64)")
+    parser.add_argument("--out", required=True, type=output_file, help="samples JSONL; an existing file is resumed")
+    parser.add_argument("--temperature", type=non_negative_float, default=1.0)
+    parser.add_argument("--top-p", type=probability, default=1.0)
+    parser.add_argument("--top-k", type=non_negative_int, default=0, help="0 = off")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=512)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-problems", type=int, default=1, help="problems per engine call (default 1)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N problems")
+    parser.add_argument("--batch-problems", type=positive_int, default=1, help="problems per engine call (default 1)")
+    parser.add_argument("--limit", type=positive_int, default=None, help="only the first N problems")
     parser.add_argument("--data", default=None, help="local JSONL (or a directory of them); default: HF datasets")
     parser.add_argument("--split", default="test")
     parser.add_argument("--prompt-style", default="auto",
@@ -35,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="model dtype (default: thinkfast fp32; hf / vllm the checkpoint's)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,8 +46,6 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.tasks.base import task_by_name
     from ..inference.backends import open_backend
 
-    if args.n < 1 or args.batch_problems < 1:
-        raise UserError("--n and --batch-problems must be at least 1")
     task = task_by_name(args.task)
     try:
         examples = task.load(split=args.split, path=args.data, limit=args.limit)

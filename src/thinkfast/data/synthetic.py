@@ -512,18 +512,14 @@ def write_jsonl(problems: Iterable[Problem], path: str | os.PathLike) -> int:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The problems of a task file (``data.jsonl`` rules: a bad line is a DataError naming it)."""
+    from .jsonl import DataError, iter_jsonl
+
     out = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not JSON: {e.msg}") from None
-            if not isinstance(rec, dict) or "question" not in rec or "answer" not in rec:
-                raise ValueError(f"{path}:{i}: a record needs 'question' and 'answer'")
-            out.append(rec)
+    for i, rec in iter_jsonl(path):
+        if "question" not in rec or "answer" not in rec:
+            raise DataError(f"{path}:{i}: a record needs 'question' and 'answer'")
+        out.append(rec)
     return out
 
 

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Sequence
 
@@ -43,6 +44,17 @@ def _cpu_seconds(pid: int) -> Optional[float]:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+
+
+def _end_child(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for stream in (proc.stdin, proc.stdout):
+        try:
+            stream.close()
+        except (OSError, AttributeError):
+            pass
 
 
 class VerifyWorker:
@@ -74,6 +86,8 @@ class VerifyWorker:
         replies: "queue.Queue[Optional[str]]" = queue.Queue()  # fresh: no stale replies
         self._replies = replies
         stdout = self._proc.stdout
+        # A grader nobody closed (a task's own, say) still ends its child and pipes when collected.
+        weakref.finalize(self, _end_child, self._proc)
 
         def pump() -> None:
             for line in stdout:
@@ -128,16 +142,8 @@ class VerifyWorker:
 
     def close(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        for stream in (proc.stdin, proc.stdout):
-            try:
-                stream.close()
-            except (OSError, AttributeError):
-                pass
+        if proc is not None:
+            _end_child(proc)
 
 
 # --- the pool -----------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from ..config import json_error_detail
+from ..data.jsonl import read_utf8
 from ..runtime import UserError
 from .io import dumps_row, write_jsonl_atomic
 from .tasks.base import Example
@@ -109,10 +111,7 @@ def _read_rows(path: Path, settings: SampleSettings,
     fault on any earlier line was not made by a kill, so it is an error naming the line, and
     nothing is rewritten: those rows may be someone's data.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = read_utf8(path)
     numbered = [(i, ln) for i, ln in enumerate(text.split("\n"), start=1) if ln.strip()]
     rows = []
     for k, (lineno, line) in enumerate(numbered):
@@ -121,7 +120,7 @@ def _read_rows(path: Path, settings: SampleSettings,
             row = json.loads(line)
             why = None if isinstance(row, dict) else f"expected a JSON object, got {type(row).__name__}"
         except json.JSONDecodeError as e:
-            row, why = None, f"malformed JSON row ({e.msg} at column {e.colno})"
+            row, why = None, f"malformed JSON row ({json_error_detail(e)})"
         if why is None and row.get("settings") != settings.to_dict():
             # other settings are never a half-written row: refuse even on the last line
             raise UserError(f"{path}:{lineno}: made with other settings ({row.get('settings')}); "
