@@ -68,25 +68,21 @@ class DemoConfig:
     mohawk_steps: list[int] = field(default_factory=lambda: [200, 150, 1600])
     """Steps of MOHAWK's matrix, hidden and KD stages (Llamba)."""
     llamba_kd_lr: float = 2e-3
-    """Peak learning rate of Llamba's KD stage, chosen on validation problems (README, "The Llamba
-    student: a decay bias and its KD learning rate")."""
+    """Peak learning rate of Llamba's KD stage, chosen on validation problems
+    (docs/llamba-decay-bias.md)."""
     llamba_decay_bias: Optional[list[float]] = field(default_factory=lambda: [4.0, 1024.0])
     """The Llamba student's ``mamba.decay_bias`` (heads' initial memory, in tokens); None = none,
-    as in Llamba's release, where every head starts with a one-token memory (same README section)."""
+    as in Llamba's release, where every head starts with a one-token memory (docs/llamba-decay-bias.md)."""
     hybrid_keep: float = 0.5
     """Share of the teacher's layers the hybrid keeps as attention, chosen by leave-one-out KL."""
     select_rows: int = 64
     """Train problems the leave-one-out scores are measured on (half of them held out)."""
     hybrid_kd_steps: int = 1600
     llamba_sft_steps: int = 3000
-    """Llamba's SFT steps on the train problems' reference chains, chosen on validation problems:
-    its greedy accuracy went 25% -> 36% -> 52% at 600 / 1500 / 3000 steps (README, "Sampling
-    headroom")."""
+    """Llamba's SFT steps on the train problems' reference chains, chosen on validation problems
+    (docs/demo-study.md)."""
     hybrid_sft_steps: int = 2000
-    """The hybrid's SFT steps, chosen on validation problems: its greedy accuracy went 4% / 23% /
-    47% / 55% at 100 / 600 / 1500 / 2000 steps, the teacher's 50% on the same problems. 2000,
-    because at 1500 it solved 4 of the 48 four- and five-operation problems to the teacher's 15
-    (at 2000, 10), and the test problems hold more of those (README, "Sampling headroom")."""
+    """The hybrid's SFT steps, chosen on validation problems (docs/demo-study.md)."""
     batch_size: int = 4
     seq_len: int = 512
     """Row length: a prompt plus the longest chain of the shipped task is ~430 tokens."""
@@ -475,7 +471,7 @@ def select_hybrid_layers(cfg: DemoConfig, teacher_dir: Path, train: Path, out_pa
     """The hybrid's attention layers: the half of the teacher's layers whose leave-one-out KL is
     largest (``thinkfast select-layers --method loo``), measured on train rows. On the shipped
     teacher it matches kl-guided selection, and distilled to a held-out KL 2.2x lower than even
-    spacing at equal steps (README, "Choosing which attention layers a hybrid keeps")."""
+    spacing at equal steps (docs/layer-selection.md)."""
     from .checkpoint import load_model, load_tokenizer
     from .data.dataset import DataConfig, load_data
     from .select import layers as S

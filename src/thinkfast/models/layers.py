@@ -86,7 +86,7 @@ def grouped_decode_attention(q, k, v, mask: Optional[torch.Tensor]) -> torch.Ten
     q (B, H, 1, hd), k, v (B, G, S, hd), mask (B, 1, 1, S) bool or None -> (B, H, 1, hd).
 
     The same attention as SDPA's GQA path (scores and softmax in fp32), without repeating K/V or
-    a per-head loop: on CPU it decodes faster (README, "Performance")."""
+    a per-head loop: on CPU it decodes faster (docs/performance.md)."""
     B, H, _, hd = q.shape
     G = k.shape[1]
     qg = q.reshape(B, G, H // G, hd)  # GQA order: query head h reads KV group h // (H // G)
