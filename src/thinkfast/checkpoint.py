@@ -145,7 +145,7 @@ def load_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu",
     if is_thinkfast_dir(path):
         return load_model(path, device, dtype), load_tokenizer(path, trust_remote_code)
     from .convert.export import import_exported
-    from .convert.hf import import_hf
+    from .convert.llama import import_hf
 
     if os.path.isdir(path):  # a GraniteMoeHybrid / Llamba directory written by `thinkfast export`
         exported = import_exported(path, device=device, dtype=dtype)
@@ -159,7 +159,8 @@ def export_dir(model_path: str | os.PathLike, out_dir: str | os.PathLike, overwr
                dtype: Optional[str] = None):
     """``thinkfast export``: load a thinkfast model directory (or anything ``load_pretrained``
     reads) and export it. ``dtype``: float32 / bfloat16 / float16, default the stored dtype."""
-    from .convert.export import EXPORT_DTYPES, ExportError, check_out_dir, export_model, stored_dtype
+    from .convert.common import EXPORT_DTYPES
+    from .convert.export import ExportError, check_out_dir, export_model, stored_dtype
 
     src = Path(model_path)
     check_out_dir(Path(out_dir), overwrite, src)  # refuse before the (slow) load

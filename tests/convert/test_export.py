@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from thinkfast.config import ModelConfig  # noqa: E402
-from thinkfast.convert.export import (ExportError, export_model, import_exported, import_hf_hybrid,  # noqa: E402
-                                      import_llamba)
+from thinkfast.convert.export import ExportError, export_model, import_exported  # noqa: E402
+from thinkfast.convert.granite import import_hf_hybrid  # noqa: E402
+from thinkfast.convert.llamba import import_llamba  # noqa: E402
 from thinkfast.models.lm import LanguageModel  # noqa: E402
 from thinkfast.runtime import UserError  # noqa: E402
 

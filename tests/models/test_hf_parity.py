@@ -6,7 +6,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from thinkfast.checkpoint import load_pretrained  # noqa: E402
-from thinkfast.convert.hf import to_hf_state_dict  # noqa: E402
+from thinkfast.convert.llama import to_hf_state_dict  # noqa: E402
 
 CASES = {
     "gqa-tied": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
