@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 import torch
 import torch.nn as nn
 
+from ..inference.padding import left_pad
 from ..runtime import UserError
 
 AGGREGATIONS = ("last", "min", "mean", "prod")
@@ -54,17 +55,6 @@ def encode_dialogue(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])  # the template has BOS
     text = "\n\n".join(m["content"] for m in messages)
     return list(tokenizer(text)["input_ids"])
-
-
-def left_pad(seqs: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), each (B, T), left-padded so every last real token is at -1."""
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for b, s in enumerate(seqs):
-        ids[b, T - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[b, T - len(s):] = 1
-    return ids, mask
 
 
 def _pad_id(tokenizer: Any) -> int:

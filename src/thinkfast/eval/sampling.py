@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..config import json_error_detail
 from ..data.jsonl import read_utf8
+from ..inference.outputs import TIMING_KEYS
 from ..runtime import UserError
 from .io import dumps_row, write_jsonl_atomic
 from .tasks.base import Example
@@ -35,7 +36,14 @@ from .tasks.base import Example
 # with text, token_ids, logprobs, finish_reason) and .timing (dict).
 GenerateFn = Callable[[list[list[int]], int], Sequence[Any]]
 
-TIMING_KEYS = ("prefill_s", "decode_s", "batch_prompts", "batch_rows", "new_tokens", "prompt_tokens")
+ROW_TIMING_KEYS = {k: ("batch_problems" if k == "batch_prompts" else k) for k in TIMING_KEYS}
+"""A sampler's timing key (``inference.outputs.TIMING_KEYS``) -> its row field. The one rename:
+a sampler counts prompts per call (``batch_prompts``); a row counts problems per call
+(``batch_problems``, the ``--batch-problems`` / ``run_sampling(batch_problems=)`` knob, read by
+``eval.budget``). One problem is one prompt, so the values are equal. Both names stay: rows
+already written say ``batch_problems`` (resume checks ``FINISHED_ROW_KEYS``), and every
+``GenerateFn`` and ``thinkfast generate --json`` say ``batch_prompts``. Rows per call are
+``batch_rows`` in both."""
 
 
 @dataclass
@@ -190,9 +198,7 @@ def _finite(x: Any) -> Optional[float]:
 def sample_rows(example: Example, output: Any, settings: SampleSettings, hardware: str) -> list[dict[str, Any]]:
     """The n JSONL rows of one problem from one engine output."""
     timing = dict(getattr(output, "timing", None) or {})
-    batch = {k: timing.get(k) for k in TIMING_KEYS}
-    # budget.py expects batch_problems; the engine calls the same count batch_prompts.
-    batch["batch_problems"] = batch.pop("batch_prompts")
+    batch = {row_key: timing.get(k) for k, row_key in ROW_TIMING_KEYS.items()}
     rows = []
     for i, s in enumerate(output.samples):
         logprobs = getattr(s, "logprobs", None)

@@ -7,6 +7,10 @@ max_new_tokens, ended a 'length' sample) and ``.timing`` (prefill_s, decode_s, b
 batch_rows, new_tokens, prompt_tokens for the whole call), so the budget curves of
 ``thinkfast evaluate`` compare backends on one cost model.
 
+All three return the engine's own ``GenerationOutput`` / ``Sample`` (``thinkfast.inference.outputs``),
+built by ``outputs.batch_outputs``; seeds come from ``seeding.derive_seed`` and the hf backend pads
+with ``padding.left_pad``, as the engine does.
+
 * ``thinkfast``: ``thinkfast.inference.engine``; reads thinkfast directories and HF Llamas.
 * ``hf``: transformers ``generate()``, a reference. Reads any transformers checkpoint without
   remote code (an export of ``thinkfast export``, a HF Llama). Same settings (greedy at
@@ -32,47 +36,23 @@ times (all n greedy samples are the same sequence; both libraries refuse n > 1 g
 
 from __future__ import annotations
 
-import hashlib
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from ..runtime import UserError
+from .outputs import GenerationOutput, Sample, batch_outputs, cut_by_context
+from .seeding import derive_seed
+
+__all__ = ["BACKENDS", "Backend", "GenerateFn", "derive_seed", "engine_generate_fn", "hf_generate_fn",
+           "open_backend", "vllm_generate_fn"]
 
 BACKENDS = ("thinkfast", "hf", "vllm")
 
 VLLM_MISSING = ("--backend vllm needs vLLM, which is not installed: pip install 'thinkfast[vllm]' "
                 "(a CUDA GPU machine is required). --backend thinkfast and --backend hf work without it.")
-
-
-@dataclass
-class BackendSample:
-    text: str
-    token_ids: list[int]
-    logprobs: Optional[list[float]]
-    finish_reason: str
-    hit_context_limit: bool = False
-
-
-@dataclass
-class BackendOutput:
-    prompt_ids: list[int]
-    samples: list[BackendSample]
-    timing: dict[str, Any] = field(default_factory=dict)
-
-
-def derive_seed(seed: int, prompt_ids: Sequence[Sequence[int]] | Sequence[int]) -> int:
-    """A 31-bit seed from (seed, prompt tokens): the same problem gets the same seed in any run."""
-    h = hashlib.blake2b(repr((int(seed), [list(p) if not isinstance(p, int) else p for p in prompt_ids])).encode(),
-                        digest_size=4).digest()
-    return int.from_bytes(h, "little") & 0x7FFFFFFF
-
-
-def _timing(prefill_s: float, decode_s: float, prompts: list[list[int]], n: int, new_tokens: int) -> dict[str, Any]:
-    return dict(prefill_s=float(prefill_s), decode_s=float(decode_s), batch_prompts=len(prompts),
-                batch_rows=len(prompts) * n, new_tokens=int(new_tokens), prompt_tokens=sum(len(p) for p in prompts))
 
 
 # --- transformers generate() ---------------------------------------------------------------------
@@ -111,7 +91,7 @@ def _stop_string_criteria(stopper: Any, prompt_len: int):
     return StopStrings()
 
 
-GenerateFn = Callable[[list[list[int]], int], list[BackendOutput]]
+GenerateFn = Callable[[list[list[int]], int], list[GenerationOutput]]
 
 
 def hf_generate_fn(model: Any, tokenizer: Any, settings: Any, stop: Sequence[str],
@@ -121,12 +101,11 @@ def hf_generate_fn(model: Any, tokenizer: Any, settings: Any, stop: Sequence[str
     import torch
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
-    from .engine import StopChecker
+    from .engine import StopChecker, default_eos, finish_sample
+    from .padding import left_pad
 
     stopper = StopChecker(tuple(stop), tokenizer)
-    if eos_token_ids is None:
-        eos_token_ids = [tokenizer.eos_token_id] if getattr(tokenizer, "eos_token_id", None) is not None else []
-    eos = set(int(t) for t in eos_token_ids)
+    eos = set(int(t) for t in (default_eos(tokenizer) if eos_token_ids is None else eos_token_ids))
     pad = getattr(tokenizer, "pad_token_id", None)
     pad = pad if pad is not None else (min(eos) if eos else 0)
     ctx = getattr(model.config, "max_position_embeddings", None)
@@ -134,17 +113,13 @@ def hf_generate_fn(model: Any, tokenizer: Any, settings: Any, stop: Sequence[str
     n = settings.n
 
     @torch.inference_mode()
-    def gen(prompts: list[list[int]], seed: int) -> list[BackendOutput]:
+    def gen(prompts: list[list[int]], seed: int) -> list[GenerationOutput]:
         device = model.device
         P, Lp = len(prompts), max(len(p) for p in prompts)
         if ctx is not None and Lp > ctx:
             raise ValueError(f"prompt of {Lp} tokens is longer than the model's context ({ctx})")
         max_new = settings.max_new_tokens if ctx is None else min(settings.max_new_tokens, ctx - Lp)
-        ids = torch.full((P, Lp), pad, dtype=torch.long)
-        mask = torch.zeros(P, Lp, dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, Lp - len(p):] = torch.tensor(p)
-            mask[i, Lp - len(p):] = 1
+        ids, mask = left_pad(prompts, pad)
         timer = _first_call_timer()
         kw: dict[str, Any] = dict(
             max_new_tokens=max_new, min_new_tokens=0, pad_token_id=pad, eos_token_id=sorted(eos) or None,
@@ -177,9 +152,9 @@ def hf_generate_fn(model: Any, tokenizer: Any, settings: Any, stop: Sequence[str
             steps = torch.stack([lg.float() for lg in out.logits], 1)  # (R, L, V), raw model logits
             lp = torch.log_softmax(steps, -1).gather(-1, new[:, : steps.shape[1], None])[..., 0]
             seqs, lps = new.tolist(), lp.tolist()
-        outs, total_new = [], 0
-        for i, p in enumerate(prompts):
-            samples = []
+        samples = []
+        for i in range(P):
+            ss = []
             for j in range(rows):
                 toks, lpr = seqs[i * rows + j], lps[i * rows + j]
                 length, reason = len(toks), "length"
@@ -190,20 +165,11 @@ def hf_generate_fn(model: Any, tokenizer: Any, settings: Any, stop: Sequence[str
                     if stopper.stops and stopper.hit(toks[: t + 1]):
                         length, reason = t + 1, "stop"
                         break
-                toks, lpr = toks[:length], lpr[:length]
-                text = tokenizer.decode(toks, skip_special_tokens=True) if tokenizer is not None else ""
-                if reason == "stop":
-                    text = stopper.cut(text)
                 # the batch shares one padded length, so the longest prompt sets every row's room
-                cut = reason == "length" and length == max_new < settings.max_new_tokens
-                samples.append(BackendSample(text, toks, lpr, reason, hit_context_limit=cut))
-            samples = samples * n if greedy else samples
-            total_new += sum(len(s.token_ids) for s in samples)
-            outs.append(BackendOutput(list(p), samples))
-        timing = _timing(t1 - t0, t2 - t1, prompts, n, total_new)
-        for o in outs:
-            o.timing = dict(timing)
-        return outs
+                ss.append(finish_sample(toks[:length], lpr[:length], reason, tokenizer, stopper, max_new,
+                                        settings.max_new_tokens))
+            samples.append(ss * n if greedy else ss)
+        return batch_outputs(prompts, samples, n, t1 - t0, t2 - t1)
 
     return gen
 
@@ -276,7 +242,7 @@ def vllm_generate_fn(llm: Any, tokenizer: Any, settings: Any, stop: Sequence[str
                               top_k=-1 if greedy or not settings.top_k else settings.top_k,  # -1 = off in all versions
                               max_tokens=max_tokens, seed=derive_seed(seed, p), stop=stops or None, logprobs=0)
 
-    def gen(prompts: list[list[int]], seed: int) -> list[BackendOutput]:
+    def gen(prompts: list[list[int]], seed: int) -> list[GenerationOutput]:
         inputs = [{"prompt_token_ids": list(p)} for p in prompts]
         params = [params_for(list(p), seed) for p in prompts]
         t0 = time.perf_counter()
@@ -294,10 +260,10 @@ def vllm_generate_fn(llm: Any, tokenizer: Any, settings: Any, stop: Sequence[str
             llm.generate(inputs, probe, use_tqdm=False)
             prefill = time.perf_counter() - tp
             total = max(t1 - t0, prefill)
-        outs, total_new = [], 0
-        for p, o, sp in zip(prompts, res, params):
+        samples = []
+        for o, sp in zip(res, params):
             comps = sorted(o.outputs, key=lambda c: getattr(c, "index", 0))
-            samples = []
+            ss = []
             for c in comps:
                 toks = [int(t) for t in c.token_ids]
                 lps = None
@@ -307,15 +273,10 @@ def vllm_generate_fn(llm: Any, tokenizer: Any, settings: Any, stop: Sequence[str
                     reason = "length"
                 else:  # 'stop': a stop string (stop_reason is the string) or EOS / a stop token id
                     reason = "stop" if isinstance(getattr(c, "stop_reason", None), str) else "eos"
-                cut = reason == "length" and len(toks) == sp.max_tokens < settings.max_new_tokens
-                samples.append(BackendSample(c.text, toks, lps, reason, hit_context_limit=cut))
-            samples = samples * n if greedy else samples
-            total_new += sum(len(s.token_ids) for s in samples)
-            outs.append(BackendOutput(list(p), samples))
-        timing = _timing(prefill, total - prefill, prompts, n, total_new)
-        for o in outs:
-            o.timing = dict(timing)
-        return outs
+                cut = cut_by_context(reason, len(toks), sp.max_tokens, settings.max_new_tokens)
+                ss.append(Sample(c.text, toks, lps, reason, hit_context_limit=cut))
+            samples.append(ss * n if greedy else ss)
+        return batch_outputs(prompts, samples, n, prefill, total - prefill)
 
     return gen
 
@@ -392,7 +353,7 @@ def engine_generate_fn(model: Any, tokenizer: Any, settings: Any, stop: Sequence
     max_new_tokens)."""
     from .engine import ContextLimitWarning, SamplingParams, generate
 
-    def gen(prompts: list[list[int]], seed: int) -> Sequence[Any]:
+    def gen(prompts: list[list[int]], seed: int) -> list[GenerationOutput]:
         params = SamplingParams(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
                                 top_k=settings.top_k, max_new_tokens=settings.max_new_tokens,
                                 stop=tuple(stop), seed=seed)  # EOS: the tokenizer's

@@ -25,15 +25,20 @@ Glossary: P prompts in a batch, R = P * n rows, V vocab, Lp padded prompt length
 
 from __future__ import annotations
 
-import hashlib
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
 import torch
 
 from ..models.lm import LanguageModel
+from .outputs import GenerationOutput, Sample, batch_outputs, cut_by_context
+from .padding import left_pad
+from .seeding import derive_seed
+
+__all__ = ["ContextLimitWarning", "GenerationOutput", "Sample", "SamplingParams", "StopChecker", "default_eos",
+           "derive_seed", "filter_logits", "finish_sample", "generate", "gumbel_noise", "left_pad", "sample_next"]
 
 _MASK32 = 0xFFFFFFFF
 
@@ -68,29 +73,8 @@ class SamplingParams:
         self.stop = tuple(self.stop)
 
 
-@dataclass
-class Sample:
-    text: str
-    token_ids: list[int]
-    """Generated ids, including the EOS or stop-completing token when there is one."""
-    logprobs: list[float]
-    """The model's log-probability of each generated token (temperature 1, unfiltered)."""
-    finish_reason: str
-    """'eos', 'stop' or 'length'."""
-    hit_context_limit: bool = False
-    """Ended by the model's context, before ``max_new_tokens`` (finish_reason is 'length')."""
-
-
 class ContextLimitWarning(UserWarning):
     """Some prompts leave less than ``max_new_tokens`` of room in the model's context."""
-
-
-@dataclass
-class GenerationOutput:
-    prompt_ids: list[int]
-    samples: list[Sample]
-    timing: dict[str, Any] = field(default_factory=dict)
-    """The batch this prompt was in: prefill_s, decode_s, batch_prompts, batch_rows, new_tokens."""
 
 
 # --- counter-based randomness ----------------------------------------------------------------
@@ -102,11 +86,6 @@ def _fmix32(x: torch.Tensor) -> torch.Tensor:
     x = x ^ (x >> 13)
     x = (x * 0xC2B2AE35) & _MASK32
     return x ^ (x >> 16)
-
-
-def _row_key(seed: int, prompt_ids: Sequence[int]) -> int:
-    h = hashlib.blake2b(repr((int(seed), list(prompt_ids))).encode(), digest_size=4).digest()
-    return int.from_bytes(h, "little")
 
 
 def gumbel_noise(keys: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
@@ -158,8 +137,9 @@ def _encode(prompts, tokenizer, add_special_tokens: bool) -> list[list[int]]:
     return out
 
 
-def _default_eos(tokenizer) -> tuple[int, ...]:
-    if tokenizer is None or tokenizer.eos_token_id is None:
+def default_eos(tokenizer) -> tuple[int, ...]:
+    """The tokenizer's EOS id, the stop token when ``eos_token_ids`` is not given."""
+    if tokenizer is None or getattr(tokenizer, "eos_token_id", None) is None:
         return ()
     return (int(tokenizer.eos_token_id),)
 
@@ -219,13 +199,9 @@ def _generate_batch(model: LanguageModel, prompt_ids: list[list[int]], params: S
     P, n = len(prompt_ids), params.n
     Lp = max(len(p) for p in prompt_ids)
     max_new = min(params.max_new_tokens, model.config.max_seq_len - Lp)
-    ids = torch.zeros(P, Lp, dtype=torch.long)
-    mask = torch.zeros(P, Lp, dtype=torch.bool)
-    for i, p in enumerate(prompt_ids):
-        ids[i, Lp - len(p):] = torch.tensor(p)
-        mask[i, Lp - len(p):] = True
+    ids, mask = left_pad(prompt_ids, 0, mask_dtype=torch.bool)
     ids, mask = ids.to(device), mask.to(device)
-    prompt_keys = [[_row_key(params.seed + j, p) for j in range(n)] for p in prompt_ids]
+    prompt_keys = [[derive_seed(params.seed + j, p, bits=32) for j in range(n)] for p in prompt_ids]
 
     t0 = time.perf_counter()
     cache = model.allocate_cache(P, Lp + max(max_new, 1))
@@ -272,22 +248,23 @@ def _generate_batch(model: LanguageModel, prompt_ids: list[list[int]], params: S
 
     lengths, reasons = length.tolist(), reason.tolist()
     toks, lps = out_tok.tolist(), out_lp.tolist()
-    gen = [toks[r][: lengths[r]] for r in range(R)]
-    timing = dict(prefill_s=t1 - t0, decode_s=t2 - t1, batch_prompts=P, batch_rows=R,
-                  new_tokens=sum(lengths), prompt_tokens=sum(len(p) for p in prompt_ids))
     names = ("length", "eos", "stop")
-    outs = []
-    for i, p in enumerate(prompt_ids):
-        samples = []
-        for j in range(n):
-            r = i * n + j
-            text = tokenizer.decode(gen[r], skip_special_tokens=True) if tokenizer is not None else ""
-            if reasons[r] == 2:
-                text = stopper.cut(text)
-            cut = reasons[r] == 0 and lengths[r] == max_new < params.max_new_tokens
-            samples.append(Sample(text, gen[r], lps[r][: lengths[r]], names[reasons[r]], hit_context_limit=cut))
-        outs.append(GenerationOutput(p, samples, dict(timing)))
-    return outs
+    samples = [[finish_sample(toks[r][: lengths[r]], lps[r][: lengths[r]], names[reasons[r]], tokenizer, stopper,
+                              max_new, params.max_new_tokens) for r in range(i * n, (i + 1) * n)]
+               for i in range(P)]
+    return batch_outputs(prompt_ids, samples, n, t1 - t0, t2 - t1)
+
+
+def finish_sample(token_ids: list[int], logprobs: Optional[list[float]], finish_reason: str, tokenizer,
+                  stopper: StopChecker, room: int, max_new_tokens: int) -> Sample:
+    """The Sample of a row that ended with ``finish_reason`` after ``token_ids``: its text decoded
+    (cut before the stop string when it stopped on one), ``hit_context_limit`` when it ran out of
+    ``room`` and that was less than ``max_new_tokens``."""
+    text = tokenizer.decode(token_ids, skip_special_tokens=True) if tokenizer is not None else ""
+    if finish_reason == "stop":
+        text = stopper.cut(text)
+    return Sample(text, token_ids, logprobs, finish_reason,
+                  hit_context_limit=cut_by_context(finish_reason, len(token_ids), room, max_new_tokens))
 
 
 def generate(
@@ -306,7 +283,7 @@ def generate(
     """
     params = params or SamplingParams()
     ids = _encode(prompts, tokenizer, add_special_tokens)
-    eos = set(params.eos_token_ids) if params.eos_token_ids is not None else set(_default_eos(tokenizer))
+    eos = set(params.eos_token_ids) if params.eos_token_ids is not None else set(default_eos(tokenizer))
     stopper = StopChecker(params.stop, tokenizer)
     ctx = model.config.max_seq_len
     _check_context(ids, params.max_new_tokens, ctx)
