@@ -69,7 +69,7 @@ def _build_hf(case: BenchCase):
     if case.kind == "llama":
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        from ..convert.hf import to_hf_state_dict
+        from ..convert.llama import to_hf_state_dict
 
         ours = _build_thinkfast(case)
         c = ours.config
