@@ -89,6 +89,21 @@ def test_quick_demo_writes_a_complete_report(quick_run):
             assert k == 0 or k in run["ks"]
             within = [e for e in run["metrics"]["coverage"] if e["seconds"] <= b["seconds"]]
             assert b[f"{name}_k"] == (max(within, key=lambda e: e["mean"])["k"] if within else None)
+    # ... and compared with the teacher on the same problems: a paired difference with its interval
+    for method in ("coverage", "majority"):
+        claim = results["claim"][method]
+        assert set(claim["paired_verdicts"]) == {"llamba", "hybrid"}
+        for b in claim["budgets"]:
+            for name in ("llamba", "hybrid"):
+                assert {f"{name}_{key}" for key in ("diff", "lo", "hi", "paired_verdict", "problems")} <= set(b)
+                if b[f"{name}_k"] is None:
+                    assert b[f"{name}_paired_verdict"] is None
+                    continue
+                assert b[f"{name}_lo"] <= b[f"{name}_diff"] <= b[f"{name}_hi"]
+                assert b[f"{name}_paired_verdict"] in ("above", "below", "tied")
+                assert b[f"{name}_problems"] == results["runs"]["teacher"]["problems"]
+                assert b[f"{name}_diff"] == pytest.approx(b[name] - b["teacher"])  # same problems: means subtract
+    assert "paired CI" in report
 
 
 def test_claim_scores_teacher_and_students_at_their_best_within_each_budget():

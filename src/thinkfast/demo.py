@@ -21,7 +21,9 @@ a run holds a lock on OUT, and its worker processes die with it):
                is also scored at the most samples that fit each teacher budget (``budget_ks``)
 
 The claim tested: at equal seconds per problem, does a student reach a higher coverage and
-majority accuracy than its teacher once the budget allows several teacher samples?
+majority accuracy than its teacher once the budget allows several teacher samples? Each budget
+compares a student with the teacher on the same test problems: the mean per-problem difference
+with a paired bootstrap interval (``claim_verdict``).
 """
 
 from __future__ import annotations
@@ -676,10 +678,37 @@ def budget_ks(teacher_run: dict[str, Any], rows: list[dict[str, Any]]) -> list[i
     return sorted({k for k in ks if k >= 1})
 
 
-def claim_verdict(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+STUDENTS = ("llamba", "hybrid")
+
+
+def paired_budget_difference(student: dict[str, Any], teacher: dict[str, Any], method: str, student_k: int,
+                             teacher_k: int, n_boot: int, seed: int) -> Optional[dict[str, Any]]:
+    """``paired_difference`` of the student's per-problem values at ``student_k`` against the
+    teacher's at ``teacher_k``, over the problems both runs scored (in the teacher's order), plus
+    ``problems``: how many; None when either run keeps no per-problem values or none are shared."""
+    from .eval.evaluation import per_problem_values
+    from .eval.metrics import paired_difference
+
+    s = per_problem_values(student, method, student_k)
+    t = per_problem_values(teacher, method, teacher_k)
+    if s is None or t is None:
+        return None
+    pids = [p for p in teacher["problem_ids"] if p in s]
+    if not pids:
+        return None
+    d = paired_difference([s[p] for p in pids], [t[p] for p in pids], n_boot=n_boot, seed=seed)
+    return {**d, "problems": len(pids)}
+
+
+def claim_verdict(runs: dict[str, dict[str, Any]], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
     """For each teacher budget (the seconds per problem of its k >= 2): the best the teacher and
     each student reach within that many seconds. Teacher and students are scored alike, so a
-    majority curve that dips at larger k counts its best point for every model."""
+    majority curve that dips at larger k counts its best point for every model.
+
+    Each student is then compared with the teacher on the same problems: the mean per-problem
+    difference (student at its best k minus teacher at its best k) with a paired bootstrap
+    interval (``n_boot`` resamples, ``seed``), as ``{name}_diff``, ``{name}_lo``, ``{name}_hi`` and
+    ``{name}_paired_verdict`` (above / below / tied; None when no comparison can be made)."""
     from .eval.budget import best_at_budget
     from .eval.evaluation import run_points
 
@@ -695,14 +724,38 @@ def claim_verdict(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 best = best_at_budget(run_points(runs[name], [method]), e["seconds"])
                 row[name] = best.value if best else None
                 row[f"{name}_k"] = best.k if best else None
+            for name in STUDENTS:
+                d = None
+                if row[f"{name}_k"] is not None and row["teacher_k"] is not None:
+                    d = paired_budget_difference(runs[name], teacher, method, row[f"{name}_k"], row["teacher_k"],
+                                                 n_boot, seed)
+                for key in ("diff", "lo", "hi"):
+                    row[f"{name}_{key}"] = d[key] if d else None
+                row[f"{name}_paired_verdict"] = d["verdict"] if d else None
+                row[f"{name}_problems"] = d["problems"] if d else None
             rows.append(row)
-        wins = {name: sum(1 for r in rows if r[name] is not None and r[name] > r["teacher"]) for name in ("llamba", "hybrid")}
-        verdict[method] = {"budgets": rows, "student_wins": wins, "budgets_compared": len(rows)}
+        wins = {name: sum(1 for r in rows if r[name] is not None and r[name] > r["teacher"]) for name in STUDENTS}
+        paired = {name: {v: sum(1 for r in rows if r[f"{name}_paired_verdict"] == v) for v in ("above", "tied", "below")}
+                  for name in STUDENTS}
+        verdict[method] = {"budgets": rows, "student_wins": wins, "paired_verdicts": paired,
+                           "budgets_compared": len(rows)}
     return verdict
 
 
 def _pct(x: Optional[float]) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def _paired(row: dict[str, Any], name: str) -> str:
+    """A student's paired difference from the teacher, in percentage points, with its interval."""
+    if row.get(f"{name}_diff") is None:
+        return "-"
+    return (f"{_pts(row[f'{name}_diff'])} pts [{_pts(row[f'{name}_lo'])}, {_pts(row[f'{name}_hi'])}] "
+            f"{row[f'{name}_paired_verdict']}")
 
 
 def demo_markdown(results: dict[str, Any]) -> list[str]:
@@ -719,11 +772,21 @@ def demo_markdown(results: dict[str, Any]) -> list[str]:
     for method in ("coverage", "majority"):
         v = results["claim"][method]
         md += [f"### {method}", "", "| budget: teacher k | seconds/problem | best teacher within it (k) | "
-               "best Llamba within it (k) | best hybrid within it (k) |", "|---|---|---|---|---|"]
+               "best Llamba within it (k) | Llamba - teacher [95% paired CI] | best hybrid within it (k) | "
+               "hybrid - teacher [95% paired CI] |", "|---|---|---|---|---|---|---|"]
         for r in v["budgets"]:
             md.append(f"| {r['budget_k']} | {r['seconds']:.3f} | {_pct(r['teacher'])} ({r['teacher_k']}) | "
-                      f"{_pct(r['llamba'])} ({r['llamba_k']}) | {_pct(r['hybrid'])} ({r['hybrid_k']}) |")
-        md += ["", f"Budgets where a student is above the teacher: Llamba {v['student_wins']['llamba']}, "
+                      f"{_pct(r['llamba'])} ({r['llamba_k']}) | {_paired(r, 'llamba')} | "
+                      f"{_pct(r['hybrid'])} ({r['hybrid_k']}) | {_paired(r, 'hybrid')} |")
+        paired = v.get("paired_verdicts")
+        md += [""]
+        if paired:
+            md += ["Paired over the same test problems (the student's per-problem value at its k minus the "
+                   "teacher's at its k, bootstrap over problems): " + "; ".join(
+                       f"{label} above the teacher in {paired[name]['above']}, tied in {paired[name]['tied']}, "
+                       f"below in {paired[name]['below']}" for name, label in (("llamba", "Llamba"), ("hybrid", "hybrid")))
+                   + f" of {v['budgets_compared']} budgets.", ""]
+        md += [f"Budgets where a student's mean is above the teacher's: Llamba {v['student_wins']['llamba']}, "
                f"hybrid {v['student_wins']['hybrid']} of {v['budgets_compared']}.", ""]
     hl = results["hybrid_layers"]
     md += [f"The hybrid keeps attention in layers {hl['layers']} ({hl['pattern']}), chosen by {hl['method']} "
@@ -908,7 +971,7 @@ def run_stages(out: Path, cfg: DemoConfig, task_meta: dict[str, Any], teacher_ta
         "decisions": stages.decisions, "greedy": greedy,
         "hybrid_layers": {k: hybrid_layers[k] for k in ("layers", "pattern", "method", "scores")},
         "runs": runs, "pareto": metrics["pareto"], "throughput": throughput_table(list(runs.values())),
-        "claim": claim_verdict(runs), "stage_seconds": stages.seconds(),
+        "claim": claim_verdict(runs, seed=cfg.seed), "stage_seconds": stages.seconds(),
         "models": {k: str(v) for k, v in model_dirs.items()},
     }
     write_report([metrics], out)

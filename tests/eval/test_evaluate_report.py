@@ -48,6 +48,12 @@ def test_evaluate_run_groups_by_value_and_scores_rewards(tmp_path):
         assert all(e["lo"] <= e["mean"] <= e["hi"] for e in m[method])
     # rewards separate right from wrong perfectly here, so Best-of-N@n equals coverage@n
     assert m["best_of_n"][-1]["mean"] == pytest.approx(m["coverage"][-1]["mean"])
+    # the per-problem values every mean comes from are kept, one list per method per k
+    assert run["problem_ids"] == [str(i) for i in range(12)]
+    for method, entries in m.items():
+        assert len(run["per_problem"][method]) == len(run["ks"])
+        for e, values in zip(entries, run["per_problem"][method]):
+            assert len(values) == 12 and sum(values) / 12 == pytest.approx(e["mean"])
     # seconds: prefill 0.1 + k * 1.0 / 4 per problem
     assert [e["seconds"] for e in m["majority"]] == pytest.approx([0.1 + k / 4 for k in (1, 2, 4)])
 

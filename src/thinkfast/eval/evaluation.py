@@ -77,7 +77,11 @@ def problem_values(p: ProblemSamples, n: int, ks: Sequence[int], same: Callable[
 def evaluate_run(rows: list[dict[str, Any]], task: Any, name: str, source: str,
                  settings: EvalSettings, extra_ks: Sequence[int] = ()) -> dict[str, Any]:
     """Every metric of one samples file, as a JSON-ready dict, at k = 1, 2, 4, ..., n and at
-    ``extra_ks`` (those in 1..n; e.g. the k that fits another model's time budget)."""
+    ``extra_ks`` (those in 1..n; e.g. the k that fits another model's time budget).
+
+    Besides the summaries in ``metrics``, ``per_problem[method][j][i]`` is the value of problem
+    ``problem_ids[i]`` at k = ``ks[j]`` (the numbers every mean and interval is computed from),
+    so two runs on the same problems can be compared pairwise (``per_problem_values``)."""
     if rows and any("correct" not in r for r in rows):
         rows = grade_rows(task, rows, source)
     problems = group_by_problem(rows, settings.reward_key, source)
@@ -105,7 +109,20 @@ def evaluate_run(rows: list[dict[str, Any]], task: Any, name: str, source: str,
         "has_rewards": problems[0].rewards is not None, "grading": summarize(rows).to_dict(),
         "timing": timing.to_dict() if timing else None, "hardware": timing.hardware if timing else None,
         "metrics": result,
+        "problem_ids": [p.problem_id for p in problems],
+        "per_problem": {method: [[v[method][j] for v in per_problem] for j in range(len(ks))]
+                        for method in result},
     }
+
+
+def per_problem_values(run: dict[str, Any], method: str, k: int) -> Optional[dict[str, float]]:
+    """``{problem_id: value}`` of one run's ``method`` at ``k``; None when the run keeps no
+    per-problem values (metrics files written before they were kept) or has no such point."""
+    table = (run.get("per_problem") or {}).get(method)
+    ks, pids = run.get("ks"), run.get("problem_ids")
+    if table is None or ks is None or pids is None or k not in ks:
+        return None
+    return dict(zip(pids, table[ks.index(k)]))
 
 
 def run_points(run: dict[str, Any], methods: Sequence[str]) -> list[Point]:
