@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from typing import Optional
 
 __all__ = ["positive_int", "non_negative_int", "positive_float", "non_negative_float", "probability",
            "fraction", "existing_file", "existing_dir", "data_source", "output_file", "output_dir", "comma_list"]
@@ -144,3 +145,10 @@ def comma_list(*choices: str):
         return names
     parse.__name__ = "comma_list"
     return parse
+
+
+def add_threads(parser: argparse.ArgumentParser, default: Optional[int] = None, help: str = "") -> None:
+    """The ``--threads`` flag every command has: PyTorch's intra-op threads (``cli.main`` applies
+    it through ``runtime.configure_threads``; default all cores, or ``THINKFAST_THREADS``)."""
+    parser.add_argument("--threads", type=positive_int, default=default,
+                        help=help or "PyTorch intra-op threads (default: all cores, or THINKFAST_THREADS)")

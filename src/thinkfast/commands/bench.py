@@ -10,7 +10,7 @@ import json
 import os
 
 from ..config import MODEL_PRESETS
-from .args import comma_list, output_file, positive_int
+from .args import add_threads, comma_list, output_file, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gen", type=positive_int, default=256, help="new tokens")
     p.add_argument("--kinds", type=comma_list("llama", "mamba", "hybrid"), default="llama,mamba,hybrid")
     p.add_argument("--engines", type=comma_list("thinkfast", "hf"), default="thinkfast,hf", help="thinkfast and/or hf (transformers generate)")
-    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: all cores)")
+    add_threads(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--repeats", type=positive_int, default=1, help="best of N timings")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .args import positive_int
+from .args import add_threads, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,9 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "files from --out and keeps anything else there")
     p.add_argument("--retrain-teacher", action="store_true",
                    help="train the teacher with thinkfast's own recipe instead of loading the shipped one")
-    p.add_argument("--threads", type=positive_int, default=1,
-                   help="PyTorch threads (default 1: at the demo's model size one thread distilled the "
-                        "students 1.75x faster than two, whose OpenMP hand-offs cost more than they split)")
+    add_threads(p, default=1,
+                help="PyTorch threads (default 1: at the demo's model size one thread distilled the "
+                     "students 1.75x faster than two, whose OpenMP hand-offs cost more than they split)")
     p.add_argument("--jobs", type=positive_int, default=None,
                    help="processes for the stages that time nothing (the students, the ORM, scoring), run "
                         "side by side (default: one per core, each with --threads threads, at most 2; 1 runs "

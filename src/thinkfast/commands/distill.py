@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from .args import existing_file, positive_int
+from .args import add_threads, existing_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="overrides, e.g. teacher=runs/teacher/model train.steps=200 stages.kd.train.lr=1e-4")
     parser.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
-    parser.add_argument("--threads", type=positive_int, default=None, help="PyTorch intra-op threads")
+    add_threads(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from .args import data_source, existing_dir, output_file, positive_int
+from .args import add_threads, data_source, existing_dir, output_file, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "as the demo teacher was trained; default: examples packed back to back")
     parser.add_argument("--sequences", type=positive_int, default=32, help="rows measured (the first ones)")
     parser.add_argument("--out", type=output_file, default=None, help="write results: .json, or .png (plot, plus .json beside it)")
-    parser.add_argument("--threads", type=positive_int, default=None, help="PyTorch intra-op threads")
+    add_threads(parser)
 
 
 def _plot(results: dict, path: Path) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .args import output_dir, positive_int
+from .args import add_threads, output_dir
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                    help="weights dtype (default: the dtype the model is stored in)")
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
+    add_threads(p)
 
 
 def run(args: argparse.Namespace) -> int:

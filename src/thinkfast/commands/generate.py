@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .args import non_negative_float, non_negative_int, positive_int, probability
+from .args import add_threads, non_negative_float, non_negative_int, positive_int, probability
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--stop", action="append", default=[])
     p.add_argument("--json", action="store_true", help="print one JSON object per sample")
-    p.add_argument("--threads", type=positive_int, default=None)
+    add_threads(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..runtime import UserError
-from .args import non_negative_float, non_negative_int, output_file, positive_int, probability
+from .args import add_threads, non_negative_float, non_negative_int, output_file, positive_int, probability
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="model dtype (default: thinkfast fp32; hf / vllm the checkpoint's)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
+    add_threads(parser)
 
 
 def run(args: argparse.Namespace) -> int:

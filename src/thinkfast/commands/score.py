@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..runtime import UserError
-from .args import existing_file, output_file, positive_int
+from .args import add_threads, existing_file, output_file, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=output_file, default=None, help="output JSONL (default: rewrite the input atomically)")
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=positive_int, default=None)
+    add_threads(parser)
 
 
 def run(args: argparse.Namespace) -> int:

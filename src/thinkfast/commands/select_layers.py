@@ -14,7 +14,7 @@ import argparse
 import os
 from pathlib import Path
 
-from .args import (existing_dir, fraction, non_negative_int, output_dir, output_file,
+from .args import (add_threads, existing_dir, fraction, non_negative_int, output_dir, output_file,
                    positive_float, positive_int)
 
 
@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     k.add_argument("--work-dir", type=output_dir, default=None, help="per-layer runs (default: OUT without .json + '.runs')")
     k.add_argument("--device", default="auto")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--threads", type=positive_int, default=None, help="PyTorch intra-op threads")
+    add_threads(parser)
 
 
 def _table(doc: dict) -> str:

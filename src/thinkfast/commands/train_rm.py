@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..runtime import UserError
-from .args import existing_file, non_negative_int, output_dir, positive_float, positive_int
+from .args import add_threads, existing_file, non_negative_int, output_dir, positive_float, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-backbone", action="store_true", help="fine-tune the backbone too (slow)")
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=positive_int, default=None)
+    add_threads(parser)
 
 
 def run(args: argparse.Namespace) -> int:
