@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,3 +99,29 @@ def test_a_tokenizer_save_that_dies_leaves_the_previous_tokenizer_whole(tmp_path
         save_model(model, tmp_path, tokenizer=_DyingTokenizer())
     assert json.loads((tmp_path / "tokenizer.json").read_text()) == {"previous": True}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+
+
+def test_save_pretrained_files_never_leaves_half_a_file(tmp_path):
+    """A save that dies midway leaves ``out`` as it was; a finished one moves every file in."""
+    from thinkfast.checkpoint import save_pretrained_files
+
+    class Saver:
+        def __init__(self, fail: bool):
+            self.fail = fail
+
+        def save_pretrained(self, d):
+            (Path(d) / "a.json").write_text("{}")
+            (Path(d) / "big.bin").write_text("half")
+            if self.fail:
+                raise OSError("disk full")
+            (Path(d) / "big.bin").write_text("whole")
+
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "kept.txt").write_text("mine")
+    with pytest.raises(OSError, match="disk full"):
+        save_pretrained_files(Saver(fail=True), out)
+    assert sorted(p.name for p in out.iterdir()) == ["kept.txt"]
+    save_pretrained_files(Saver(fail=False), out)
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "big.bin", "kept.txt"]
+    assert (out / "big.bin").read_text() == "whole"

@@ -63,16 +63,19 @@ def save_model(model: LanguageModel, out_dir: str | os.PathLike, tokenizer: Any 
         meta.update(extra)
     atomic_write_text(out / "config.json", json.dumps(meta, indent=2) + "\n")
     if tokenizer is not None:
-        _save_tokenizer(tokenizer, out)
+        save_pretrained_files(tokenizer, out)
     return out
 
 
-def _save_tokenizer(tokenizer: Any, out: Path) -> None:
-    """``tokenizer.save_pretrained`` into a temporary directory beside the model, then each file
-    renamed into ``out``: transformers writes in place, and a crash would leave half a tokenizer.json."""
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".tokenizer."))
+def save_pretrained_files(obj: Any, out: str | os.PathLike) -> None:
+    """``obj.save_pretrained`` (a transformers tokenizer or model) into a temporary directory
+    inside ``out``, then each file renamed into ``out``: transformers writes in place, and a crash
+    would leave half a file."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".save."))
     try:
-        tokenizer.save_pretrained(str(tmp))
+        obj.save_pretrained(str(tmp))
         for f in sorted(tmp.iterdir()):
             os.replace(f, out / f.name)
     finally:

@@ -202,8 +202,10 @@ def _save_backbone(backbone: nn.Module, tokenizer: Any, out: Path) -> None:
 
         save_model(backbone, out, tokenizer=tokenizer)
     else:
-        backbone.save_pretrained(str(out))
-        tokenizer.save_pretrained(str(out))
+        from ..checkpoint import save_pretrained_files
+
+        save_pretrained_files(backbone, out)
+        save_pretrained_files(tokenizer, out)
 
 
 # --- training the ORM ----------------------------------------------------------------------------
