@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from typing import Optional
+from typing import Any, Callable, Optional
 
 __all__ = ["positive_int", "non_negative_int", "positive_float", "non_negative_float", "probability",
            "fraction", "existing_file", "existing_dir", "data_source", "output_file", "output_dir", "comma_list"]
@@ -40,54 +40,26 @@ def _float(text: str, what: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    what = "an integer >= 1"
-    value = _int(text, what)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-    return value
+def _bounded(parse: Callable[[str, str], Any], what: str, ok: Callable[[Any], bool], name: str):
+    """An argparse type: ``parse`` the text, then require ``ok(value)``; errors say ``what``."""
+    def check(text: str):
+        value = parse(text, what)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    check.__name__ = name
+    return check
 
 
-def non_negative_int(text: str) -> int:
-    what = "an integer >= 0"
-    value = _int(text, what)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    what = "a number > 0"
-    value = _float(text, what)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    what = "a number >= 0"
-    value = _float(text, what)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-    return value
-
-
-def probability(text: str) -> float:
-    """A number in (0, 1], such as top-p."""
-    what = "a number in (0, 1]"
-    value = _float(text, what)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """A number in [0, 1), such as a held-out share of the data."""
-    what = "a number in [0, 1)"
-    value = _float(text, what)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-    return value
+positive_int = _bounded(_int, "an integer >= 1", lambda v: v >= 1, "positive_int")
+non_negative_int = _bounded(_int, "an integer >= 0", lambda v: v >= 0, "non_negative_int")
+positive_float = _bounded(_float, "a number > 0", lambda v: v > 0, "positive_float")
+non_negative_float = _bounded(_float, "a number >= 0", lambda v: v >= 0, "non_negative_float")
+probability = _bounded(_float, "a number in (0, 1]", lambda v: 0 < v <= 1, "probability")
+"""A number in (0, 1], such as top-p."""
+fraction = _bounded(_float, "a number in [0, 1)", lambda v: 0 <= v < 1, "fraction")
+"""A number in [0, 1), such as a held-out share of the data."""
 
 
 def existing_file(text: str) -> str:
