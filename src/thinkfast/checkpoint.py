@@ -20,8 +20,7 @@ import torch
 
 from .config import ConfigError, ModelConfig, atomic_write_text, json_error_detail
 from .models.lm import LanguageModel
-from .models.state import CheckpointError, load_state_dict_strict  # noqa: F401  (re-exported)
-from .runtime import UserError
+from .models.state import CheckpointError, load_state_dict_strict
 
 FORMAT = "thinkfast"
 

@@ -430,3 +430,8 @@ def test_workers_die_with_the_process_that_started_them(tmp_path):
     while any(alive(p) for p in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(alive(p) for p in workers)
+
+
+def test_a_run_of_more_boxes_than_markers_tried_is_read_whole():
+    boxes = ", ".join(f"\\boxed{{{i}}}" for i in range(1, 8))
+    assert answer_spans(f"The roots are {boxes}.")[0] == "\\boxed{1, 2, 3, 4, 5, 6, 7}"

@@ -44,7 +44,7 @@ def completion_tail(text: str, stops: tuple[str, ...] = (), max_chars: int = TAI
     """The part of ``text`` an answer is read from: before the first stop string, its last
     ``max_chars`` characters, starting at a line start where the cut falls inside a line.
 
-    Lone surrogates (which no UTF-8 writer accepts) become U+FFFD.
+    Lone surrogates (which no UTF-8 writer accepts) become "?".
     """
     for stop in stops:  # a few-shot completion that ran on invents the next question: cut it off
         cut = text.find(stop)
@@ -54,15 +54,11 @@ def completion_tail(text: str, stops: tuple[str, ...] = (), max_chars: int = TAI
         start = len(text) - max_chars
         newline = text.find("\n", start, start + max_chars // 2)
         text = text[newline + 1:] if newline >= 0 else text[start:]
-    return text.encode("utf-8", "replace").decode("utf-8") if _has_surrogate(text) else text
-
-
-def _has_surrogate(text: str) -> bool:
     try:
         text.encode("utf-8")
-        return False
-    except UnicodeEncodeError:
-        return True
+        return text
+    except UnicodeEncodeError:  # a lone surrogate
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 _SENTENCE_END_RE = re.compile(r"[.!?](?=\s|$)|\n[ \t]*\n")
@@ -89,11 +85,12 @@ def answer_spans(tail: str) -> list[str]:
     - ``\\boxed``: the last box, with the boxes joined to it by separators only (",", ", and",
       ";", "\\text{ or }") read as one box. Math-Verify itself joins only some separators, and
       given "\\boxed{12}, no wait: \\boxed{16}" reads both boxes as one set.
-    Before a text marker's span, and alone without a marker: the last token of the marker's line
-    (of the tail) when it is mathematics written as plain text ("the result is (2+5b)/7."),
-    read as LaTeX. Last, the whole tail, where Math-Verify finds an answer with no marker.
+    Before a text marker's span, and alone without a marker: the mathematics written as plain
+    text that ends the marker's sentence (the tail) ("the result is (2+5b)/7."), read as LaTeX
+    (``_plain_math``). Last, the whole tail, where Math-Verify finds an answer with no marker.
     """
-    markers = list(_MARKER_RE.finditer(tail))[-MAX_SPANS:]
+    every = list(_MARKER_RE.finditer(tail))
+    markers = every[-MAX_SPANS:]
     spans: list[str] = []
     for m in reversed(markers):
         if m.lastgroup == "hashes":
@@ -102,12 +99,12 @@ def answer_spans(tail: str) -> list[str]:
             sentence = _first_sentence(tail, m.end())
             candidates = [_plain_math(sentence) or "", tail[m.start():m.end()] + sentence]
         else:
-            group = _joined_boxes(tail, markers) if m is markers[-1] else None
+            group = _joined_boxes(tail, every) if m is markers[-1] else None  # a run of any length
             candidates = [group or "", tail]
         spans += [c for c in candidates if c and c not in spans]
-    if not markers:
-        spans.append(_plain_math(tail.rstrip()) or "")
-        spans = [x for x in spans if x]
+    plain = None if markers else _plain_math(tail.rstrip())
+    if plain:
+        spans.append(plain)
     if tail not in spans:
         spans.append(tail)
     return spans

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from ...runtime import UserError
-from .base import Example, Graded, Task, Verdict, task_by_name  # noqa: F401  (task_by_name: moved to base)
+from .base import Example, Graded, Task, Verdict
 
 CHAT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -106,11 +106,14 @@ class MathTask(Task):
                    on_graded: Optional[Callable[[int, Graded], None]] = None) -> list[Graded]:
         tails = [self.tail(c) for c, _ in items]
         out: list[Optional[Graded]] = [None] * len(items)
-        todo = [i for i, t in enumerate(tails) if t.strip()]
-        for i in sorted(set(range(len(items))) - set(todo)):  # nothing written: nothing to read
-            out[i] = Graded(None, Verdict(False))
-            if on_graded is not None:
-                on_graded(i, out[i])
+        todo = []
+        for i, t in enumerate(tails):
+            if t.strip():
+                todo.append(i)
+            else:  # nothing written: nothing to read
+                out[i] = Graded(None, Verdict(False))
+                if on_graded is not None:
+                    on_graded(i, out[i])
 
         def take(j: int, graded: Graded) -> None:
             out[todo[j]] = graded
