@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import random
+import threading
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
 
 
 PROGRESS_POSITION = 0
@@ -69,3 +73,38 @@ def die_with_parent(parent_pid: int, pdeathsig: bool = True, poll_s: float = 0.5
         os._exit(1)
 
     threading.Thread(target=watch, name="thinkfast-parent-watch", daemon=True).start()
+
+
+_spawner_lock = threading.Lock()
+_spawner_jobs: "Any" = None
+
+
+def on_lasting_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` run on one daemon thread that lives as long as this process, and its result.
+
+    Start a child that calls ``die_with_parent`` through this. The kernel's parent-death signal
+    fires when the *thread* that started the child ends, not the process: a child started from a
+    short-lived worker thread is killed as soon as that thread returns."""
+    import queue
+
+    global _spawner_jobs
+    with _spawner_lock:
+        if _spawner_jobs is None:
+            jobs: "queue.Queue" = queue.Queue()
+
+            def serve() -> None:
+                while True:
+                    job, done = jobs.get()
+                    try:
+                        done.put((True, job()))
+                    except BaseException as e:  # noqa: BLE001 -- re-raised in the caller
+                        done.put((False, e))
+
+            threading.Thread(target=serve, name="thinkfast-spawner", daemon=True).start()
+            _spawner_jobs = jobs
+    done: "queue.Queue" = queue.Queue(maxsize=1)
+    _spawner_jobs.put((fn, done))
+    ok, value = done.get()
+    if not ok:
+        raise value
+    return value

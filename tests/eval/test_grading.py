@@ -167,6 +167,19 @@ def test_any_number_of_workers_gives_the_results_of_one():
     assert len({g.verdict.correct for g in a}) == 2  # a mixed set, not all one verdict
 
 
+def test_workers_outlive_the_threads_that_fed_them():
+    """The pool feeds its workers from short-lived threads; a worker started from one must not die
+    (by its parent-death signal) when that thread ends, and the next call must reach it."""
+    same = {"op": "same", "a": "1", "b": "1"}
+    with Grader(workers=2) as g:
+        assert g.pool.run([same] * 4) == [{"ok": True}] * 4
+        pids = [w._proc.pid for w in g.pool.workers]
+        time.sleep(0.5)  # a parent-death signal, had it fired, has landed
+        assert [w._proc.poll() for w in g.pool.workers] == [None, None]
+        assert g.pool.run([same] * 4) == [{"ok": True}] * 4
+        assert [w._proc.pid for w in g.pool.workers] == pids
+
+
 def test_a_timeout_counts_as_incorrect_is_tallied_and_the_worker_recovers():
     with Grader(cpu_limit_s=0.5) as g:
         graded = grade(g, [("5", "\\boxed{9^{9^{9^{9}}}}"), ("\\frac{1}{2}", "\\boxed{0.5}")])

@@ -27,7 +27,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from ..runtime import UserError
+from ..runtime import UserError, on_lasting_thread
 from .tasks.base import Example, Graded, Task, Verdict, task_by_name
 
 DEFAULT_CPU_LIMIT_S = 5.0
@@ -78,11 +78,13 @@ class VerifyWorker:
     def _start(self) -> None:
         env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
         err = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(
+        # Started from a thread that outlives the pool's threads: the child dies with this
+        # process (its parent-death signal), not with the thread that happened to start it.
+        self._proc = on_lasting_thread(lambda: subprocess.Popen(
             [sys.executable, "-m", "thinkfast.eval._verify_worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1, env=env,
             encoding="utf-8",
-        )
+        ))
         replies: "queue.Queue[Optional[str]]" = queue.Queue()  # fresh: no stale replies
         self._replies = replies
         stdout = self._proc.stdout
