@@ -241,8 +241,12 @@ def _generate_isolating(generate_fn: GenerateFn, prompts: list[list[int]], seed:
 def run_sampling(examples: Sequence[Example], prompts: Sequence[list[int]], generate_fn: GenerateFn,
                  out_path: str | os.PathLike, settings: SampleSettings, batch_problems: int = 1,
                  context_len: Optional[int] = None, hardware: str = "unknown",
-                 log: Callable[[str], None] = lambda s: None) -> SampleReport:
+                 log: Callable[[str], None] = lambda s: None,
+                 on_progress: Optional[Callable[[int, int], None]] = None) -> SampleReport:
     """Sample ``settings.n`` completions for every example not yet finished in ``out_path``.
+
+    ``on_progress(done, total)`` is called after each batch of problems is written (``done``
+    counts problems finished, including those a resumed run skipped).
 
     ``prompts[i]`` is the token ids of ``examples[i]``'s prompt. A prompt that does not fit
     ``context_len`` is reported in ``SampleReport.failed`` and the run goes on. A prompt that
@@ -293,6 +297,8 @@ def run_sampling(examples: Sequence[Example], prompts: Sequence[list[int]], gene
                 report.written += 1
             os.fsync(f.fileno())
             log(f"{report.skipped + report.written}/{len(examples)} problems")
+            if on_progress is not None:
+                on_progress(report.skipped + report.written, len(examples))
     return report
 
 
