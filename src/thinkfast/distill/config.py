@@ -42,7 +42,18 @@ class TrainConfig:
     clip_grad: float = 1.0
     """Max gradient norm (per layer in stages 1-2, which train layers independently); 0 = off."""
     bf16: bool = False
-    """bf16 autocast for the forward passes (weights and optimizer stay fp32)."""
+    """bf16 mixed precision: autocast for the forward passes under ddp / a single process, and
+    FSDP2's MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32) under fsdp. The optimizer's
+    master weights stay fp32 either way."""
+    activation_checkpointing: bool = False
+    """Recompute each Block's activations in backward (torch.utils.checkpoint, non-reentrant)
+    instead of keeping them: less activation memory for about one extra forward pass."""
+    teacher_dtype: str = "auto"
+    """auto (bf16 on an accelerator when bf16 is on, else fp32) | fp32 | bf16: the dtype the
+    frozen teacher is held in."""
+    peak_tflops: Optional[float] = None
+    """Peak dense TFLOP/s of one device, for MFU (default: looked up for known GPUs; on CPU MFU
+    is reported as null unless this is given)."""
     seed: int = 0
     log_every: int = 10
     eval_every: int = 0
@@ -74,6 +85,10 @@ class TrainConfig:
             raise ConfigError("train.decay_fraction and train.min_lr_ratio must be in [0, 1]")
         if len(self.betas) != 2:
             raise ConfigError("train.betas must be two numbers")
+        if self.teacher_dtype not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"train.teacher_dtype must be auto, fp32 or bf16, got {self.teacher_dtype!r}")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise ConfigError("train.peak_tflops must be > 0")
 
 
 @dataclass
