@@ -59,7 +59,17 @@ class SamplingParams:
     eos_token_ids: Optional[Sequence[int]] = None
     """Defaults to the tokenizer's eos token; empty means never stop on a token."""
     compact_fraction: float = 0.25
-    """Drop finished rows from the batch once this fraction of it has finished (speed only)."""
+    """Drop finished rows from the batch once this fraction of it has finished (speed only). With
+    ``continuous``, only once no sample is left waiting for a slot."""
+    continuous: bool = False
+    """Continuous batching: decode at most ``max_batch_rows`` rows at once, over all of the call's
+    prompts, and give a finished row's slot to the next waiting sample (another sample of a
+    prompt already prefilled, or the first of the next prompt, prefilled then). The samples are
+    token for token those of the reference path (False: each batch of ``batch_size`` prompts
+    prefilled, copied n ways and decoded until its last row ends); only the speed differs."""
+    max_batch_rows: Optional[int] = None
+    """Rows decoded at once with ``continuous``; default ``batch_size * n`` (``generate``'s
+    ``batch_size``, itself all prompts by default), the reference path's rows per batch."""
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -70,6 +80,8 @@ class SamplingParams:
             raise ValueError("top_p must be in (0, 1]")
         if self.top_k < 0 or self.max_new_tokens < 0:
             raise ValueError("top_k and max_new_tokens must be >= 0")
+        if self.max_batch_rows is not None and self.max_batch_rows < 1:
+            raise ValueError("max_batch_rows must be >= 1")
         self.stop = tuple(self.stop)
 
 
@@ -88,8 +100,9 @@ def _fmix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def gumbel_noise(keys: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
-    """Standard Gumbel noise (R, V) that depends only on (key, step, token id)."""
+def gumbel_noise(keys: torch.Tensor, step: Union[int, torch.Tensor], vocab: int) -> torch.Tensor:
+    """Standard Gumbel noise (R, V) that depends only on (key, step, token id). ``step``: one int
+    for every row, or (R,) long, each row's own (its sample's token index)."""
     base = _fmix32((keys * 0x9E3779B1 + step * 0x7FEB352D) & _MASK32)[:, None]  # (R, 1)
     ids = torch.arange(vocab, device=keys.device, dtype=torch.int64)[None]  # (1, V)
     bits = _fmix32(_fmix32(base ^ ((ids * 0x27D4EB2F) & _MASK32)) + 0x165667B1 & _MASK32)
@@ -113,8 +126,9 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
     return z
 
 
-def sample_next(logits: torch.Tensor, params: SamplingParams, keys: torch.Tensor, step: int) -> torch.Tensor:
-    """logits (R, V) -> token ids (R,)."""
+def sample_next(logits: torch.Tensor, params: SamplingParams, keys: torch.Tensor,
+                step: Union[int, torch.Tensor]) -> torch.Tensor:
+    """logits (R, V), keys (R,), step int or (R,) -> token ids (R,)."""
     if params.temperature == 0:
         return logits.argmax(-1)
     z = filter_logits(logits, params.temperature, params.top_k, params.top_p)
@@ -122,6 +136,16 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, keys: torch.Tensor
 
 
 # --- the engine ------------------------------------------------------------------------------
+
+def _clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once the device has finished the work queued so far (CUDA and MPS
+    run asynchronously: without the sync a timestamp says when work was queued, not done)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+    return time.perf_counter()
+
 
 def _encode(prompts, tokenizer, add_special_tokens: bool) -> list[list[int]]:
     out = []
@@ -203,10 +227,10 @@ def _generate_batch(model: LanguageModel, prompt_ids: list[list[int]], params: S
     ids, mask = ids.to(device), mask.to(device)
     prompt_keys = [[derive_seed(params.seed + j, p, bits=32) for j in range(n)] for p in prompt_ids]
 
-    t0 = time.perf_counter()
+    t0 = _clock(device)
     cache = model.allocate_cache(P, Lp + max(max_new, 1))
     logits = model(ids, attention_mask=None if bool(mask.all()) else mask, cache=cache, logits_to_keep=1).logits[:, -1]
-    t1 = time.perf_counter()
+    t1 = _clock(device)
 
     R = P * n
     expand = torch.arange(P, device=device).repeat_interleave(n)
@@ -244,7 +268,7 @@ def _generate_batch(model: LanguageModel, prompt_ids: list[list[int]], params: S
             cache.select(keep)
             keys, tok, live = keys[keep], tok[keep], live[keep]
         logits = model(tok[:, None], cache=cache).logits[:, -1]
-    t2 = time.perf_counter()
+    t2 = _clock(device)
 
     lengths, reasons = length.tolist(), reason.tolist()
     toks, lps = out_tok.tolist(), out_lp.tolist()
@@ -253,6 +277,144 @@ def _generate_batch(model: LanguageModel, prompt_ids: list[list[int]], params: S
                               max_new, params.max_new_tokens) for r in range(i * n, (i + 1) * n)]
                for i in range(P)]
     return batch_outputs(prompt_ids, samples, n, t1 - t0, t2 - t1)
+
+
+class _PromptPool:
+    """Prefilled prompts whose samples still wait for a slot: each prompt's row in the plain cache
+    of the prefill it was in, and its last-position logits (V,)."""
+
+    def __init__(self, model: LanguageModel, prompt_ids: list[list[int]]):
+        self.model, self.prompt_ids = model, prompt_ids
+        self.where: dict[int, tuple[Any, int]] = {}  # prompt -> (cache, row)
+        self.logits: dict[int, torch.Tensor] = {}
+        self.prefill_s = 0.0
+
+    def prefill(self, prompts: list[int]) -> None:
+        """One left-padded prefill of ``prompts`` (indices), timed into ``prefill_s``."""
+        model, device = self.model, self.model.device
+        t0 = _clock(device)
+        ids, mask = left_pad([self.prompt_ids[i] for i in prompts], 0, mask_dtype=torch.bool)
+        ids, mask = ids.to(device), mask.to(device)
+        cache = model.allocate_cache(len(prompts), ids.shape[1])
+        logits = model(ids, attention_mask=None if bool(mask.all()) else mask, cache=cache,
+                       logits_to_keep=1).logits[:, -1]
+        for b, i in enumerate(prompts):
+            self.where[i], self.logits[i] = (cache, b), logits[b]
+        self.prefill_s += _clock(device) - t0
+
+    def release(self, i: int) -> None:
+        """Prompt ``i`` has no sample left waiting (its cache goes with its last prompt)."""
+        self.where.pop(i), self.logits.pop(i)
+
+
+@torch.inference_mode()
+def _generate_continuous(model: LanguageModel, prompt_ids: list[list[int]], params: SamplingParams,
+                         tokenizer, eos: set[int], stopper: StopChecker, slots: int) -> list[GenerationOutput]:
+    """Continuous batching over the P prompts of one context group: S = min(slots, P * n) rows
+    decode at once in a slotted cache; the samples queue in order (prompt i's n samples, then
+    prompt i + 1's); a row that finishes frees its slot, which the next waiting sample takes
+    after the step, with its prompt's prefilled state copied in (``InferenceCache.load_rows``).
+    A prompt is prefilled when its first sample is due, together with the next prompts needed
+    to fill the free slots. Each sample keeps its own key and token index (the noise's step), so
+    it draws the same tokens as on the reference path."""
+    device = model.device
+    P, n = len(prompt_ids), params.n
+    Lmax = max(len(p) for p in prompt_ids)
+    max_new = min(params.max_new_tokens, model.config.max_seq_len - Lmax)
+    if max_new <= 0:  # nothing to decode: the reference path says so the same way
+        return _generate_batch(model, prompt_ids, params, tokenizer, eos, stopper)
+    R = P * n
+    S = min(slots, R)
+    t_start = _clock(device)
+    cache = model.allocate_cache(S, Lmax + max_new).to_slots()
+    pool = _PromptPool(model, prompt_ids)
+    eos_ids = torch.tensor(sorted(eos), dtype=torch.long, device=device)
+    logits: Optional[torch.Tensor] = None  # (S, V)
+    keys = torch.zeros(S, dtype=torch.int64, device=device)
+    steps = torch.zeros(S, dtype=torch.long, device=device)  # tokens each slot's sample has so far
+    buf_tok = torch.zeros(S, max_new, dtype=torch.long, device=device)
+    buf_lp = torch.zeros(S, max_new, dtype=torch.float32, device=device)
+    slot_row = [-1] * S  # the output row (prompt * n + sample) in each slot, -1: empty
+    active = torch.zeros(S, dtype=torch.bool, device=device)
+    results: list[Optional[tuple]] = [None] * R
+    next_row = 0  # the first sample still waiting
+    names = ("length", "eos", "stop")
+
+    def refill(free: list[int]) -> None:
+        nonlocal next_row, logits
+        take = free[: R - next_row]
+        if not take:
+            return
+        rows = list(range(next_row, next_row + len(take)))
+        next_row += len(take)
+        need = sorted({r // n for r in rows} - set(pool.where))
+        if need:
+            pool.prefill(need)
+        by_cache: dict[int, tuple[Any, list[int], list[int]]] = {}
+        for s_, r in zip(take, rows):
+            c, b = pool.where[r // n]
+            by_cache.setdefault(id(c), (c, [], []))
+            by_cache[id(c)][1].append(s_)
+            by_cache[id(c)][2].append(b)
+        for c, dst, src in by_cache.values():
+            cache.load_rows(dst, c, src)
+        idx = torch.tensor(take, dtype=torch.long, device=device)
+        new = torch.stack([pool.logits[r // n] for r in rows])  # (M, V)
+        if logits is None:
+            logits = new.new_zeros(S, new.shape[-1])  # every row is filled before it is read
+        logits[idx] = new.to(logits.dtype)
+        keys[idx] = torch.tensor([derive_seed(params.seed + r % n, prompt_ids[r // n], bits=32) for r in rows],
+                                 dtype=torch.int64, device=device)
+        steps[idx] = 0
+        active[idx] = True
+        for s_, r in zip(take, rows):
+            slot_row[s_] = r
+            if r % n == n - 1 or r == R - 1:
+                pool.release(r // n)
+
+    refill(list(range(S)))
+    while True:
+        tok = sample_next(logits, params, keys, steps)  # (S,)
+        lp = torch.log_softmax(logits.float(), -1).gather(-1, tok[:, None])[:, 0]
+        at = steps.clamp(max=max_new - 1)[:, None]
+        buf_tok.scatter_(1, at, tok[:, None])
+        buf_lp.scatter_(1, at, lp[:, None])
+        steps += active.long()
+        hit_eos = torch.isin(tok, eos_ids) & active
+        reason = hit_eos.long()  # 0 length, 1 eos, 2 stop
+        if stopper.stops:
+            for s_ in (active & ~hit_eos & stopper.may_complete(tok)).nonzero()[:, 0].tolist():
+                if stopper.hit(buf_tok[s_, : int(steps[s_])].tolist()):
+                    reason[s_] = 2
+        done = active & ((reason > 0) | (steps >= max_new))
+        ended = done.nonzero()[:, 0].tolist()
+        if ended:
+            e = torch.tensor(ended, dtype=torch.long, device=device)
+            lens, why = steps[e].tolist(), reason[e].tolist()
+            toks, lps = buf_tok[e].tolist(), buf_lp[e].tolist()
+            for k, s_ in enumerate(ended):
+                results[slot_row[s_]] = (toks[k][: lens[k]], lps[k][: lens[k]], names[why[k]])
+                slot_row[s_] = -1
+            active[e] = False
+        n_open = sum(r >= 0 for r in slot_row)
+        if n_open == 0 and next_row >= R:
+            break
+        if next_row >= R and len(slot_row) - n_open >= max(1.0, params.compact_fraction * len(slot_row)):
+            keep = [k for k, r in enumerate(slot_row) if r >= 0]
+            kt = torch.tensor(keep, dtype=torch.long, device=device)
+            cache.select(kt)
+            keys, steps, active, tok = keys[kt], steps[kt], active[kt], tok[kt]
+            buf_tok, buf_lp = buf_tok[kt], buf_lp[kt]
+            slot_row = [slot_row[k] for k in keep]
+        if n_open:
+            logits = model(tok[:, None], cache=cache).logits[:, -1]
+        if next_row < R:
+            refill([k for k, r in enumerate(slot_row) if r < 0])
+    t_end = _clock(device)
+
+    samples = [[finish_sample(*results[r], tokenizer, stopper, max_new, params.max_new_tokens)
+                for r in range(i * n, (i + 1) * n)] for i in range(P)]
+    return batch_outputs(prompt_ids, samples, n, pool.prefill_s, t_end - t_start - pool.prefill_s)
 
 
 def finish_sample(token_ids: list[int], logprobs: Optional[list[float]], finish_reason: str, tokenizer,
@@ -292,6 +454,13 @@ def generate(
     model.eval()
     try:
         outs: list[Optional[GenerationOutput]] = [None] * len(ids)
+        if params.continuous:
+            slots = params.max_batch_rows or bs * params.n
+            for group in _context_groups(ids, range(len(ids)), params.max_new_tokens, ctx):
+                for i, o in zip(group, _generate_continuous(model, [ids[i] for i in group], params, tokenizer,
+                                                            eos, stopper, slots)):
+                    outs[i] = o
+            return outs
         for s in range(0, len(ids), bs):
             for group in _context_groups(ids, range(s, min(s + bs, len(ids))), params.max_new_tokens, ctx):
                 for i, o in zip(group, _generate_batch(model, [ids[i] for i in group], params, tokenizer, eos,

@@ -6,6 +6,12 @@ plus what the model needs across layers (the key padding mask, each row's next p
 Every state supports ``select(index)``: reorder / repeat / drop batch rows, which is how one
 prefill is copied n ways and how finished rows are dropped.
 
+Two layouts. A plain cache shares one ``length`` over its rows (left padding lines the prompts
+up), which is how a batch is prefilled. A *slotted* cache (``InferenceCache.to_slots``) gives
+each row its own used length ``row_len`` and takes one token per row per step: a row can be
+emptied and refilled with another sequence's state (``load_rows``, copying the rows of a
+prefilled plain cache) while the others go on decoding, which is what continuous batching needs.
+
 Glossary: B batch, G kv heads, S max cached length, hd head dim, Cd conv channels, K conv kernel,
 H SSM heads, P head dim, N state size.
 """
@@ -13,7 +19,7 @@ H SSM heads, P head dim, N state size.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -25,8 +31,16 @@ class AttentionState:
         self.k = torch.zeros(batch, n_kv_heads, max_len, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
         self.length = 0
+        self.write_pos: Optional[torch.Tensor] = None
+        """(B,) long: in a slotted cache, where each row's next token goes (set every step)."""
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v (B, G, T, hd) -> the cached k, v (B, G, S, hd) to attend over, these included."""
+        if self.write_pos is not None:  # slotted: one token per row, each at its own position
+            rows = torch.arange(k.shape[0], device=k.device)
+            self.k[rows, :, self.write_pos] = k[:, :, 0]
+            self.v[rows, :, self.write_pos] = v[:, :, 0]
+            return self.k[:, :, :self.length], self.v[:, :, :self.length]
         T = k.shape[2]
         end = self.length + T
         if end > self.k.shape[2]:
@@ -39,6 +53,12 @@ class AttentionState:
     def select(self, index: torch.Tensor) -> None:
         self.k = self.k.index_select(0, index)
         self.v = self.v.index_select(0, index)
+
+    def load_rows(self, dst: torch.Tensor, src: "AttentionState", src_rows: torch.Tensor) -> None:
+        """Rows ``dst`` (M,) take rows ``src_rows`` (M,) of ``src``'s first ``src.length`` positions."""
+        L = src.length
+        self.k[dst, :, :L] = src.k[src_rows, :, :L]
+        self.v[dst, :, :L] = src.v[src_rows, :, :L]
 
     def nbytes(self) -> int:
         return self.k.numel() * self.k.element_size() * 2
@@ -59,6 +79,12 @@ class MambaState:
         self.conv = self.conv.index_select(0, index)
         self.ssm = self.ssm.index_select(0, index)
 
+    def load_rows(self, dst: torch.Tensor, src: "MambaState", src_rows: torch.Tensor) -> None:
+        """Rows ``dst`` (M,) take the conv window and SSM state of ``src``'s rows ``src_rows`` (M,)."""
+        self.conv[dst] = src.conv[src_rows]
+        self.ssm[dst] = src.ssm[src_rows]
+        self.seen = self.seen or src.seen
+
     def nbytes(self) -> int:
         return self.conv.numel() * self.conv.element_size() + self.ssm.numel() * 4
 
@@ -77,6 +103,62 @@ class InferenceCache:
     """Positions used so far, pads included (same for every row)."""
     padded: bool = False
     """Some cached position is padding: decode steps need an attention mask."""
+    row_len: Optional[torch.Tensor] = None
+    """(B,) long, slotted caches only (None for a plain one): positions each row has used."""
+    host_len: Optional[torch.Tensor] = None
+    """``row_len`` on the CPU, so that ``length`` (their max) needs no device sync."""
+
+    @property
+    def slotted(self) -> bool:
+        return self.row_len is not None
+
+    def to_slots(self) -> "InferenceCache":
+        """Make an empty plain cache slotted: every row empty (length 0). In place; returns self."""
+        if self.length:
+            raise ValueError("to_slots needs an empty cache")
+        B = self.batch_size
+        self.row_len = torch.zeros(B, dtype=torch.long, device=self.key_mask.device)
+        self.host_len = torch.zeros(B, dtype=torch.long)
+        self.padded = True
+        return self
+
+    def load_rows(self, dst: Sequence[int], src: "InferenceCache", src_rows: Sequence[int]) -> None:
+        """Slotted rows ``dst`` take over rows ``src_rows`` of the plain cache ``src`` (a prefill):
+        its ``src.length`` positions, left padding included (masked as in ``src``), its positions
+        and its Mamba states. The rest of each ``dst`` row is masked out."""
+        if not self.slotted or src.slotted:
+            raise ValueError("load_rows copies a plain cache's rows into a slotted cache")
+        if src.length > self.capacity:
+            raise ValueError(f"{src.length} positions do not fit slots of {self.capacity}")
+        dev = self.key_mask.device
+        d = torch.as_tensor(list(dst), dtype=torch.long, device=dev)
+        r = torch.as_tensor(list(src_rows), dtype=torch.long, device=src.key_mask.device)
+        for mine, theirs in zip(self.layers, src.layers):
+            mine.load_rows(d, theirs, r)
+        L = src.length
+        self.key_mask[d] = False
+        self.key_mask[d, :L] = src.key_mask[r, :L].to(dev)
+        self.next_pos[d] = src.next_pos[r].to(dev)
+        self.row_len[d] = L
+        self.host_len[d.cpu()] = L
+        self.length = min(self.capacity, int(self.host_len.max()))
+
+    def advance_slots(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Book one new token per row of a slotted cache: (RoPE positions (B, 1), attention mask
+        (B, 1, 1, S) bool over the S positions now in use). A row at capacity (an emptied slot
+        still stepping) rewrites its last position."""
+        B = self.batch_size
+        pos = self.row_len.clamp(max=self.capacity - 1)
+        self.key_mask[torch.arange(B, device=pos.device), pos] = True
+        self.row_len = pos + 1
+        self.host_len = (self.host_len + 1).clamp(max=self.capacity)
+        self.length = int(self.host_len.max()) if B else 0
+        for st in self.layers:
+            if isinstance(st, AttentionState):
+                st.write_pos, st.length = pos, self.length
+        rope = self.next_pos[:, None]
+        self.next_pos = self.next_pos + 1
+        return rope, self.key_mask[:, None, None, :self.length]
 
     @property
     def capacity(self) -> int:
@@ -94,6 +176,10 @@ class InferenceCache:
             st.select(index)
         self.key_mask = self.key_mask.index_select(0, index)
         self.next_pos = self.next_pos.index_select(0, index)
+        if self.slotted:
+            self.row_len = self.row_len.index_select(0, index)
+            self.host_len = self.host_len.index_select(0, index.cpu())
+            self.length = int(self.host_len.max()) if len(self.host_len) else 0
         return self
 
     def nbytes(self) -> int:

@@ -122,6 +122,13 @@ class LanguageModel(nn.Module):
         """Positions and masks for T new tokens (advances ``cache`` bookkeeping)."""
         B, T = input_ids.shape
         dev = input_ids.device
+        if cache is not None and cache.slotted:  # one token per row, each at its own length
+            if T != 1 or attention_mask is not None:
+                raise ValueError("a slotted cache decodes one token per row; prefill into a plain cache "
+                                 "and copy it in with InferenceCache.load_rows")
+            pos, mask = cache.advance_slots()
+            cos, sin = self.rotary(pos, self.dtype)
+            return MixerContext(cos, sin, mask, None)
         new = attention_mask.bool() if attention_mask is not None else None
         padded = new is not None and not bool(new.all())
         if cache is None:
@@ -167,7 +174,7 @@ class LanguageModel(nn.Module):
         continue the cached sequence and the cache is updated in place.
         """
         B, T = input_ids.shape
-        total = T + (cache.length if cache is not None else 0)
+        total = T + (cache.length if cache is not None and not cache.slotted else 0)  # slots bound their own
         if total > self.config.max_seq_len:
             raise ValueError(f"sequence of {total} tokens is longer than the model's context "
                              f"({self.config.max_seq_len}); refusing to truncate")
