@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                       "layers a hybrid keeps (layers.json)"),
     "compress": ("thinkfast.commands.compress", "a narrower student through trained width projections (RED)"),
     "erank": ("thinkfast.commands.erank", "per-layer effective rank of hidden states, models side by side"),
+    "tokenize": ("thinkfast.commands.tokenize", "tokenise training data once into a memory-mapped token store"),
     "export": ("thinkfast.commands.export", "write a student as a transformers / vLLM checkpoint (Llama, "
                "GraniteMoeHybrid, Llamba)"),
 }

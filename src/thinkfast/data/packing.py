@@ -54,8 +54,9 @@ def _stream(examples: list[Formatted], loss_on: str) -> tuple[torch.Tensor, torc
     return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.bool)
 
 
-def _blocks(windows: torch.Tensor, wmask: torch.Tensor, wreal: torch.Tensor) -> TokenBlocks:
-    """windows (N, T+1) -> inputs/labels; wmask: the token earns loss; wreal: not padding."""
+def windows_to_blocks(windows: torch.Tensor, wmask: torch.Tensor, wreal: torch.Tensor) -> TokenBlocks:
+    """windows (N, T+1) long -> blocks of T; wmask (N, T+1) bool: the token earns loss; wreal
+    (N, T+1) bool: not padding. Shared by the in-memory blocks and the token store's reader."""
     labels = torch.where(wmask[:, 1:] & wreal[:, 1:], windows[:, 1:], torch.full_like(windows[:, 1:], IGNORE))
     return TokenBlocks(windows[:, :-1].contiguous(), labels.contiguous(), wreal[:, :-1].contiguous())
 
@@ -73,7 +74,7 @@ def pack(examples: list[Formatted], seq_len: int, pad_id: int = 0, loss_on: str 
     ids = torch.cat([ids, ids.new_full((total - n,), pad_id)])
     mask = torch.cat([mask, mask.new_zeros(total - n)])
     win = lambda x: x.unfold(0, seq_len + 1, seq_len)  # noqa: E731  (N, T+1) views, overlap 1
-    return _blocks(win(ids), win(mask), win(real))
+    return windows_to_blocks(win(ids), win(mask), win(real))
 
 
 def pad_each(examples: list[Formatted], seq_len: int, pad_id: int = 0,
@@ -92,4 +93,4 @@ def pad_each(examples: list[Formatted], seq_len: int, pad_id: int = 0,
         ids[i, : len(toks)] = torch.tensor(toks, dtype=torch.long)
         mask[i, : len(m)] = torch.tensor(m, dtype=torch.bool)
         real[i, : len(toks)] = True
-    return _blocks(ids, mask, real), truncated
+    return windows_to_blocks(ids, mask, real), truncated

@@ -1,0 +1,253 @@
+"""The token store: batches read from it equal today's in-memory batches; writing is atomic,
+refuses foreign directories and restarts after an interruption; hf: sources are streamed."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from token_data import write_token_data
+
+from thinkfast.cli import main
+from thinkfast.data.dataset import BatchSchedule, DataConfig, load_data
+from thinkfast.data.formatting import Formatter
+from thinkfast.data.jsonl import DataError
+from thinkfast.data.store import (Examples, StoreBlocks, TokenStore, TokenStoreWriter, formatter_for, stream_rows,
+                                  token_dtype, tokenizer_identity, write_store)
+from thinkfast.data.tokenizer import build_tokenizer
+
+VOCAB = 40
+
+
+def _rows(path: Path) -> Path:
+    """Token rows of three kinds, of uneven lengths (some longer than the windows tested)."""
+    rng = random.Random(1)
+    with open(path, "w") as f:
+        for i in range(37):
+            n = rng.randrange(1, 30)
+            ids = [rng.randrange(4, VOCAB) for _ in range(n)]
+            if i % 3 == 0:
+                row = {"prompt_ids": ids[: n // 2], "response_ids": ids[n // 2:]}
+            elif i % 3 == 1:
+                p = rng.randrange(0, n + 1)
+                row = {"input_ids": ids, "loss_mask": [0] * p + [1] * (n - p)}
+            else:
+                row = {"input_ids": ids}
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def _store(src: Path, out: Path, tokenizer=None, shard_tokens: int = 1 << 30, **data_settings) -> Path:
+    """What ``thinkfast tokenize`` writes for ``src`` (batches of 5 rows)."""
+    formatter, settings = formatter_for(tokenizer, **data_settings)
+    info = {"source": str(src), "format": settings, "tokenizer": tokenizer_identity(tokenizer)}
+    write_store(stream_rows(str(src)), out, formatter, dtype=token_dtype(len(tokenizer) if tokenizer else VOCAB),
+                info=info, shard_tokens=shard_tokens, batch_rows=5)
+    return out
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("pack", [True, False])
+@pytest.mark.parametrize("loss_on", ["response", "all"])
+def test_store_batches_equal_the_in_memory_batches(tmp_path, pack, loss_on):
+    src = _rows(tmp_path / "rows.jsonl")
+    # Small shards: examples end up in many files, and windows cross shard boundaries.
+    store = _store(src, tmp_path / "store", shard_tokens=64)
+    assert len(TokenStore(store).manifest["shards"]) > 5
+    for seq_len, eval_fraction, max_examples in ((4, 0.2, None), (7, 0.0, None), (16, 0.1, 30)):
+        kw = dict(seq_len=seq_len, eval_fraction=eval_fraction, max_examples=max_examples, seed=3, pack=pack,
+                  loss_on=loss_on)
+        ref = load_data(DataConfig(train=str(src), **kw), vocab_size=VOCAB)
+        got = load_data(DataConfig(train=f"store:{store}", **kw), vocab_size=VOCAB)
+        assert isinstance(got.train, StoreBlocks)
+        assert got.stats == ref.stats
+        assert len(got.train) == len(ref.train) and got.train.seq_len == ref.train.seq_len
+        assert got.train.n_loss_tokens == ref.train.n_loss_tokens
+        _same(got.train.batch(list(range(len(ref.train)))), ref.train.batch(list(range(len(ref.train)))))
+        assert (got.eval is None) == (ref.eval is None)
+        if ref.eval is not None:
+            _same(got.eval.batch(list(range(len(ref.eval)))), ref.eval.batch(list(range(len(ref.eval)))))
+        # The trainer's draw: step s, rank r of W, micro-batches of the schedule (seed, step).
+        sched = BatchSchedule(len(got.train), 6, seed=5)
+        for step in (0, 1, 7):
+            for rank in range(2):
+                for micro in sched.micro_batches(step, rank, 2, 2):
+                    _same(got.train.batch(micro), ref.train.batch(micro))
+
+
+def test_text_rows_through_a_tokenizer_give_the_same_batches(tmp_path):
+    src = tmp_path / "qa.jsonl"
+    rows = [{"question": f"Ann has {i} apples and {i + 3} pears.", "answer": f"She has {2 * i + 3} fruits."}
+            for i in range(25)]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = build_tokenizer(texts=[f"Question: {r['question']}\nAnswer: {r['answer']}" for r in rows])
+    store = _store(src, tmp_path / "store", tok, format="question_answer")
+    kw = dict(format="question_answer", seq_len=12, eval_fraction=0.2)
+    ref = load_data(DataConfig(train=str(src), **kw), tok, len(tok))
+    got = load_data(DataConfig(train=f"store:{store}", **kw), tok, len(tok))
+    assert got.stats == ref.stats
+    _same(got.train.to_blocks().__dict__, ref.train.__dict__)
+    _same(got.eval.to_blocks().__dict__, ref.eval.__dict__)
+    assert TokenStore(store).dtype == np.uint16
+    # Another tokenizer, or a format the store was not written with, is refused by name.
+    other = build_tokenizer(texts=["something else entirely"])
+    with pytest.raises(DataError, match="manifest.json: the store was tokenised with"):
+        load_data(DataConfig(train=f"store:{store}", **kw), other)
+    with pytest.raises(DataError, match="data.prompt_template is 'Q: {question}'"):
+        load_data(DataConfig(train=f"store:{store}", **kw, prompt_template="Q: {question}"), tok)
+
+
+def test_a_store_eval_set_and_an_eval_file_beside_a_store(tmp_path):
+    src = _rows(tmp_path / "rows.jsonl")
+    ev = write_token_data(tmp_path / "eval.jsonl", VOCAB, n=6)
+    store, ev_store = _store(src, tmp_path / "store"), _store(ev, tmp_path / "ev_store")
+    kw = dict(seq_len=8)
+    ref = load_data(DataConfig(train=str(src), eval=str(ev), **kw))
+    for train, eval_ in ((f"store:{store}", str(ev)), (f"store:{store}", f"store:{ev_store}"),
+                         (str(src), f"store:{ev_store}")):
+        got = load_data(DataConfig(train=train, eval=eval_, **kw))
+        assert got.stats == ref.stats
+        _same(got.train.batch(list(range(len(ref.train)))), ref.train.batch(list(range(len(ref.train)))))
+        _same(got.eval.batch(list(range(len(ref.eval)))), ref.eval.batch(list(range(len(ref.eval)))))
+
+
+def test_examples_of_a_split_are_found_without_listing_them():
+    held = np.array([0, 2, 5, 6, 9], np.int64)
+    rest, only = Examples(10, held, "rest"), Examples(10, held, "held")
+    assert rest.ids(np.arange(len(rest))).tolist() == [1, 3, 4, 7, 8]
+    assert only.ids(np.arange(len(only))).tolist() == held.tolist()
+    first, stop = rest.runs()
+    assert [list(range(a, b)) for a, b in zip(first, stop)] == [[1], [3, 4], [7, 8]]
+
+
+def test_writer_shards_never_split_an_example_and_ids_must_fit_the_dtype(tmp_path):
+    w = TokenStoreWriter(tmp_path, np.uint16, shard_tokens=10)
+    lengths = np.array([4, 0, 5, 12, 3, 0], np.int64)
+    toks = np.arange(lengths.sum()) % 50
+    w.append(toks, toks % 2, lengths)
+    counts = w.close()
+    assert [s["n_tokens"] for s in counts["shards"]] == [9, 12, 3]  # 4+0+5 | the long one alone | 3+0
+    (tmp_path / "manifest.json").write_text(json.dumps({"kind": "thinkfast-token-store", "version": 1, **counts}))
+    s = TokenStore(tmp_path)
+    assert s.offsets.tolist() == [0, 4, 4, 9, 21, 24, 24]
+    assert s.read(0, 24).tolist() == toks.tolist() and s.read(7, 23, mask=True).tolist() == (toks[7:23] % 2).tolist()
+    assert s.loss_cum.tolist() == np.r_[0, np.cumsum([int((toks[a:b] % 2).sum()) for a, b in
+                                                      zip(s.offsets[:-1], s.offsets[1:])])].tolist()
+    assert token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32 and token_dtype(None) == np.uint32
+    src = tmp_path / "big.jsonl"
+    src.write_text('{"input_ids": [5, 6]}\n{"input_ids": [70000]}\n')
+    with pytest.raises(DataError, match=r"big.jsonl:2: token id 70000 does not fit the store's uint16"):
+        write_store(stream_rows(str(src)), tmp_path / "big", Formatter(None), dtype=np.uint16, info={})
+    assert not (tmp_path / "big").exists()
+    write_store(stream_rows(str(src)), tmp_path / "big", Formatter(None), dtype=np.uint32, info={})
+    assert TokenStore(tmp_path / "big").read(0, 3).tolist() == [5, 6, 70000]
+
+
+def test_hf_rows_are_streamed_not_materialised(tmp_path):
+    """``stream_rows`` opens an hf: set with streaming=True and the writer consumes rows as they
+    come: each batch is written before the next rows are pulled."""
+    pulled, calls = [], []
+
+    def fake_load_dataset(name, config, split, streaming):
+        calls.append((name, config, split, streaming))
+        for i in range(23):
+            pulled.append(i)
+            yield {"input_ids": [4 + i % 7] * (1 + i % 5)}
+
+    progress = []
+    rows = stream_rows("hf:org/set:main", "validation", load_dataset=fake_load_dataset)
+    m = write_store(rows, tmp_path / "s", Formatter(None), dtype=np.uint16, info={"source": "hf:org/set:main"},
+                    batch_rows=5, on_progress=lambda r, t: progress.append((r, len(pulled))))
+    assert calls == [("org/set", "main", "validation", True)]
+    assert progress == [(5, 5), (10, 10), (15, 15), (20, 20), (23, 23)]
+    assert m["n_examples"] == 23 and m["n_tokens"] == sum(1 + i % 5 for i in range(23))
+    limited = list(stream_rows("hf:x", load_dataset=fake_load_dataset, limit=3))
+    assert [w for w, _ in limited] == ["hf:x[train][0]", "hf:x[train][1]", "hf:x[train][2]"]
+
+
+def test_writing_is_atomic_refuses_foreign_directories_and_restarts(tmp_path):
+    src = _rows(tmp_path / "rows.jsonl")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="not a token store thinkfast wrote"):
+        _store(src, foreign)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    # A manifest.json of someone else's is no licence either.
+    (foreign / "notes.txt").unlink()
+    (foreign / "manifest.json").write_text('{"kind": "other"}')
+    with pytest.raises(DataError, match="not a thinkfast token store"):
+        _store(src, foreign)
+    assert (foreign / "manifest.json").read_text() == '{"kind": "other"}'
+
+    out = tmp_path / "store"
+
+    def dying_rows():
+        for i, item in enumerate(stream_rows(str(src))):
+            if i == 12:
+                raise KeyboardInterrupt
+            yield item
+
+    with pytest.raises(KeyboardInterrupt):
+        write_store(dying_rows(), out, Formatter(None), dtype=np.uint16, info={}, batch_rows=5)
+    partial = tmp_path / ".store.tokenize-partial"
+    assert not out.exists() and partial.is_dir()  # nothing half-written under the real name
+    _store(src, out)  # the rerun restarts from the first row
+    assert not partial.exists() and TokenStore(out).n_examples == 37
+    # An existing store is replaced only when asked.
+    with pytest.raises(DataError, match="pass --overwrite"):
+        _store(src, out)
+    write_store(stream_rows(str(src), limit=4), out, Formatter(None), dtype=np.uint16, info={}, overwrite=True)
+    assert TokenStore(out).n_examples == 4 and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))\
+        == []
+    # A partial directory holding a stranger's file is not deleted.
+    partial.mkdir()
+    (partial / "keep.txt").write_text("x")
+    with pytest.raises(DataError, match="holds files thinkfast did not write"):
+        write_store(stream_rows(str(src)), out, Formatter(None), dtype=np.uint16, info={}, overwrite=True)
+    assert (partial / "keep.txt").exists()
+
+
+def test_a_damaged_or_foreign_store_is_named(tmp_path):
+    src = _rows(tmp_path / "rows.jsonl")
+    store = _store(src, tmp_path / "store")
+    with pytest.raises(DataError, match="manifest.json is missing"):
+        load_data(DataConfig(train=f"store:{tmp_path}"))
+    with pytest.raises(DataError, match="outside the model's vocabulary"):
+        load_data(DataConfig(train=f"store:{store}"), vocab_size=10)
+    shard = store / "tokens-00000.bin"
+    shard.write_bytes(shard.read_bytes()[:-2])
+    with pytest.raises(DataError, match="tokens-00000.bin holds .* bytes, .* expected"):
+        load_data(DataConfig(train=f"store:{store}"))
+
+
+def test_tokenize_command(tmp_path, capsys):
+    src = tmp_path / "qa.jsonl"
+    rows = [{"question": f"What is {i} plus {i}?", "answer": f"{2 * i}"} for i in range(12)]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = build_tokenizer(texts=[f"Question: {r['question']}\nAnswer: {r['answer']}" for r in rows])
+    tok.save_pretrained(tmp_path / "tok")
+    out = tmp_path / "store"
+    assert main(["tokenize", str(src), "--tokenizer", str(tmp_path / "tok"), "--out", str(out), "--no-eos"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["n_examples"] == 12 and m["dtype"] == "uint16" and m["format"]["add_eos"] is False
+    assert m["tokenizer"]["vocab_size"] == len(tok) and m["source"] == str(src)
+    ref = load_data(DataConfig(train=str(src), add_eos=False, seq_len=8), tok)
+    got = load_data(DataConfig(train=f"store:{out}", add_eos=False, seq_len=8), tok)
+    _same(got.train.to_blocks().__dict__, ref.train.__dict__)
+    assert main(["tokenize", str(src), "--tokenizer", str(tmp_path / "tok"), "--out", str(out)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": "a"}\n{"question": \n')
+    assert main(["tokenize", str(bad), "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "b")]) == 2
+    assert "bad.jsonl:2: malformed JSON" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
