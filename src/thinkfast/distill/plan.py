@@ -133,31 +133,31 @@ class BlockActivation:
         return self.norms + self.mixer + self.mlp
 
 
-def _mixer_elements(cfg: ModelConfig, kind: str) -> tuple[int, int]:
-    """(elements per token, fp32 elements per token) a mixer saves for backward.
+def _mixer_elements(cfg: ModelConfig, kind: str) -> tuple[int, int, int]:
+    """(elements per token, fp32 elements per token, elements per scanned token) a mixer saves
+    for backward; the scan's tensors cover the sequence padded to a whole number of chunks.
 
     Attention: q and k before RoPE, their rotate_half, after RoPE; v; SDPA's output and its
     (B, H, T) log-sum-exp; the re-laid-out output o_proj reads. Mamba: the in_proj output (its
-    z view is saved), the conv input (with its K-1 left pad, ignored) and output, the
-    head-repeated x and B (mamba2), x*dt, and the reference chunked scan's saved tensors --
-    contiguous copies of B and C, the (l, l) C B^T, its decay and their product per chunk, the
-    copies of x, B*decay, C and the inter-chunk output -- then the gate and norm of the output."""
+    z view is saved), the conv input (its K-1 left pad ignored) and output, the head-repeated x
+    and B (mamba2) and x*dt; the reference chunked scan's contiguous copies of B and C, the
+    (l, l) C B^T, its decay and their product per chunk, the copies of x, B*decay, C and the
+    inter-chunk output; then the gate and norm of the output."""
     if kind == "A":
         H, G, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        return 5 * H * hd + 4 * G * hd, H
+        return 5 * H * hd + 4 * G * hd, H, 0
     m = cfg.mamba
     H, P, N, l = m.n_heads, m.head_dim, m.d_state, m.chunk_size
     HP, HN = H * P, H * N
+    scan = 4 * HN + 3 * H * l + 3 * HP
     if m.kind == "mamba2":
         G = m.n_kv_heads
         conv_dim = G * P + G * N + HN
-        in_out = HP + conv_dim + H
-        # in_proj out, conv in + out, repeated x and B, x*dt, scan, output path (y, silu z, gate, norm, out)
-        return in_out + 2 * conv_dim + HP + HN + HP + (4 * HN + 3 * H * l + 3 * HP) + 5 * HP, 0
+        # in_proj out, conv in + out, repeated x and B, x*dt | output: y, silu z, gate, norm, out_proj in
+        return (HP + conv_dim + H) + 2 * conv_dim + HP + HN + HP + 5 * HP, 0, scan
     conv_dim = HP + 2 * HN
-    in_out = conv_dim + HP + H
-    # in_proj out, conv in + out, scan, output path (y, z + z_bias, its silu, the product)
-    return in_out + 2 * conv_dim + (4 * HN + 3 * H * l + 3 * HP) + 4 * HP, 0
+    # in_proj out, conv in + out | output: y, z + z_bias, its silu, the product
+    return (conv_dim + HP + H) + 2 * conv_dim + 4 * HP, 0, scan
 
 
 def block_activations(cfg: ModelConfig, kind: str, micro_batch: int, seq_len: int, act_bytes: int,
@@ -168,11 +168,14 @@ def block_activations(cfg: ModelConfig, kind: str, micro_batch: int, seq_len: in
     (2 under bf16); ``resid_bytes``: the residual stream (fp32 under autocast, whose linears
     return bf16 but whose residual adds and norms run in fp32)."""
     bt = micro_batch * seq_len
-    el, fp32_el = _mixer_elements(cfg, kind)
+    el, fp32_el, scan_el = _mixer_elements(cfg, kind)
+    l = cfg.mamba.chunk_size
+    scanned = micro_batch * -(-seq_len // l) * l
     norms = 2 * bt * cfg.d_model * (4 + 2 * resid_bytes)
     if act_bytes != resid_bytes:  # autocast keeps the bf16 casts of the matmul inputs too
         norms += 2 * bt * cfg.d_model * act_bytes
-    return BlockActivation(kind, norms, bt * (el * act_bytes + fp32_el * 4), bt * 4 * cfg.d_ff * act_bytes)
+    mixer = bt * (el * act_bytes + fp32_el * 4) + scanned * scan_el * 4  # the reference scan runs in fp32
+    return BlockActivation(kind, norms, mixer, bt * 4 * cfg.d_ff * act_bytes)
 
 
 def matrix_stage_activations(cfg: ModelConfig, micro_batch: int, seq_len: int) -> int:
