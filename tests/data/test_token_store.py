@@ -251,3 +251,47 @@ def test_tokenize_command(tmp_path, capsys):
     assert main(["tokenize", str(bad), "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "b")]) == 2
     assert "bad.jsonl:2: malformed JSON" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow  # three small training runs (~15 s on one core)
+def test_a_recipe_trains_and_resumes_exactly_from_a_store(tmp_path):
+    """Two stages of different seq_len from one store: the losses are those of the same recipe on
+    the JSONL file, and a run killed mid-stage and resumed ends on the same weights."""
+    from safetensors.torch import load_file
+
+    from thinkfast.checkpoint import save_model
+    from thinkfast.config import ModelConfig
+    from thinkfast.distill.config import build_config
+    from thinkfast.distill.recipe import run_recipe
+    from thinkfast.models.lm import LanguageModel
+
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
+                                      max_seq_len=64, init_std=0.15))
+    teacher = save_model(model.eval(), tmp_path / "teacher")
+    src = write_token_data(tmp_path / "data.jsonl", VOCAB, n=40)
+    store = _store(src, tmp_path / "store")
+    stages = [{"name": "kd", "objective": "kd", "loss": {"kind": "forward"}},
+              {"name": "kd_long", "objective": "kd", "loss": {"kind": "forward"}, "seq_len": 24}]
+
+    def cfg(out, train, **kw):
+        return build_config({
+            "out_dir": str(tmp_path / out), "teacher": str(teacher),
+            "student": {"init": "teacher", "keep": 0.0, "kind": "discrete"},
+            "data": {"train": train, "seq_len": 16, "eval_fraction": 0.1},
+            "train": {"steps": 4, "batch_size": 4, "lr": 3e-3, "progress": False, "log_every": 1, "save_every": 2,
+                      "schedule": "constant", **kw},
+            "stages": [dict(s) for s in stages]})
+
+    def losses(out, stage):
+        lines = (tmp_path / out / stage / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(ln)["loss"] for ln in lines if "loss" in json.loads(ln)]
+
+    run_recipe(cfg("jsonl", str(src)))
+    run_recipe(cfg("store", f"store:{store}"))
+    assert run_recipe(cfg("resumed", f"store:{store}", stop_after=3)).get("interrupted")
+    run_recipe(cfg("resumed", f"store:{store}"))
+    for stage in ("1-kd", "2-kd_long"):
+        assert losses("store", stage) == losses("jsonl", stage) == losses("resumed", stage)
+    a, b = (load_file(str(tmp_path / r / "model/model.safetensors")) for r in ("store", "resumed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
