@@ -78,17 +78,65 @@ def barrier(env: DistEnv) -> None:
         dist.barrier()
 
 
-def wrap(module: nn.Module, env: DistEnv, mode: str, units: list[nn.Module]) -> nn.Module:
+def _checkpointed_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The module's own forward, its activations recomputed in backward (non-reentrant
+    ``torch.utils.checkpoint``) whenever autograd records; plain under no_grad (teacher, eval)."""
+    forward = type(self).forward
+    if not torch.is_grad_enabled():
+        return forward(self, *args, **kwargs)
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(forward, self, *args, use_reentrant=False, **kwargs)
+
+
+def checkpoint_activations(blocks: list[nn.Module]) -> int:
+    """Make each of ``blocks`` recompute its activations in backward instead of keeping them.
+
+    The block's ``forward`` is replaced on the instance (a bound method, so a deep copy of the
+    module stays bound to the copy); parameters, state-dict keys and hooks are unchanged, and
+    wrapping by DDP or ``fully_shard`` afterwards works as with any module: FSDP2's hooks run
+    around the call and the recompute runs inside its backward, with the parameters gathered.
+    Idempotent; returns how many blocks were newly wrapped."""
+    import types
+
+    n = 0
+    for blk in blocks:
+        bound = blk.__dict__.get("forward")
+        if bound is not None and getattr(bound, "__func__", None) is _checkpointed_forward:
+            continue
+        blk.forward = types.MethodType(_checkpointed_forward, blk)
+        n += 1
+    return n
+
+
+def is_checkpointed(block: nn.Module) -> bool:
+    return getattr(block.__dict__.get("forward"), "__func__", None) is _checkpointed_forward
+
+
+def mixed_precision_policy(bf16: bool):
+    """FSDP2's policy for ``train.bf16``: parameters all-gathered and computed in bf16, gradients
+    reduced in fp32 (the sharded fp32 parameters stay the optimizer's master weights); None = fp32."""
+    if not bf16:
+        return None
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+
+
+def wrap(module: nn.Module, env: DistEnv, mode: str, units: list[nn.Module], bf16: bool = False) -> nn.Module:
     """DDP or FSDP2 around ``module`` (no-op alone). FSDP shards each of ``units`` separately
-    (the objective names the modules it calls through ``forward``), then the rest at the root."""
+    (the objective names the modules it calls through ``forward``), then the rest at the root,
+    with ``mixed_precision_policy(bf16)``. DDP keeps fp32 parameters (bf16 is autocast only)."""
     if not env.enabled:
         return module
     if mode == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
+        policy = mixed_precision_policy(bf16)
+        kw = {"mp_policy": policy} if policy is not None else {}
         for unit in units:
-            fully_shard(unit)
-        fully_shard(module)
+            fully_shard(unit, **kw)
+        fully_shard(module, **kw)
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -138,3 +186,53 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, osd
 
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(getattr(model, "module"), nn.Module) else model
+
+
+# --- sharded checkpoints (torch.distributed.checkpoint) ------------------------------------------
+@contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """DCP warns that it assumes one process when there is no process group: that is intended."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path) -> None:
+    """Collective: write the model's and optimizer's state to the DCP directory ``path``, each
+    rank its own shards (FSDP) or, for replicated tensors (DDP, one process), one copy in all."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    msd, osd = get_state_dict(model, optimizer)
+    with _single_process_quiet():
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+
+
+def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path) -> None:
+    """Collective: read ``path`` (written by ``save_sharded`` on any number of ranks) into the
+    model and optimizer as they are sharded now. Each rank reads only the pieces of the files
+    its own shards need (DCP resharding); no rank loads the whole state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    msd, osd = get_state_dict(model, optimizer)  # the target layout (allocates the optimizer state)
+    state = {"model": msd, "optim": osd}
+    with _single_process_quiet():
+        dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def all_reduce_tensor(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Sum of ``t`` over processes (``t`` itself alone); stays on the device."""
+    if env.enabled:
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+def synchronize(env: DistEnv) -> None:
+    """Wait for the device's queued work (CUDA); nothing on a CPU."""
+    if env.device.type == "cuda":
+        torch.cuda.synchronize(env.device)

@@ -22,11 +22,13 @@ layer's gradient separately, so the layers train independently while sharing one
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Optional, Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
 
+from ..checkpoint import load_model, save_model
 from ..convert.from_attention import ConversionError, attention_layers, student_from_teacher
 from ..models.layers import Attention
 from ..models.lm import LanguageModel
@@ -47,7 +49,75 @@ def check_compatible(student: LanguageModel, teacher: LanguageModel, need: tuple
         raise UserError("teacher/student shape mismatch: " + "; ".join(diffs))
 
 
+@runtime_checkable
+class StageObjective(Protocol):
+    """Everything ``trainer.Trainer`` asks of a stage: the student (what trains, how it is saved
+    and read back) and the loss. ``Objective`` implements it for every stage; the trainer uses
+    nothing else (no attribute probing)."""
+
+    name: str
+    student: nn.Module
+
+    # the student's weights on disk
+    def load_student(self, model_dir: str | Path) -> nn.Module:
+        """The student saved in ``model_dir`` (a checkpoint's model/), not yet adopted."""
+
+    def save_student(self, out_dir: str | Path, state_dict: dict[str, torch.Tensor], tokenizer: Any = None,
+                     extra: Optional[dict[str, Any]] = None) -> Path:
+        """Write the student with ``state_dict`` (a full, gathered one) as a model directory."""
+
+    def adopt_student(self, student: nn.Module) -> None:
+        """Train ``student`` from now on (a checkpoint of another layer pattern, see below)."""
+
+    def architecture_may_change(self) -> bool:
+        """Whether the student's layer pattern changes during the stage (a hybrid schedule), so a
+        checkpoint of another pattern is still this stage's."""
+
+    # what trains
+    def trainable_parameters(self) -> list[nn.Parameter]: ...
+    def clip_groups(self) -> list[list[nn.Parameter]]: ...
+    def fsdp_units(self) -> list[nn.Module]: ...
+    def checkpoint_units(self) -> list[nn.Module]:
+        """Blocks whose activations may be recomputed in backward (train.activation_checkpointing)."""
+
+    def on_step(self, step: int) -> bool: ...
+    def hold_teacher(self, dtype: torch.dtype) -> None:
+        """Keep the frozen teacher in ``dtype``."""
+
+    # the loss
+    def units(self, batch: dict[str, torch.Tensor]) -> int: ...
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+    def flops_per_token(self) -> float:
+        """Model FLOPs of one training token (forward + backward), for MFU."""
+
+
+class _GatheredStudent:
+    """What ``save_model`` reads of a model (its config and state dict), for weights gathered
+    from DDP/FSDP without building the model a second time. Private to ``save_student``."""
+
+    def __init__(self, config: Any, state_dict: dict[str, torch.Tensor]):
+        self.config, self._sd = config, state_dict
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._sd
+
+
+def matmul_params(model: nn.Module) -> int:
+    """Parameters of ``model`` that multiply activations: all but the input embedding table (a
+    lookup). A tied LM head counts once more, since the output projection is a matmul."""
+    n = sum(p.numel() for p in model.parameters())
+    embed = getattr(model, "embed_tokens", None)
+    if isinstance(embed, nn.Embedding):
+        n -= embed.weight.numel()
+        head = getattr(model, "lm_head", None)
+        if isinstance(head, nn.Linear) and head.weight is embed.weight:
+            n += head.weight.numel()
+    return n
+
+
 class Objective(nn.Module):
+    """The base of every stage (implements ``StageObjective``)."""
+
     name = "objective"
 
     def __init__(self, student: LanguageModel, teacher: Optional[LanguageModel] = None, trainable: str = "all"):
@@ -87,11 +157,41 @@ class Objective(nn.Module):
             raise UserError(f"objective {self.name}: no parameter is trainable (trainable={self.trainable!r}, "
                             f"layer pattern {self.student.config.layer_pattern})")
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.student.parameters() if p.requires_grad]
+
     def clip_groups(self) -> list[list[nn.Parameter]]:
-        return [[p for p in self.student.parameters() if p.requires_grad]]
+        return [self.trainable_parameters()]
 
     def fsdp_units(self) -> list[nn.Module]:
         return list(self.student.layers)
+
+    def checkpoint_units(self) -> list[nn.Module]:
+        return list(self.student.layers)
+
+    # --- the student on disk -------------------------------------------------------------------
+    def load_student(self, model_dir: str | Path) -> nn.Module:
+        return load_model(model_dir)
+
+    def save_student(self, out_dir, state_dict, tokenizer=None, extra=None) -> Path:
+        return save_model(_GatheredStudent(self.student.config, state_dict), out_dir, tokenizer, extra)
+
+    def adopt_student(self, student: nn.Module) -> None:
+        self.student = student
+        self.set_trainable()
+
+    def architecture_may_change(self) -> bool:
+        return False
+
+    def hold_teacher(self, dtype: torch.dtype) -> None:
+        if self.teacher is not None and next(self.teacher.parameters()).dtype != dtype:
+            self.teacher.to(dtype)
+
+    def flops_per_token(self) -> float:
+        """6 N (student forward + backward) + 2 N (teacher forward), N = ``matmul_params``;
+        attention's T-dependent FLOPs are not counted."""
+        n = 6 * matmul_params(self.student)
+        return float(n + (2 * matmul_params(self.teacher) if self.teacher is not None else 0))
 
     def on_step(self, step: int) -> bool:
         """Called before each step; True when the student changed (the trainer then rebuilds)."""
@@ -180,6 +280,14 @@ class MatrixObjective(_LayerwiseObjective):
     def fsdp_units(self):
         return []  # mixing_matrix is not a forward(): FSDP hooks must not shard below the root
 
+    def checkpoint_units(self):
+        return []  # the student's blocks never run forward here
+
+    def flops_per_token(self):
+        # the teacher's full forward, and each trained mixer's input projection (forward + backward)
+        return float(2 * matmul_params(self.teacher)
+                     + 6 * sum(self.student.layers[i].mixer.in_proj.weight.numel() for i in self.layers))
+
     def forward(self, batch):
         ids = batch["input_ids"]
         hidden = self._teacher_pass(ids)
@@ -203,6 +311,14 @@ class HiddenObjective(_LayerwiseObjective):
 
     def fsdp_units(self):
         return [self.student.layers[i] for i in self.layers]
+
+    def checkpoint_units(self):
+        return [self.student.layers[i] for i in self.layers]
+
+    def flops_per_token(self):
+        # the teacher's full forward, and each trained block (forward + backward)
+        return float(2 * matmul_params(self.teacher)
+                     + 6 * sum(matmul_params(self.student.layers[i]) for i in self.layers))
 
     def units(self, batch):
         return int(batch["valid"].sum())
@@ -235,6 +351,9 @@ class KDObjective(Objective):
         self.loss_cfg, self.kind, self.seed = loss_cfg, kind, seed
         self.schedule = sorted(schedule or [], key=lambda e: e[0])
         super().__init__(student, teacher, "all" if trainable == "auto" else trainable)
+
+    def architecture_may_change(self) -> bool:
+        return bool(self.schedule)
 
     def on_step(self, step: int) -> bool:
         due = [keep for s, keep in self.schedule if s <= step]

@@ -1,11 +1,13 @@
 """One training loop for every stage: pretraining, SFT, MOHAWK 1-2-3 and KD.
 
 It owns AdamW with a warmup-stable-decay or cosine schedule, gradient accumulation and
-clipping, bf16 autocast, DDP/FSDP, checkpoints, metrics and the progress bar; an ``Objective``
-(``stages.py``) says what the loss is.
+clipping, bf16 mixed precision, activation checkpointing, DDP/FSDP2, checkpoints, metrics and the
+progress bar; the stage's objective (``stages.StageObjective``) says what the loss is and how the
+student is saved.
 
 A stage's directory:
-    checkpoints/step_00000100/   model/ (a thinkfast model dir + run_config.yaml), optimizer.pt,
+    checkpoints/step_00000100/   model/ (a thinkfast model dir + run_config.yaml),
+                                 state/ (model + optimizer, sharded: torch.distributed.checkpoint),
                                  trainer_state.json, rng_rank{r}.pt, run_config.yaml
     latest                       the name of the newest complete checkpoint
     metrics.jsonl                one JSON object per logged step / evaluation
@@ -13,19 +15,24 @@ A stage's directory:
     result.json                  tokens, wall time, losses: written last, marks the stage done
 
 Checkpoints are written to a temporary directory and renamed, then ``latest`` is replaced
-atomically, so a kill at any moment leaves the previous checkpoint intact. Weights are
-safetensors; optimizer and RNG state go through ``torch.save`` and come back with
-``torch.load(weights_only=True)`` (tensors and plain containers only, never pickled code).
+atomically, so a kill at any moment leaves the previous checkpoint intact. state/ is written by
+every rank, each its own shards, and read back by any number of ranks (DCP reshards; no rank reads
+the whole optimizer). model/ is the full student in safetensors, gathered on rank 0. RNG state goes
+through ``torch.save`` and comes back with ``torch.load(weights_only=True)``. Checkpoints of the
+earlier single-file format (optimizer.pt, a full optimizer state dict) are still resumed.
 A resumed run restores weights, optimizer, RNG and the data position (= the step: the batch
-order is a function of it) and continues bit-for-bit where it stopped.
+order is a function of it) and continues where it stopped (bit for bit on the same ranks).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import random
+import re
+import secrets
 import shutil
 import time
 from contextlib import nullcontext
@@ -34,7 +41,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..checkpoint import CheckpointError, load_model, save_model
+from ..checkpoint import CheckpointError, read_config
 from ..config import atomic_write_text
 from ..data.dataset import BatchSchedule, DataBundle
 from ..data.packing import TokenBlocks
@@ -42,29 +49,46 @@ from .. import runtime
 from ..runtime import UserError
 from . import distributed as D
 from .config import TrainConfig
+from .metrics import TrainClock, peak_tflops, throughput
 from .schedule import lr_factor
-from .stages import Objective
+from .stages import StageObjective
 
 VOLATILE_TRAIN_KEYS = ("steps", "micro_batch_size", "log_every", "eval_every", "eval_batches", "save_every",
                        "keep_checkpoints", "progress", "tensorboard", "wandb", "wandb_project", "distributed",
-                       "device", "threads", "stop_after")
+                       "device", "threads", "stop_after", "activation_checkpointing", "peak_tflops")
 """Train settings that may change between a run and its resumption (they do not change what the
-next step computes, except ``steps``, which moves the end of the schedule)."""
+next step computes, except ``steps``, which moves the end of the schedule; activation
+checkpointing recomputes the same values)."""
+
+CHECKPOINT_FORMAT = 2
+"""trainer_state.json "format": 2 = sharded state/ (DCP); absent = optimizer.pt (read only)."""
+_STEP_DIR = re.compile(r"step_\d{8}")
 
 
 class NonFiniteLossError(UserError):
     """The loss or gradient became NaN/inf; a checkpoint of the last good state was written."""
 
 
-class _Snapshot:
-    """Just enough of a LanguageModel for ``save_model``: a config and a state dict (the full
-    state dict gathered from DDP/FSDP), without building the model a second time."""
+def wandb_run_id(out_dir: str | os.PathLike, stage: str, suffix: str) -> str:
+    """The W&B run id of one stage directory: unique per absolute directory and stage (two runs
+    in different directories never share a run), stable across resumptions (``suffix`` is drawn
+    once and stored in the directory)."""
+    key = f"{Path(out_dir).resolve()}\0{stage}\0{suffix}".encode()
+    slug = re.sub(r"[^A-Za-z0-9_-]", "-", stage)[:32]
+    return f"{slug}-{hashlib.sha256(key).hexdigest()[:16]}"
 
-    def __init__(self, config, state_dict: dict[str, torch.Tensor]):
-        self.config, self._sd = config, state_dict
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self._sd
+def _check_safetensors(path: Path) -> None:
+    """Refuse a missing or cut-short safetensors file (its header and size), reading no tensor."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} not found") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is corrupt or not a safetensors file: {e}") from None
 
 
 def _yaml(data: dict[str, Any]) -> str:
@@ -127,7 +151,7 @@ class Trainer:
     a checkpoint must agree with to be resumed (the rest, e.g. logging, may change).
     """
 
-    def __init__(self, objective: Objective, data: DataBundle, cfg: TrainConfig, out_dir: str | os.PathLike,
+    def __init__(self, objective: StageObjective, data: DataBundle, cfg: TrainConfig, out_dir: str | os.PathLike,
                  env: Optional[D.DistEnv] = None, run_config: Optional[dict[str, Any]] = None,
                  fingerprint: Optional[dict[str, Any]] = None, tokenizer: Any = None, name: str = "train"):
         self.obj, self.data, self.cfg = objective, data, cfg
@@ -148,11 +172,25 @@ class Trainer:
         self.model: Any = None
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self._writers: list[Any] = []
+        self._closers: list[Any] = []
+        self.clock = TrainClock()
+        self.flops_per_token = float(objective.flops_per_token())
+        dev = self.env.device
+        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
+        self.peak_tflops = peak_tflops(name, cfg.bf16, cfg.peak_tflops)
 
     def _default_fingerprint(self) -> dict[str, Any]:
         return {k: v for k, v in self.cfg.__dict__.items() if k not in VOLATILE_TRAIN_KEYS}
 
     # --- set-up ------------------------------------------------------------------------------
+    def teacher_dtype(self) -> torch.dtype:
+        """train.teacher_dtype; auto = bf16 on an accelerator when train.bf16 is on, else fp32
+        (on a CPU a bf16 teacher is slower, so only when asked)."""
+        c = self.cfg
+        if c.teacher_dtype == "auto":
+            return torch.bfloat16 if c.bf16 and self.env.device.type != "cpu" else torch.float32
+        return torch.bfloat16 if c.teacher_dtype == "bf16" else torch.float32
+
     def _build(self) -> None:
         """(Re)wrap the objective and build a fresh optimizer over its trainable parameters."""
         if self.model is not None and self.env.enabled and self.cfg.distributed == "fsdp":
@@ -160,8 +198,11 @@ class Trainer:
             raise UserError("a hybrid_schedule conversion under FSDP is not supported; use "
                             "train.distributed=ddp, or one stage per step of the schedule")
         self.obj.to(self.env.device)
-        self.model = D.wrap(self.obj, self.env, self.cfg.distributed, self.obj.fsdp_units())
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.obj.hold_teacher(self.teacher_dtype())
+        if self.cfg.activation_checkpointing:
+            D.checkpoint_activations(self.obj.checkpoint_units())
+        self.model = D.wrap(self.obj, self.env, self.cfg.distributed, self.obj.fsdp_units(), bf16=self.cfg.bf16)
+        params = self.obj.trainable_parameters()  # after wrapping: FSDP2 replaced them by DTensors
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         groups = [{"params": decay, "weight_decay": self.cfg.weight_decay},
@@ -183,7 +224,9 @@ class Trainer:
         return path
 
     def _load_resume(self, ckpt: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
-        """Read and validate everything a resume needs before anything is written."""
+        """Read and validate everything a resume needs before anything is written: (trainer
+        state, (student to adopt or None, full optimizer state of the old format or None), RNG).
+        The sharded state/ is read later, into the built model (``_resume``)."""
         try:
             state = json.loads((ckpt / "trainer_state.json").read_text())
             step = int(state["step"])
@@ -196,31 +239,46 @@ class Trainer:
                                   f"(use another out_dir, or restore the settings): " + "; ".join(diffs))
         if step > self.cfg.steps:
             raise CheckpointError(f"{ckpt} is at step {step}, beyond train.steps={self.cfg.steps}")
-        # An objective whose student is not a plain LanguageModel (compress) reads its own checkpoints.
-        model = getattr(self.obj, "load_student", load_model)(ckpt / "model")  # CheckpointError when corrupt
-        have, want = model.config.to_dict(), self.obj.student.config.to_dict()
+        sharded = state.get("format") == CHECKPOINT_FORMAT
+        cfg, _ = read_config(ckpt / "model")  # CheckpointError when missing or corrupt
+        have, want = cfg.to_dict(), self.obj.student.config.to_dict()
         have_p, want_p = have.pop("layer_pattern"), want.pop("layer_pattern")
         diffs = _diff(have, want)
-        if diffs or (have_p != want_p and not getattr(self.obj, "schedule", None)):
+        if diffs or (have_p != want_p and not self.obj.architecture_may_change()):
             raise CheckpointError(f"{ckpt}/model does not fit the student: "
                                   + "; ".join(diffs or [f"layer_pattern {have_p} vs {want_p}"]))
-        optim = _torch_load(ckpt / "optimizer.pt")
+        _check_safetensors(ckpt / "model" / "model.safetensors")
+        # The old format's weights, or a student of another layer pattern (a stepwise hybrid
+        # schedule had converted more layers), come from model/; else state/ has them.
+        model = self.obj.load_student(ckpt / "model") if not sharded or have_p != want_p else None
+        if sharded:
+            if not (ckpt / "state" / ".metadata").is_file():
+                raise CheckpointError(f"{ckpt}/state/.metadata is missing: the checkpoint is incomplete")
+            optim = None
+        else:
+            optim = _torch_load(ckpt / "optimizer.pt")
         rng_path = ckpt / f"rng_rank{self.env.rank}.pt"
         rng = _torch_load(rng_path if rng_path.exists() else ckpt / "rng_rank0.pt")
         return state, (model, optim), rng
 
     def _resume(self, ckpt: Path) -> None:
         state, (model, optim), rng = self._load_resume(ckpt)
-        if model.config.layer_pattern != self.obj.student.config.layer_pattern:
-            self.obj.student = model  # a stepwise hybrid schedule had converted more layers
-            self.obj.set_trainable()
-        else:
+        if model is not None and model.config.layer_pattern != self.obj.student.config.layer_pattern:
+            self.obj.adopt_student(model)
+        elif model is not None:
             self.obj.student.load_state_dict(model.state_dict())
         self._build()
-        try:
-            D.load_optimizer_state(self.model, self.optimizer, optim)
-        except (KeyError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"{ckpt}/optimizer.pt does not fit this model's parameters: {e}") from None
+        if optim is None:
+            try:
+                D.load_sharded(self.model, self.optimizer, ckpt / "state")
+            except Exception as e:  # DCP wraps every failure (missing files, shapes) in its own types
+                raise CheckpointError(f"{ckpt}/state does not fit this model and optimizer, or is "
+                                      f"corrupt: {str(e).strip()[:2000]}") from None
+        else:
+            try:
+                D.load_optimizer_state(self.model, self.optimizer, optim)
+            except (KeyError, ValueError, RuntimeError) as e:
+                raise CheckpointError(f"{ckpt}/optimizer.pt does not fit this model's parameters: {e}") from None
         _set_rng_state(rng)
         self.step, self.tokens = int(state["step"]), int(state.get("tokens", 0))
         self.prev_wall = float(state.get("wall_s", 0.0))
@@ -231,16 +289,17 @@ class Trainer:
 
     # --- checkpoints ---------------------------------------------------------------------------
     def _student_state(self) -> Optional[dict[str, torch.Tensor]]:
-        msd, osd = D.full_state_dicts(self.model, self.optimizer)
+        """The student's full state dict on rank 0 (None elsewhere). Collective."""
+        msd, _ = D.full_state_dicts(self.model, None)
         if not self.env.is_main:
             return None
         prefix = "student."
-        return {"model": {k[len(prefix):]: v for k, v in msd.items() if k.startswith(prefix)}, "optim": osd}
+        return {k[len(prefix):]: v for k, v in msd.items() if k.startswith(prefix)}
 
     def save_checkpoint(self, wall_s: float) -> Path:
         """Collective: every rank calls it. Returns the checkpoint directory."""
         final = self._ckpt_dir(self.step)
-        state = self._student_state()
+        full = self._student_state()
         tmp = None
         if self.env.is_main:
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -249,15 +308,15 @@ class Trainer:
                 shutil.rmtree(tmp)
             tmp.mkdir()
         tmp = Path(D.broadcast_object(str(tmp), self.env))
+        D.save_sharded(self.model, self.optimizer, tmp / "state")  # every rank its shards
         torch.save(_rng_state(), tmp / f"rng_rank{self.env.rank}.pt")
         D.barrier(self.env)
         if self.env.is_main:
-            snap = _Snapshot(self.obj.student.config, state["model"])
-            save_model(snap, tmp / "model", self.tokenizer, extra={"trained_by": f"thinkfast distill ({self.name})",
-                                                                     "step": self.step})
+            self.obj.save_student(tmp / "model", full, self.tokenizer,
+                                  extra={"trained_by": f"thinkfast distill ({self.name})", "step": self.step})
             atomic_write_text(tmp / "model" / "run_config.yaml", _yaml(self.run_config))
-            torch.save(state["optim"], tmp / "optimizer.pt")
-            trainer_state = {"step": self.step, "samples_consumed": self.step * self.cfg.batch_size,
+            trainer_state = {"format": CHECKPOINT_FORMAT, "step": self.step,
+                             "samples_consumed": self.step * self.cfg.batch_size,
                              "tokens": self.tokens, "wall_s": wall_s, "world_size": self.env.world_size,
                              "fingerprint": self.fingerprint, "history": self.history[-50:]}
             atomic_write_text(tmp / "trainer_state.json", json.dumps(trainer_state, indent=1) + "\n")
@@ -272,8 +331,11 @@ class Trainer:
         return final
 
     def _prune(self) -> None:
+        """Keep the newest ``keep_checkpoints``; only directories this trainer writes (named
+        step_NNNNNNNN, holding a trainer_state.json) are counted or deleted."""
         keep = max(1, self.cfg.keep_checkpoints)
-        done = sorted(p for p in (self.out / "checkpoints").glob("step_*") if p.is_dir())
+        done = sorted(p for p in (self.out / "checkpoints").glob("step_*")
+                      if _STEP_DIR.fullmatch(p.name) and p.is_dir() and (p / "trainer_state.json").is_file())
         for old in done[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -298,14 +360,34 @@ class Trainer:
             tb = SummaryWriter(str(self.out / "tensorboard"))
             self._writers.append(lambda r: [tb.add_scalar(k, v, r["step"]) for k, v in r.items()
                                             if isinstance(v, (int, float)) and k != "step"])
+            self._closers.append(tb.close)
         if self.cfg.wandb:
             try:
                 import wandb
             except ImportError:
                 raise UserError("train.wandb=true needs the wandb package") from None
-            run = wandb.init(project=self.cfg.wandb_project, name=f"{self.out.name}", config=self.run_config,
-                             resume="allow", id=self.out.name)
-            self._writers.append(lambda r: run.log(r, step=r["step"]))
+            run = wandb.init(project=self.cfg.wandb_project, name=f"{self.out.parent.name}/{self.out.name}",
+                             config=self.run_config, resume="allow", id=self._wandb_id(),
+                             reinit="finish_previous")
+            self._writers.append(lambda r: run.log({k: v for k, v in r.items() if v is not None}, step=r["step"]))
+            self._closers.append(run.finish)
+
+    def _wandb_id(self) -> str:
+        """This stage directory's W&B run id (``wandb_run_id``); its random part is drawn on the
+        first run and kept in ``wandb_id.json``, so a resumed run continues the same W&B run."""
+        path = self.out / "wandb_id.json"
+        try:
+            suffix = json.loads(path.read_text())["suffix"]
+        except (OSError, ValueError, KeyError, TypeError):
+            suffix = secrets.token_hex(4)
+        run_id = wandb_run_id(self.out, self.name, suffix)
+        atomic_write_text(path, json.dumps({"suffix": suffix, "id": run_id}) + "\n")
+        return run_id
+
+    def _close_writers(self) -> None:
+        closers, self._closers, self._writers = self._closers, [], []
+        for close in closers:
+            close()
 
     def _truncate_metrics(self) -> None:
         """Drop metric lines past the resumed step (written after the last checkpoint)."""
@@ -329,16 +411,20 @@ class Trainer:
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.env.device, non_blocking=True) for k, v in batch.items()}
 
-    def _forward_weighted(self, blocks: TokenBlocks, micro: list[list[int]], train: bool):
-        """Sum over micro-batches of (loss * units, units, metrics * units, tokens), backward when
-        training, each micro-batch's loss weighted by its share of the global units."""
+    def _forward_sums(self, blocks: TokenBlocks, micro: list[list[int]], train: bool):
+        """Over micro-batches, backward when training, each micro-batch's loss weighted by its
+        share of the global units: (sums, keys, units, tokens) with ``sums`` a device tensor
+        [loss * units, metric * units for metric in keys], summed over processes. The losses stay
+        on the device: no host sync per micro-batch."""
         # An empty slice (eval, uneven shards) still runs one forward -- FSDP ranks move in
         # lockstep -- on block 0 with weight 0.
         batches = [blocks.batch(ix or [0]) for ix in micro]
         units = [self.obj.units(b) if ix else 0 for b, ix in zip(batches, micro)]
         tokens = sum(int(b["valid"].sum()) for b, ix in zip(batches, micro) if ix)
         total_units, tokens = D.all_reduce_sum([sum(units), tokens], self.env)
-        loss_sum, metric_sums = 0.0, {}
+        dev = self.env.device
+        loss_sum = torch.zeros((), dtype=torch.float32, device=dev)
+        metric_sums: dict[str, torch.Tensor] = {}
         for j, (b, n) in enumerate(zip(batches, units)):
             b = self._to_device(b)
             sync = j == len(batches) - 1
@@ -348,21 +434,29 @@ class Trainer:
             if train:
                 # DDP/FSDP average gradients over W processes; the factor W makes it a sum.
                 (loss * (n / max(total_units, 1)) * self.env.world_size).backward()
-            loss_sum += float(loss.detach()) * n
+            loss_sum = loss_sum + loss.detach().float() * n
             for k, v in metrics.items():
-                metric_sums[k] = metric_sums.get(k, 0.0) + float(v) * n
+                v = torch.as_tensor(v, device=dev).detach().float()
+                metric_sums[k] = metric_sums[k] + v * n if k in metric_sums else v * n
         keys = sorted(metric_sums)
-        sums = D.all_reduce_sum([loss_sum] + [metric_sums[k] for k in keys], self.env)
-        denom = max(total_units, 1)
-        return sums[0] / denom, {k: s / denom for k, s in zip(keys, sums[1:])}, int(tokens)
+        sums = torch.stack([loss_sum] + [metric_sums[k] for k in keys])
+        sums = D.all_reduce_tensor(sums, self.env)
+        return sums, keys, max(total_units, 1), int(tokens)
 
-    def _clip(self) -> float:
-        sq = 0.0
+    def _forward_weighted(self, blocks: TokenBlocks, micro: list[list[int]], train: bool):
+        """(mean loss, mean metrics, tokens) over the micro-batches (one host sync)."""
+        sums, keys, denom, tokens = self._forward_sums(blocks, micro, train)
+        values = sums.tolist()
+        return values[0] / denom, {k: v / denom for k, v in zip(keys, values[1:])}, tokens
+
+    def _clip(self) -> torch.Tensor:
+        """Clip each clip group; the squared total gradient norm, on the device."""
+        sq = torch.zeros((), dtype=torch.float32, device=self.env.device)
         for group in self.obj.clip_groups():  # per layer in stages 1-2: layers stay independent
             n = torch.nn.utils.clip_grad_norm_(group, self.cfg.clip_grad or float("inf"))
             n = n.full_tensor() if hasattr(n, "full_tensor") else n
-            sq += float(n) ** 2
-        return math.sqrt(sq)
+            sq = sq + n.detach().float().to(sq.device) ** 2
+        return sq
 
     def train_step(self) -> dict[str, Any]:
         c = self.cfg
@@ -370,8 +464,12 @@ class Trainer:
             self._build()
         self.model.train()
         micro = self.batches.micro_batches(self.step, self.env.rank, self.env.world_size, self.micro)
-        loss, metrics, tokens = self._forward_weighted(self.data.train, micro, train=True)
-        gnorm = self._clip()
+        sums, keys, denom, tokens = self._forward_sums(self.data.train, micro, train=True)
+        # One host sync per optimizer step (not per micro-batch): the loss, the metrics and the
+        # gradient norm in one transfer, needed before the update for the non-finite guard.
+        values = torch.cat([sums, self._clip().reshape(1)]).tolist()
+        loss, gnorm = values[0] / denom, math.sqrt(values[-1])
+        metrics = {k: v / denom for k, v in zip(keys, values[1:-1])}
         if not (math.isfinite(loss) and math.isfinite(gnorm)):
             self.optimizer.zero_grad(set_to_none=True)
             what = "loss" if not math.isfinite(loss) else "gradient norm"
@@ -385,6 +483,7 @@ class Trainer:
             g["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        D.synchronize(self.env)  # the step's time includes its update (accelerators run async)
         self.step += 1
         self.tokens += tokens
         return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": gnorm, "tokens": self.tokens, **metrics}
@@ -438,7 +537,10 @@ class Trainer:
             atomic_write_text(self.out / "run_config.yaml", _yaml(self.run_config))
         self._truncate_metrics()
         self._open_writers()
-        return self._loop()
+        try:
+            return self._loop()
+        finally:
+            self._close_writers()  # each stage's W&B run ends with the stage
 
     def _progress(self):
         if not (self.cfg.progress and self.env.is_main):
@@ -448,26 +550,41 @@ class Trainer:
         return tqdm(total=self.cfg.steps, initial=self.step, desc=self.name, unit="step", dynamic_ncols=True,
                     position=runtime.PROGRESS_POSITION)
 
+    def _throughput(self) -> dict[str, Any]:
+        """Time per step, tokens/s and MFU over the steps since the last logged record, counting
+        training time only (``self.clock``: evaluation and checkpoints are outside it)."""
+        seconds, steps, tokens = self.clock.window()
+        out = throughput(tokens, seconds, steps, self.env.world_size, self.flops_per_token, self.peak_tflops)
+        out["train_time_s"] = self.clock.total
+        return out
+
     def _loop(self) -> dict[str, Any]:
         c = self.cfg
         bar, t0 = self._progress(), time.perf_counter()
-        start_step, start_tokens, ran = self.step, self.tokens, 0
+        start_step, ran = self.step, 0
         eval_loss = None
         try:
             while self.step < c.steps:
-                rec = self.train_step()
+                before = self.tokens
+                with self.clock.train():
+                    rec = self.train_step()
+                self.clock.count(1, self.tokens - before)
                 ran += 1
-                elapsed = time.perf_counter() - t0
-                rec["tokens_per_s"] = (self.tokens - start_tokens) / max(elapsed, 1e-9)
-                rec["wall_s"] = self.prev_wall + elapsed
                 last = self.step == c.steps
+                if self.step % max(1, c.log_every) == 0 or last or (c.eval_every and self.step % c.eval_every == 0):
+                    rec.update(self._throughput())
+                rec["wall_s"] = self.prev_wall + time.perf_counter() - t0
                 if c.eval_every and self.step % c.eval_every == 0 and not last:
                     rec["eval_loss"] = eval_loss = self.evaluate()
                 if self.step % max(1, c.log_every) == 0 or last or "eval_loss" in rec:
                     self._log(rec)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{rec['loss']:.4g}", tok_s=f"{rec['tokens_per_s']:.0f}")
+                    if "tokens_per_s_per_device" in rec:
+                        post = {"loss": f"{rec['loss']:.4g}", "tok_s_dev": f"{rec['tokens_per_s_per_device']:.0f}"}
+                        if rec["mfu"] is not None:
+                            post["mfu"] = f"{rec['mfu']:.1%}"
+                        bar.set_postfix(post)
                 if c.save_every and self.step % c.save_every == 0 and not last:
                     self.save_checkpoint(rec["wall_s"])
                 if c.stop_after is not None and ran >= c.stop_after and not last:
