@@ -9,7 +9,10 @@ import shutil
 import pytest
 
 import thinkfast.demo as demo
+import thinkfast.demo.pipeline as pipeline
+import thinkfast.demo.recipes as recipes
 from thinkfast.cli import main
+from thinkfast.runtime import UserError
 
 RESULT_KEYS = {"config", "task", "teacher", "temperatures", "greedy", "runs", "pareto", "throughput", "claim",
                "stage_seconds", "models", "hybrid_layers", "samples_per_problem", "train_decode_s_per_sample",
@@ -167,7 +170,7 @@ def test_a_resumed_run_keeps_the_recorded_samples_per_problem(quick_run, tmp_pat
         chosen = measure(model_dir, task, examples, out_dir, name, cfg, log)
         return {**chosen, "decode_s_per_sample": recorded["from"]["teacher"] * scale[name]}
 
-    monkeypatch.setattr(demo, "choose_temperature", remeasured)
+    monkeypatch.setattr(pipeline, "choose_temperature", remeasured)
     assert main(["demo", "--quick", "--out", str(out), "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
@@ -191,7 +194,7 @@ def test_out_dir_of_another_configuration_is_refused(quick_run, capsys):
 
 
 def test_missing_shipped_teacher_names_the_retrain_flag(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(demo, "SHIPPED_TEACHER", tmp_path / "nowhere")
+    monkeypatch.setattr(recipes, "SHIPPED_TEACHER", tmp_path / "nowhere")
     assert main(["demo", "--quick", "--out", str(tmp_path / "o")]) == 2
     assert "--retrain-teacher" in capsys.readouterr().err
 
@@ -203,7 +206,7 @@ def test_retrained_teacher_trains_on_its_own_mix(tmp_path, monkeypatch):
 
     meta = demo.demo_task_config()
     meta["teacher_train"] = {"step_weights": [0, 0, 0, 1]}
-    monkeypatch.setattr(demo, "demo_task_config", lambda: meta)
+    monkeypatch.setattr(pipeline, "demo_task_config", lambda: meta)
     seen = {}
     full_recipe = demo.teacher_recipe
 
@@ -213,7 +216,7 @@ def test_retrained_teacher_trains_on_its_own_mix(tmp_path, monkeypatch):
         recipe.train.steps, recipe.train.warmup_steps = 2, 1
         return recipe
 
-    monkeypatch.setattr(demo, "teacher_recipe", short_recipe)
+    monkeypatch.setattr(recipes, "teacher_recipe", short_recipe)
     out = tmp_path / "rt"
     assert main(["demo", "--quick", "--retrain-teacher", "--out", str(out), "--threads", "1"]) == 0
     task = SyntheticTask(demo.teacher_train_config(meta), seed=meta["seed"])
@@ -232,7 +235,7 @@ def test_parallel_stages_record_each_and_name_a_failure(tmp_path):
     """Students distil in worker processes: each finished stage is kept, a failing one is named,
     and a rerun redoes only what failed."""
     runner = demo.StageRunner(tmp_path, False, lambda msg: None)
-    with pytest.raises(demo.UserError, match="stage 'bad' failed: ZeroDivisionError"):
+    with pytest.raises(UserError, match="stage 'bad' failed: ZeroDivisionError"):
         runner.run_parallel({"good": functools.partial(pow, 2, 10), "bad": functools.partial(operator.truediv, 1, 0)},
                             workers=2)
     state = json.loads((tmp_path / "stages.json").read_text())
@@ -254,5 +257,5 @@ def test_a_run_of_another_shipped_teacher_is_refused(tmp_path):
     cfg = demo.DemoConfig.preset(quick=True)
     demo.check_out_dir(tmp_path, cfg, "shipped", force=False, teacher_weights="aaaa")
     demo.check_out_dir(tmp_path, cfg, "shipped", force=False, teacher_weights="aaaa")  # same run: accepted
-    with pytest.raises(demo.UserError, match="different configuration"):
+    with pytest.raises(UserError, match="different configuration"):
         demo.check_out_dir(tmp_path, cfg, "shipped", force=False, teacher_weights="bbbb")

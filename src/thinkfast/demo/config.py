@@ -1,0 +1,122 @@
+"""What a demo run is made of: its settings (``DemoConfig``), the shipped assets, and the
+synthetic task the teacher was trained on.
+
+The values chosen on validation problems, and how, are in docs/demo-study.md,
+docs/llamba-decay-bias.md and docs/layer-selection.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+ASSETS = Path(__file__).parent.parent / "assets"
+SHIPPED_TEACHER = ASSETS / "demo_teacher"
+TEACHER_RECIPE = ASSETS / "demo_teacher_recipe.yaml"
+MODELS = ("teacher", "llamba", "hybrid")
+TASK_FORMAT = {"prompt_template": "Question: {question}\nAnswer:", "response_template": " {answer}\n\n",
+               "add_bos": False, "add_eos": False, "pack": False}
+"""How training rows are laid out: one problem per row, exactly as the (zero-shot) prompt shows it
+and right-padded (the teacher recipe's YAML says the same). Rows are not packed: a packed row holds
+earlier problems whose sentences ("Third Vic has ...") are decoys for the look-up of sentence k in
+the current question, which is the step a small model learns last."""
+
+
+@dataclass
+class DemoConfig:
+    """Every setting of a demo run; OUT/demo_config.json holds it and a rerun must match it."""
+
+    quick: bool = False
+    seed: int = 0
+    n_train: int = 20000
+    """Training problems written for distillation and SFT."""
+    n_test: int = 100
+    """Test problems evaluated."""
+    # students
+    mohawk_steps: list[int] = field(default_factory=lambda: [200, 150, 1600])
+    """Steps of MOHAWK's matrix, hidden and KD stages (Llamba)."""
+    llamba_kd_lr: float = 2e-3
+    """Peak learning rate of Llamba's KD stage, chosen on validation problems
+    (docs/llamba-decay-bias.md)."""
+    llamba_decay_bias: Optional[list[float]] = field(default_factory=lambda: [4.0, 1024.0])
+    """The Llamba student's ``mamba.decay_bias`` (heads' initial memory, in tokens); None = none,
+    as in Llamba's release, where every head starts with a one-token memory (docs/llamba-decay-bias.md)."""
+    hybrid_keep: float = 0.5
+    """Share of the teacher's layers the hybrid keeps as attention, chosen by leave-one-out KL."""
+    select_rows: int = 64
+    """Train problems the leave-one-out scores are measured on (half of them held out)."""
+    hybrid_kd_steps: int = 1600
+    llamba_sft_steps: int = 3000
+    """Llamba's SFT steps on the train problems' reference chains, chosen on validation problems
+    (docs/demo-study.md)."""
+    hybrid_sft_steps: int = 2000
+    """The hybrid's SFT steps, chosen on validation problems (docs/demo-study.md)."""
+    batch_size: int = 4
+    seq_len: int = 512
+    """Row length: a prompt plus the longest chain of the shipped task is ~430 tokens."""
+    lr: float = 1e-3
+    # sampling
+    temperatures: list[float] = field(default_factory=lambda: [0.6, 0.8, 1.0])
+    temp_problems: int = 32
+    temp_samples: int = 8
+    orm_problems: int = 160
+    orm_samples: int = 8
+    n_samples: int = 32
+    """Samples per test problem for the teacher, and the least any model draws."""
+    batch_problems: int = 8
+    """Problems per engine call for the teacher: every call of every model, temperature choice
+    included, decodes ``batch_problems * n_samples`` rows."""
+    match_budget: bool = True
+    """A student that decodes m times as fast as the teacher (measured in its temperature stage, on
+    train problems, at the same rows per call) draws n_samples * 2**round(log2(m)) samples per
+    problem, so its curves reach the teacher's largest budget."""
+    max_budget_factor: int = 4
+    """The most that factor may be."""
+    max_new_tokens: int = 400
+
+    @classmethod
+    def preset(cls, quick: bool) -> "DemoConfig":
+        if not quick:
+            return cls()
+        return cls(quick=True, select_rows=8, n_train=400, n_test=8, mohawk_steps=[4, 4, 6], hybrid_kd_steps=6,
+                   llamba_sft_steps=4, hybrid_sft_steps=4, batch_size=4, seq_len=128, temperatures=[0.8, 1.0], temp_problems=4, temp_samples=2,
+                   orm_problems=8, orm_samples=4, n_samples=4, batch_problems=4, max_new_tokens=64)
+
+
+STUDENTS = ("llamba", "hybrid")
+
+
+def demo_task_config() -> dict[str, Any]:
+    """The synthetic task the demo teacher is trained on (shipped with the package)."""
+    return json.loads((ASSETS / "demo_task.json").read_text())
+
+
+def demo_task(task_meta: Optional[dict[str, Any]] = None):
+    """The demo's ``SyntheticTask`` (its ``config`` is the task's ``SyntheticConfig``), built from
+    ``task_meta`` (default: ``demo_task_config()``)."""
+    from ..data import synthetic as syn
+    from ..eval.tasks.synthetic import SyntheticTask
+
+    meta = task_meta if task_meta is not None else demo_task_config()
+    return SyntheticTask(syn.SyntheticConfig.from_dict(meta["config"]), seed=meta["seed"],
+                         n_shots=meta.get("n_shots", 1))
+
+
+def teacher_train_config(task_meta: dict[str, Any]):
+    """The SyntheticConfig the teacher's own training problems are drawn from: the demo task's
+    ``config`` with its ``teacher_train`` fields laid over it (e.g. a ``step_weights`` that trains
+    more on long chains). Only the teacher's pretraining uses it; the test problems, and the train
+    problems the students, the reward model and the temperature choice see, keep the task's own mix."""
+    from ..data import synthetic as syn
+
+    return syn.SyntheticConfig.from_dict({**task_meta["config"], **task_meta.get("teacher_train", {})})
+
+
+def teacher_train_problems(task_meta: dict[str, Any], n: int) -> list:
+    """The first ``n`` train-split problems of the teacher's own stream (``teacher_train_config``)."""
+    from ..data import synthetic as syn
+
+    return syn.generate(teacher_train_config(task_meta), "train", n, seed=task_meta["seed"])
+

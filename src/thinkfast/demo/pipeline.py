@@ -1,0 +1,149 @@
+"""The demo's stages, in the order they run (``run_stages``), and ``run_demo``, which prepares and
+locks OUT first. Each stage is one call into the library the commands use; what each stage does,
+and why, is in docs/demo-study.md ("The stages in full").
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ..config import atomic_write_text, to_dict
+from ..runtime import UserError
+from .config import MODELS, DemoConfig, demo_task, demo_task_config
+from .recipes import (distil, hybrid_recipe, llamba_recipe, select_hybrid_layers, shipped_teacher_digest,
+                      shipped_teacher_task, teacher_stage)
+from .report import budget_ks, claim_verdict, demo_markdown, throughput_table
+from .sampling import choose_temperature, greedy_stage, orm_stage, sample_file, samples_per_problem, score_stage
+from .stages import (StageRunner, check_out_dir, in_worker, lock_out_dir, out_dir_meta, parallel_workers,
+                     refuse_unusable_out)
+
+
+def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teacher: bool = False,
+             log: Callable[[str], None] = print, jobs: Optional[int] = None) -> dict[str, Any]:
+    """Run every stage (reusing finished ones), holding OUT's lock; returns results.json's
+    content. ``jobs``: processes for the stages that run side by side (default: ``parallel_workers``)."""
+    cfg = DemoConfig.preset(quick)
+    task_meta = demo_task_config()
+    teacher_tag = "retrained" if retrain_teacher else "shipped"
+    if not retrain_teacher:
+        shipped = shipped_teacher_task()
+        if shipped != task_meta:
+            raise UserError("the shipped demo teacher was trained on another task configuration; "
+                            "run `thinkfast demo --retrain-teacher`")
+    weights = None if retrain_teacher else shipped_teacher_digest()
+    # Refused before the lock file is created, so that a refused OUT is left as it was; checked
+    # again under the lock, as another run may have written there meanwhile.
+    refuse_unusable_out(out, out_dir_meta(cfg, teacher_tag, weights), force)
+    with lock_out_dir(out):
+        check_out_dir(out, cfg, teacher_tag, force, weights, log)
+        return run_stages(out, cfg, task_meta, teacher_tag, StageRunner(out, force, log), retrain_teacher,
+                          log, jobs)
+
+
+def run_stages(out: Path, cfg: DemoConfig, task_meta: dict[str, Any], teacher_tag: str, stages: StageRunner,
+               retrain_teacher: bool, log: Callable[[str], None], jobs: Optional[int]) -> dict[str, Any]:
+    """``run_demo``'s stages, in a prepared and locked OUT: data, teacher, select, the teacher's
+    temperature, the students and the ORM (side by side), the students' temperatures, then per
+    model its samples and greedy pass, the scores (side by side), and the report."""
+    import torch
+
+    from ..data import synthetic as syn
+
+    task = demo_task(task_meta)
+    data = out / "data"
+    stages.run("data", lambda: {k: str(v) for k, v in syn.write_splits(
+        data, task.config, n_train=cfg.n_train, n_test=cfg.n_test, seed=task_meta["seed"]).items()})
+    train_path, test_path = data / "train.jsonl", data / "test.jsonl"
+
+    stages.run("teacher", lambda: teacher_stage(out, cfg, task_meta, task.config, train_path, retrain_teacher))
+    model_dirs = {name: out / name / "model" for name in MODELS}
+    layers_json = out / "select" / "layers.json"
+    hybrid_layers = stages.run("select", lambda: select_hybrid_layers(cfg, model_dirs["teacher"], train_path,
+                                                                      layers_json, log))
+
+    train_examples = task.load("train", path=str(train_path))
+    temp_ex = train_examples[: cfg.temp_problems]
+    orm_ex = train_examples[cfg.temp_problems: cfg.temp_problems + cfg.orm_problems]
+    temps, speeds = {}, {}
+
+    def temperature(name: str) -> None:  # timed: runs with nothing beside it
+        chosen = stages.run(f"temperature-{name}", lambda: choose_temperature(
+            model_dirs[name], task, temp_ex, out / "temperature", name, cfg, log))
+        temps[name], speeds[name] = chosen["temperature"], chosen.get("decode_s_per_sample")
+
+    temperature("teacher")
+    # Stages that time nothing run side by side when there is a core for each (one thread each,
+    # the demo's default, keeps the sum of their steps/s): the two students and the ORM (which
+    # needs only the teacher and its temperature), later the grading and scoring of the samples.
+    threads = torch.get_num_threads()
+    workers = parallel_workers(threads, jobs)
+    stages.run_parallel({
+        "llamba": functools.partial(in_worker, threads, 0, distil,
+                                    llamba_recipe(cfg, out / "llamba", model_dirs["teacher"], train_path)),
+        "hybrid": functools.partial(in_worker, threads, 1, distil,
+                                    hybrid_recipe(cfg, out / "hybrid", model_dirs["teacher"], train_path,
+                                                  str(layers_json))),
+        "orm": functools.partial(in_worker, threads, 1, orm_stage, model_dirs["teacher"], task, orm_ex,
+                                 out / "orm", temps["teacher"], cfg),
+    }, workers)
+    for name in MODELS[1:]:
+        temperature(name)
+    # Decided once per run from the temperature stages' timings, and kept by any run that resumes
+    # this one (StageRunner.decide): a sample file must hold one n, whatever a rerun measures.
+    n_by_model = stages.decide("samples_per_problem", speeds, functools.partial(samples_per_problem, cfg))
+    log("samples per test problem: " + ", ".join(f"{k} {v}" for k, v in n_by_model.items()))
+
+    test_examples = task.load("test", path=str(test_path))
+    samples = out / "samples"
+    greedy: dict[str, dict[str, Any]] = {}
+    for name in MODELS:  # timed: one model at a time
+        n = n_by_model[name]  # same rows per call for every model: fewer problems when n is larger
+        stages.run(f"sample-{name}", lambda name=name, n=n: sample_file(
+            model_dirs[name], task, test_examples, samples / f"{name}.jsonl", name, n, temps[name], cfg, log,
+            batch_problems=max(1, cfg.batch_problems * cfg.n_samples // n)))
+        greedy[name] = stages.run(f"greedy-{name}", lambda name=name: greedy_stage(
+            model_dirs[name], task, test_examples, samples / f"{name}.greedy.jsonl", name, cfg, log))
+    scored = {name: samples / f"{name}.scored.jsonl" for name in MODELS}
+    stages.run_parallel({f"score-{name}": functools.partial(
+        in_worker, threads, i % 2, score_stage, task, samples / f"{name}.jsonl", scored[name], out / "orm" / "model")
+        for i, name in enumerate(MODELS)}, workers)
+
+    return write_results(out, cfg, task, task_meta, teacher_tag, stages, scored, temps, speeds, n_by_model, greedy,
+                         hybrid_layers, model_dirs)
+
+
+def write_results(out: Path, cfg: DemoConfig, task: Any, task_meta: dict[str, Any], teacher_tag: str,
+                  stages: StageRunner, scored: dict[str, Path], temps: dict[str, float],
+                  speeds: dict[str, Optional[float]], n_by_model: dict[str, int], greedy: dict[str, Any],
+                  hybrid_layers: dict[str, Any], model_dirs: dict[str, Path]) -> dict[str, Any]:
+    """The report stage: every model's metrics (``thinkfast evaluate``; each student also at the
+    most samples that fit each teacher budget), OUT/metrics.json, report.md and its plots
+    (``thinkfast report``) under the demo's own section, and results.json, which it returns."""
+    from ..eval.evaluation import EvalSettings, evaluate_run, pareto_by_task
+    from ..eval.io import read_jsonl, write_json_atomic
+    from ..eval.report import write_report
+
+    runs: dict[str, dict[str, Any]] = {}
+    for name in MODELS:
+        rows = list(read_jsonl(scored[name]))
+        extra = budget_ks(runs["teacher"], rows) if name != "teacher" else []
+        runs[name] = evaluate_run(rows, task, name, str(scored[name]), EvalSettings(seed=cfg.seed), extra_ks=extra)
+
+    metrics = {"runs": list(runs.values()), "pareto": pareto_by_task(list(runs.values()))}
+    write_json_atomic(out / "metrics.json", metrics)
+    results = {
+        "config": to_dict(cfg), "task": task_meta, "teacher": teacher_tag, "temperatures": temps,
+        "samples_per_problem": n_by_model, "train_decode_s_per_sample": speeds,
+        "decisions": stages.decisions, "greedy": greedy,
+        "hybrid_layers": {k: hybrid_layers[k] for k in ("layers", "pattern", "method", "scores")},
+        "runs": runs, "pareto": metrics["pareto"], "throughput": throughput_table(list(runs.values())),
+        "claim": claim_verdict(runs, seed=cfg.seed), "stage_seconds": stages.seconds(),
+        "models": {k: str(v) for k, v in model_dirs.items()},
+    }
+    write_report([metrics], out)
+    body = (out / "report.md").read_text()
+    atomic_write_text(out / "report.md", "\n".join(demo_markdown(results)) + "\n" + body)
+    write_json_atomic(out / "results.json", results)
+    return results

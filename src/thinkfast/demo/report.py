@@ -1,0 +1,170 @@
+"""What the demo reports: the throughput table, each student's budgets, the claim (does a student
+beat its teacher at equal seconds per problem?) and the demo's own section of report.md. The keys
+of results.json are described in docs/results-schema.md; the figures of full runs are in
+docs/demo-study.md.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Optional
+
+from .config import MODELS, STUDENTS
+
+
+def throughput_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Decode throughput of each model at the batch size it was sampled with."""
+    out = []
+    for r in runs:
+        t = r.get("timing") or {}
+        per_sample = t.get("decode_s_per_sample")
+        toks = t.get("new_tokens_per_sample")
+        rows = t.get("mean_batch_rows")
+        out.append({"model": r["name"], "batch_rows": rows, "new_tokens_per_sample": toks,
+                    "decode_tokens_per_s": (toks / per_sample) if per_sample and toks else None,
+                    "seconds_per_problem_k1": (r["metrics"]["coverage"][0]["seconds"])})
+    return out
+
+
+def budget_ks(teacher_run: dict[str, Any], rows: list[dict[str, Any]]) -> list[int]:
+    """For each of the teacher's budgets (seconds per problem at its k = 2, 4, ...), the most
+    samples a student's ``rows`` fit in it, by the student's own measured timings: the student is
+    also scored at exactly those k, so the comparison uses each budget whole."""
+    from ..eval.budget import largest_k_within, timing_from_rows
+
+    timing = timing_from_rows(rows)
+    if timing is None:
+        return []
+    n = min(collections.Counter(r["problem_id"] for r in rows).values())
+    ks = [largest_k_within(e["seconds"], timing, n) for e in teacher_run["metrics"]["coverage"]
+          if e["k"] >= 2 and e["seconds"] is not None]
+    return sorted({k for k in ks if k >= 1})
+
+
+def paired_budget_difference(student: dict[str, Any], teacher: dict[str, Any], method: str, student_k: int,
+                             teacher_k: int, n_boot: int, seed: int) -> Optional[dict[str, Any]]:
+    """``paired_difference`` of the student's per-problem values at ``student_k`` against the
+    teacher's at ``teacher_k``, over the problems both runs scored (in the teacher's order), plus
+    ``problems``: how many; None when either run keeps no per-problem values or none are shared."""
+    from ..eval.evaluation import per_problem_values
+    from ..eval.metrics import paired_difference
+
+    s = per_problem_values(student, method, student_k)
+    t = per_problem_values(teacher, method, teacher_k)
+    if s is None or t is None:
+        return None
+    pids = [p for p in teacher["problem_ids"] if p in s]
+    if not pids:
+        return None
+    d = paired_difference([s[p] for p in pids], [t[p] for p in pids], n_boot=n_boot, seed=seed)
+    return {**d, "problems": len(pids)}
+
+
+def claim_verdict(runs: dict[str, dict[str, Any]], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """For each teacher budget (the seconds per problem of its k >= 2): the best the teacher and
+    each student reach within that many seconds. Teacher and students are scored alike, so a
+    majority curve that dips at larger k counts its best point for every model.
+
+    Each student is then compared with the teacher on the same problems: the mean per-problem
+    difference (student at its best k minus teacher at its best k) with a paired bootstrap
+    interval (``n_boot`` resamples, ``seed``), as ``{name}_diff``, ``{name}_lo``, ``{name}_hi`` and
+    ``{name}_paired_verdict`` (above / below / tied; None when no comparison can be made)."""
+    from ..eval.budget import best_at_budget
+    from ..eval.evaluation import run_points
+
+    teacher = runs["teacher"]
+    verdict: dict[str, Any] = {}
+    for method in ("coverage", "majority"):
+        rows = []
+        for e in teacher["metrics"][method]:
+            if e["k"] < 2 or e["seconds"] is None:
+                continue
+            row: dict[str, Any] = {"budget_k": e["k"], "seconds": e["seconds"]}
+            for name in MODELS:
+                best = best_at_budget(run_points(runs[name], [method]), e["seconds"])
+                row[name] = best.value if best else None
+                row[f"{name}_k"] = best.k if best else None
+            for name in STUDENTS:
+                d = None
+                if row[f"{name}_k"] is not None and row["teacher_k"] is not None:
+                    d = paired_budget_difference(runs[name], teacher, method, row[f"{name}_k"], row["teacher_k"],
+                                                 n_boot, seed)
+                for key in ("diff", "lo", "hi"):
+                    row[f"{name}_{key}"] = d[key] if d else None
+                row[f"{name}_paired_verdict"] = d["verdict"] if d else None
+                row[f"{name}_problems"] = d["problems"] if d else None
+            rows.append(row)
+        wins = {name: sum(1 for r in rows if r[name] is not None and r[name] > r["teacher"]) for name in STUDENTS}
+        paired = {name: {v: sum(1 for r in rows if r[f"{name}_paired_verdict"] == v) for v in ("above", "tied", "below")}
+                  for name in STUDENTS}
+        verdict[method] = {"budgets": rows, "student_wins": wins, "paired_verdicts": paired,
+                           "budgets_compared": len(rows)}
+    return verdict
+
+
+def _pct(x: Optional[float]) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def _paired(row: dict[str, Any], name: str) -> str:
+    """A student's paired difference from the teacher, in percentage points, with its interval."""
+    if row.get(f"{name}_diff") is None:
+        return "-"
+    return (f"{_pts(row[f'{name}_diff'])} pts [{_pts(row[f'{name}_lo'])}, {_pts(row[f'{name}_hi'])}] "
+            f"{row[f'{name}_paired_verdict']}")
+
+
+def demo_markdown(results: dict[str, Any]) -> list[str]:
+    """The demo's own section of report.md: the claim, throughput and stage times."""
+    md = ["# thinkfast demo", ""]
+    if results["config"]["quick"]:
+        md += ["**--quick run: tiny budgets everywhere, so these numbers are meaningless;** it only "
+               "shows that every stage runs.", ""]
+    md += ["## Does a student beat its teacher at equal seconds per problem?", ""]
+    if results.get("samples_per_problem"):
+        md += ["Samples per test problem: " + ", ".join(f"{k} {v}" for k, v in results["samples_per_problem"].items())
+               + " (a student's n grows with its measured speed, so its curves reach the teacher's largest "
+               "budget).", ""]
+    for method in ("coverage", "majority"):
+        v = results["claim"][method]
+        md += [f"### {method}", "", "| budget: teacher k | seconds/problem | best teacher within it (k) | "
+               "best Llamba within it (k) | Llamba - teacher [95% paired CI] | best hybrid within it (k) | "
+               "hybrid - teacher [95% paired CI] |", "|---|---|---|---|---|---|---|"]
+        for r in v["budgets"]:
+            md.append(f"| {r['budget_k']} | {r['seconds']:.3f} | {_pct(r['teacher'])} ({r['teacher_k']}) | "
+                      f"{_pct(r['llamba'])} ({r['llamba_k']}) | {_paired(r, 'llamba')} | "
+                      f"{_pct(r['hybrid'])} ({r['hybrid_k']}) | {_paired(r, 'hybrid')} |")
+        paired = v.get("paired_verdicts")
+        md += [""]
+        if paired:
+            md += ["Paired over the same test problems (the student's per-problem value at its k minus the "
+                   "teacher's at its k, bootstrap over problems): " + "; ".join(
+                       f"{label} above the teacher in {paired[name]['above']}, tied in {paired[name]['tied']}, "
+                       f"below in {paired[name]['below']}" for name, label in (("llamba", "Llamba"), ("hybrid", "hybrid")))
+                   + f" of {v['budgets_compared']} budgets.", ""]
+        md += [f"Budgets where a student's mean is above the teacher's: Llamba {v['student_wins']['llamba']}, "
+               f"hybrid {v['student_wins']['hybrid']} of {v['budgets_compared']}.", ""]
+    hl = results["hybrid_layers"]
+    md += [f"The hybrid keeps attention in layers {hl['layers']} ({hl['pattern']}), chosen by {hl['method']} "
+           "KL on train problems.", ""]
+    md += ["## Accuracy at k = 1 and greedy", "", "| model | greedy | temperature | accuracy@1 | coverage@n |",
+           "|---|---|---|---|---|"]
+    for name in MODELS:
+        run = results["runs"][name]
+        cov = run["metrics"]["coverage"]
+        md.append(f"| {name} | {_pct(results['greedy'][name]['accuracy'])} | {results['temperatures'][name]} | "
+                  f"{_pct(cov[0]['mean'])} | {_pct(cov[-1]['mean'])} (n={cov[-1]['k']}) |")
+    md += ["", "## Decode throughput at the sampling batch size", "",
+           "| model | rows per batch | new tokens / sample | decode tokens/s | seconds/problem (k=1) |",
+           "|---|---|---|---|---|"]
+    for t in results["throughput"]:
+        md.append(f"| {t['model']} | {t['batch_rows']:.0f} | {t['new_tokens_per_sample']:.0f} | "
+                  f"{t['decode_tokens_per_s']:.0f} | {t['seconds_per_problem_k1']:.3f} |")
+    md += ["", "## Wall time per stage (seconds)", "", "| stage | seconds |", "|---|---|"]
+    md += [f"| {k} | {v:.0f} |" for k, v in results["stage_seconds"].items()]
+    return md + [""]
+

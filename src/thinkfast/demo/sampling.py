@@ -1,0 +1,157 @@
+"""The demo's sampling and scoring stages, each a thin use of the library the commands use:
+``eval.sampling.run_sampling`` over the engine (``thinkfast sample``), ``eval.grading``
+(``thinkfast grade``), ``eval.evaluation`` (``thinkfast evaluate``) and ``eval.rewards``
+(``thinkfast train-rm`` / ``score``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .config import TASK_FORMAT, DemoConfig
+
+
+def demo_prompt_ids(task: Any, examples: list, tokenizer: Any) -> list[list[int]]:
+    """The prompts every demo model is sampled with, laid out as its training rows begin
+    (``TASK_FORMAT``: no BOS)."""
+    from ..eval.sampling import encode_prompts
+
+    return encode_prompts(task, examples, tokenizer, "fewshot", add_special_tokens=TASK_FORMAT["add_bos"])
+
+
+def sample_file(model_dir: Path, task: Any, examples: list, out_path: Path, name: str, n: int,
+                temperature: float, cfg: DemoConfig, log: Callable[[str], None],
+                batch_problems: Optional[int] = None) -> dict[str, Any]:
+    """Sample ``n`` completions per example into ``out_path`` (resumable), ``batch_problems``
+    (default ``cfg.batch_problems``) per engine call, on the CPU: what ``thinkfast sample
+    --backend thinkfast --device cpu`` does, with the demo's prompts (``demo_prompt_ids``) and a
+    progress bar. Returns the report."""
+    from tqdm import tqdm
+
+    from ..eval.budget import hardware_string
+    from ..eval.sampling import SampleSettings, run_sampling
+    from ..inference.backends import open_backend
+    from ..runtime import PROGRESS_POSITION
+
+    backend = open_backend("thinkfast", str(model_dir), device="cpu", seed=cfg.seed)
+    settings = SampleSettings(task=task.name, model=name, n=n, temperature=temperature,
+                              max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, prompt_style="fewshot")
+    prompts = demo_prompt_ids(task, examples, backend.tokenizer)
+    with tqdm(total=len(examples), desc=f"sample {name}", unit="problem", leave=False,
+              position=PROGRESS_POSITION) as bar:
+        rep = run_sampling(examples, prompts, backend.make_generate_fn(settings, task.stop), out_path, settings,
+                           batch_problems=batch_problems or cfg.batch_problems, context_len=backend.context_len,
+                           hardware=hardware_string(backend.device),
+                           on_progress=lambda done, total: bar.update(done - bar.n))
+    if rep.failed:
+        log(f"{name}: {len(rep.failed)} problems could not be sampled: {rep.failed[:3]}")
+    return {"written": rep.written, "skipped": rep.skipped, "failed": len(rep.failed)}
+
+
+def greedy_stage(model_dir: Path, task: Any, examples: list, out_path: Path, name: str, cfg: DemoConfig,
+                 log: Callable[[str], None]) -> dict[str, Any]:
+    """Greedy (temperature 0) accuracy on ``examples``: the teacher's acceptance figure."""
+    from ..eval.grading import grade_rows
+    from ..eval.io import read_jsonl
+
+    sample_file(model_dir, task, examples, out_path, name, 1, 0.0, cfg, log)
+    rows = grade_rows(task, read_jsonl(out_path), str(out_path))
+    acc = sum(bool(r["correct"]) for r in rows) / max(len(rows), 1)
+    log(f"{name}: greedy accuracy {acc:.3f} on {len(rows)} test problems")
+    return {"accuracy": acc, "problems": len(rows)}
+
+
+def choose_temperature(model_dir: Path, task: Any, examples: list, out_dir: Path, name: str,
+                       cfg: DemoConfig, log: Callable[[str], None]) -> dict[str, Any]:
+    """The temperature with the best majority@n on TRAIN problems (ties: the lower one), and the
+    model's decode seconds per sample at it, at the test sampling's rows per call."""
+    from ..eval.evaluation import EvalSettings, evaluate_run
+    from ..eval.io import read_jsonl
+
+    rows_per_call = cfg.batch_problems * cfg.n_samples
+    scores = {}
+    for t in cfg.temperatures:
+        path = out_dir / f"{name}_T{t}.jsonl"
+        sample_file(model_dir, task, examples, path, name, cfg.temp_samples, t, cfg, log,
+                    batch_problems=max(1, rows_per_call // cfg.temp_samples))
+        run = evaluate_run(read_jsonl(path), task, name, str(path), EvalSettings(n_boot=10, seed=cfg.seed))
+        maj = run["metrics"]["majority"][-1]["mean"]
+        scores[str(t)] = {"majority": maj, "coverage": run["metrics"]["coverage"][-1]["mean"],
+                          "decode_s_per_sample": (run.get("timing") or {}).get("decode_s_per_sample")}
+    best = max(cfg.temperatures, key=lambda t: (scores[str(t)]["majority"], -t))
+    log(f"{name}: temperature {best} (majority@{cfg.temp_samples} on train: "
+        + ", ".join(f"T={t}: {v['majority']:.2f}" for t, v in scores.items()) + ")")
+    return {"temperature": best, "train_scores": scores,
+            "decode_s_per_sample": scores[str(best)]["decode_s_per_sample"]}
+
+
+def samples_per_problem(cfg: DemoConfig, decode_s_per_sample: dict[str, Optional[float]]) -> dict[str, int]:
+    """Samples per test problem for each model. The teacher draws ``cfg.n_samples``; a student
+    that is m times as fast per sample draws ``n_samples * 2**round(log2(m))``, so that at the
+    teacher's largest budget it holds about as many samples as those seconds buy. The factor is
+    at least 1 and at most ``max_budget_factor`` and ``batch_problems`` (so every model's engine
+    calls hold the same rows). Without ``match_budget``, or without a timing, every model draws
+    n_samples."""
+    teacher = decode_s_per_sample.get("teacher")
+    out = {}
+    for name, t in decode_s_per_sample.items():
+        factor = 1
+        if cfg.match_budget and name != "teacher" and teacher and t:
+            factor = 2 ** max(0, round(math.log2(teacher / t)))
+            factor = min(factor, cfg.max_budget_factor, cfg.batch_problems)  # rows per call stay equal
+        out[name] = cfg.n_samples * factor
+    return out
+
+
+def orm_stage(teacher_dir: Path, task: Any, examples: list, out_dir: Path, temperature: float,
+              cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Sample the teacher on TRAIN problems, grade the samples and train an ORM on them."""
+    path = out_dir / "teacher_train_samples.jsonl"
+    sample_file(teacher_dir, task, examples, path, "teacher", cfg.orm_samples, temperature, cfg, log)
+    return train_orm_stage(teacher_dir, task, path, out_dir / "model", cfg, log)
+
+
+def train_orm_stage(teacher_dir: Path, task: Any, samples: Path, out_dir: Path, cfg: DemoConfig,
+                    log: Callable[[str], None]) -> dict[str, Any]:
+    """An ORM (a head on the frozen teacher) trained on graded teacher samples of TRAIN problems."""
+    from ..eval.grading import grade_rows
+    from ..eval.io import read_jsonl
+    from ..eval.rewards import OutcomeRewardModel, TrainRMConfig, balanced_examples, load_backbone, train_orm
+
+    rows = grade_rows(task, read_jsonl(samples), str(samples))
+    n_pos = sum(bool(r["correct"]) for r in rows)
+    rmcfg = TrainRMConfig(epochs=20, lr=3e-3, batch_size=32, seed=cfg.seed)
+    gold_added = 0
+    if n_pos == 0:  # a weak teacher (e.g. --quick): its problems' gold solutions are the positives
+        seen = set()
+        for r in rows:
+            if r["problem_id"] not in seen:
+                seen.add(r["problem_id"])
+                rows.append({**r, "completion": " " + r["gold"], "correct": True})
+                gold_added += 1
+        log(f"ORM: no correct teacher sample; using {gold_added} gold train solutions as positives")
+    data = balanced_examples(rows, rmcfg.seed)
+    backbone, tok = load_backbone(str(teacher_dir), "thinkfast")
+    orm = OutcomeRewardModel(backbone, tok, max_len=backbone.config.max_seq_len, backbone_path=str(teacher_dir))
+    losses = train_orm(orm, data, rmcfg)
+    orm.save(out_dir, save_backbone=False)
+    log(f"ORM: {len(data)} balanced examples from {len(rows)} samples ({n_pos} correct), "
+        f"loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    return {"examples": len(data), "samples": len(rows) - gold_added, "correct": n_pos, "gold_positives": gold_added,
+            "loss": losses}
+
+
+def score_stage(task: Any, raw: Path, scored: Path, orm_dir: Path) -> dict[str, Any]:
+    """Grade the samples in ``raw`` and add the ORM's scores: ``thinkfast grade`` then ``thinkfast
+    score --kind orm``, into ``scored``."""
+    from ..eval.grading import grade_rows, summarize
+    from ..eval.io import read_jsonl, write_jsonl_atomic
+    from ..eval.rewards import load_scorer, score_rows
+
+    rows = grade_rows(task, read_jsonl(raw), str(raw))
+    rows, failed = score_rows(load_scorer(str(orm_dir), "orm"), rows, batch_size=32)
+    write_jsonl_atomic(scored, rows)
+    return {"grading": summarize(rows).to_dict(), "unscored": failed}
+
