@@ -26,7 +26,8 @@ pytest.importorskip("transformers")
 
 class FakeLLM:
     """Records what thinkfast asks of vLLM; completions are deterministic functions of the
-    request (prompt, seed, sample index), like a seeded vLLM."""
+    request (prompt, seed, sample index), like a seeded vLLM. A request without a seed draws from
+    the engine's one stream (its ``seed`` argument, then each such request in order)."""
 
     instances: list["FakeLLM"] = []
 
@@ -34,6 +35,7 @@ class FakeLLM:
         self.kwargs = kwargs
         self.calls: list[tuple[list, list]] = []
         self.with_metrics = with_metrics
+        self.draws = 0
         FakeLLM.instances.append(self)
 
     def generate(self, inputs, params, use_tqdm=True):
@@ -43,13 +45,16 @@ class FakeLLM:
         for inp, sp in zip(inputs, params):
             p = inp["prompt_token_ids"]
             comps = []
+            seed = getattr(sp, "seed", None)
+            if seed is None:
+                seed, self.draws = self.kwargs.get("seed", 0) * 1000 + self.draws, self.draws + 1
             for j in range(sp.n):
                 k = sp.max_tokens if sp.max_tokens == 1 else min(3, sp.max_tokens)
-                toks = [(sp.seed + j + t) % 7 + 10 for t in range(k)]
+                toks = [(seed + j + t) % 7 + 10 for t in range(k)]
                 kind = (p[0] + j) % 3  # a mix of endings: EOS, a stop string, the length limit
                 finish, stop_reason = [("stop", None), ("stop", "Question:"), ("length", None)][kind]
                 comps.append(SimpleNamespace(
-                    index=j, text=f"seed{sp.seed} s{j}", token_ids=toks, finish_reason=finish,
+                    index=j, text=f"seed{seed} s{j}", token_ids=toks, finish_reason=finish,
                     stop_reason=stop_reason,
                     logprobs=[{t: SimpleNamespace(logprob=-0.5), 99: SimpleNamespace(logprob=-3.0)} for t in toks]))
             metrics = (SimpleNamespace(arrival_time=100.0, first_token_time=100.0 + 0.01 * len(p))
@@ -150,6 +155,7 @@ def _gsm8k(tmp_path, k=3):
 
 def test_sample_command_with_backend_vllm(tmp_path, monkeypatch, capsys):
     from thinkfast.cli import main
+    from thinkfast.inference.backends import derive_seed
 
     student, served = _exported_student(tmp_path)
     data = _gsm8k(tmp_path)
@@ -163,15 +169,18 @@ def test_sample_command_with_backend_vllm(tmp_path, monkeypatch, capsys):
                 "--threads", "1"]
 
     assert main(argv(served, out)) == 0
-    llm = FakeLLM.instances[-1]
-    assert llm.kwargs["model"] == str(served) and llm.kwargs["enable_prefix_caching"] is False
-    assert llm.kwargs["trust_remote_code"] is False and llm.kwargs["seed"] == 3
+    llm, = FakeLLM.instances
+    assert llm.kwargs["model"] == str(served) and llm.kwargs["enable_prefix_caching"] is True
+    assert llm.kwargs["trust_remote_code"] is False and llm.kwargs["mamba_ssm_cache_dtype"] == "float32"
+    first = llm.calls[0][0]  # seeded once per engine, from (seed, the first call's prompts)
+    assert llm.kwargs["seed"] == derive_seed(3, [i["prompt_token_ids"] for i in first])
+    assert all(not hasattr(sp, "seed") for _, params in llm.calls for sp in params)  # no per-request seeds
     rows = read_jsonl(out)
-    assert len(rows) == 6 and rows[0]["settings"]["backend"] == "vllm"
+    assert len(rows) == 6 and rows[0]["settings"]["backend"] == "vllm" and rows[0]["settings"]["seeding"] == "call"
     assert all(r["prefill_s"] is not None and r["decode_s"] is not None for r in rows)
     assert (rows[0]["batch_problems"], rows[0]["batch_rows"]) == (2, 4) and rows[0]["num_tokens"] == 3
     assert main(argv(served, out)) == 0 and len(read_jsonl(out)) == 6  # resumed: nothing added
-    assert len(FakeLLM.instances[-1].calls) == 0
+    assert len(FakeLLM.instances) == 1  # and no engine loaded for nothing
     # a thinkfast directory is not a vLLM checkpoint: the error says how to export it
     assert main(argv(student, tmp_path / "w.jsonl")) == 2
     assert "thinkfast export" in capsys.readouterr().err

@@ -10,6 +10,10 @@ Paths:    existing_file, existing_dir, data_source (an existing file or ``hf:NAM
           output_file, output_dir for outputs (an output file must not be an existing directory
           and the reverse; neither needs to exist).
 Lists:    comma_list(*choices): "a,b" -> ["a", "b"], each one of ``choices``.
+Pairs:    key_value: "KEY=VALUE" -> (key, value), the value read as a bool, None, int, float or
+          JSON where it looks like one, else kept as text (``--vllm-arg``).
+Sharding: add_shard_arguments(parser) adds ``--shard`` / ``--num-shards``; shard_spec(args)
+          reads them (and torchrun's ranks) into an ``eval.shards.ShardSpec`` or None.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import os
 from typing import Any, Callable, Optional
 
 __all__ = ["positive_int", "non_negative_int", "positive_float", "non_negative_float", "probability",
-           "fraction", "existing_file", "existing_dir", "data_source", "output_file", "output_dir", "comma_list"]
+           "fraction", "existing_file", "existing_dir", "data_source", "output_file", "output_dir", "comma_list",
+           "key_value", "add_shard_arguments", "shard_spec"]
 
 
 def _int(text: str, what: str) -> int:
@@ -124,3 +129,63 @@ def add_threads(parser: argparse.ArgumentParser, default: Optional[int] = None, 
     it through ``runtime.configure_threads``; default all cores, or ``THINKFAST_THREADS``)."""
     parser.add_argument("--threads", type=positive_int, default=default,
                         help=help or "PyTorch intra-op threads (default: all cores, or THINKFAST_THREADS)")
+
+
+def _scalar(text: str) -> Any:
+    """A command-line value as the type it looks like: true/false, none/null, int, float, JSON
+    (an object, list or quoted string); anything else is the text itself."""
+    import json
+
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for parse in (int, float):
+        try:
+            value = parse(text)
+        except ValueError:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            break
+        return value
+    if text.strip()[:1] in ("{", "[", '"'):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise argparse.ArgumentTypeError(f"{text!r} looks like JSON but does not parse: {e.msg} "
+                                             f"at column {e.colno}") from None
+    return text
+
+
+def key_value(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> (KEY with dashes as underscores, VALUE read by type: see the module doc)."""
+    key, sep, value = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE with KEY a name, got {text!r}")
+    return key, _scalar(value)
+
+
+def _shard_index(text: str) -> str:
+    if text != "auto":
+        non_negative_int(text)
+    return text
+
+
+def add_shard_arguments(parser: argparse.ArgumentParser, what: str = "problems") -> None:
+    """``--shard I --num-shards N`` (or ``--shard auto``: torchrun's RANK of WORLD_SIZE, the
+    default under torchrun); see ``thinkfast.eval.shards``."""
+    parser.add_argument("--shard", type=_shard_index, default=None, metavar="I|auto",
+                        help=f"process only shard I of --num-shards: the {what} at positions p with p %% N == I "
+                             "(merge the shards with `thinkfast merge`); auto = torchrun's RANK of WORLD_SIZE, "
+                             "the default under torchrun")
+    parser.add_argument("--num-shards", type=positive_int, default=None, metavar="N",
+                        help="how many shards the run is split into (with --shard I)")
+
+
+def shard_spec(args: argparse.Namespace, log: Callable[[str], None] = lambda s: None):
+    """The ``ShardSpec`` of ``--shard`` / ``--num-shards`` (or torchrun's ranks), or None."""
+    from ..eval.shards import resolve_shard
+
+    return resolve_shard(getattr(args, "shard", None), getattr(args, "num_shards", None), log)

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from ..runtime import UserError
-from .args import add_threads, non_negative_float, non_negative_int, output_file, positive_int, probability
+from .args import (add_shard_arguments, add_threads, key_value, non_negative_float, non_negative_int, output_file,
+                   positive_int, probability, shard_spec)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,23 +36,76 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "vllm: vLLM's offline LLM.generate (pip install 'thinkfast[vllm]', GPU)")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="model dtype (default: thinkfast fp32; hf / vllm the checkpoint's)")
-    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--device", default=None,
+                        help="default: cuda when available (under torchrun each rank its own GPU), else cpu")
+    add_shard_arguments(parser)
     add_threads(parser)
+    v = parser.add_argument_group("vLLM (--backend vllm; passed to vllm.LLM)")
+    v.add_argument("--tensor-parallel-size", type=positive_int, default=None, help="GPUs per model (vLLM's TP)")
+    v.add_argument("--data-parallel-size", type=positive_int, default=None,
+                   help="vLLM's own data parallelism; thinkfast's --shard / torchrun is the tested way")
+    v.add_argument("--gpu-memory-utilization", type=probability, default=None,
+                   help="share of GPU memory vLLM may take (vLLM's default when unset)")
+    v.add_argument("--max-model-len", type=positive_int, default=None,
+                   help="context vLLM plans for (default: the checkpoint's); also caps prompt + new tokens")
+    v.add_argument("--vllm-arg", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="any other vllm.LLM argument, repeatable; VALUE is read as a bool, int, float or JSON "
+                        "where it looks like one (e.g. enforce_eager=true, max_num_seqs=512)")
+    v.add_argument("--vllm-seed-per-request", action="store_true",
+                   help="seed every request from (seed, its prompt), as our engine does: a problem's samples "
+                        "do not depend on batching, resuming or sharding, but vLLM samples more slowly")
+
+
+VLLM_FLAGS = ("tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization", "max_model_len")
+
+
+def vllm_kwargs(args: argparse.Namespace) -> dict:
+    """The ``vllm.LLM`` arguments of the command line (its vLLM flags and every ``--vllm-arg``)."""
+    kw = {k: getattr(args, k) for k in VLLM_FLAGS if getattr(args, k, None) is not None}
+    given = [k for k in VLLM_FLAGS if getattr(args, k, None) is not None]
+    for key, value in getattr(args, "vllm_arg", None) or []:
+        if key in ("model", "tokenizer"):
+            raise UserError(f"--vllm-arg {key}=...: the model and its tokenizer come from --model")
+        if key in kw:
+            flag = f"--{key.replace('_', '-')}" if key in given else f"--vllm-arg {key}"
+            raise UserError(f"--vllm-arg {key}={value!r}: {key} is already set by {flag}")
+        kw[key] = value
+    uses = kw or getattr(args, "vllm_seed_per_request", False)
+    if uses and args.backend != "vllm":
+        raise UserError(f"vLLM arguments ({', '.join(sorted(kw)) or '--vllm-seed-per-request'}) apply to "
+                        f"--backend vllm only, not --backend {args.backend}")
+    return kw
 
 
 def run(args: argparse.Namespace) -> int:
     from ..eval.budget import hardware_string
     from ..eval.io import write_jsonl_atomic
     from ..eval.sampling import SampleSettings, encode_prompts, run_sampling
+    from ..eval.shards import claim_output, make_manifest, output_for, pin_visible_devices, rank_device, \
+        refuse_shard_file
     from ..eval.tasks.base import task_by_name
     from ..inference.backends import open_backend
 
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr)
+
+    vllm_kw = vllm_kwargs(args)
+    spec = shard_spec(args, log)
+    out = output_for(args.out, spec)
     task = task_by_name(args.task)
     try:
         examples = task.load(split=args.split, path=args.data, limit=args.limit)
     except ValueError as e:  # a task's own complaint about its split or data
         raise UserError(f"{args.task}: {e}") from None
-    backend = open_backend(args.backend, args.model, device=args.device, dtype=args.dtype, seed=args.seed)
+    if args.backend == "vllm":  # vLLM picks its GPUs itself: show each rank only its own
+        pinned = pin_visible_devices(vllm_kw.get("tensor_parallel_size", 1))
+        if pinned is not None:
+            log(f"CUDA_VISIBLE_DEVICES={pinned} for this rank")
+        device = args.device
+    else:
+        device = rank_device(args.device)
+    backend = open_backend(args.backend, args.model, device=device, dtype=args.dtype, seed=args.seed,
+                           vllm_kwargs=vllm_kw)
     tok = backend.tokenizer
     if tok is None:
         raise UserError(f"{args.model}: no tokenizer beside the model")
@@ -59,19 +113,28 @@ def run(args: argparse.Namespace) -> int:
     if style == "auto":
         chat = getattr(tok, "chat_template", None) and "chat" in task.prompt_styles
         style = "chat" if chat else task.prompt_styles[0]
+    seeding = "call" if args.backend == "vllm" and not args.vllm_seed_per_request else None
     settings = SampleSettings(task=task.name, model=str(args.model), n=args.n, temperature=args.temperature,
                               top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
-                              seed=args.seed, prompt_style=style, backend=args.backend)
+                              seed=args.seed, prompt_style=style, backend=args.backend, seeding=seeding)
+    everything = examples
+    if spec is None:
+        refuse_shard_file(out, "sample")
+    else:
+        claim_output(out, make_manifest("sample", spec, {"settings": settings.to_dict()},
+                                        [(ex.id, args.n) for ex in everything]))
+        examples = [everything[p] for p in spec.positions(len(everything))]
+        log(f"{spec}: {len(examples)} of {len(everything)} problems -> {out}")
     prompts = encode_prompts(task, examples, tok, style)
-    report = run_sampling(examples, prompts, backend.make_generate_fn(settings, task.stop), args.out,
+    report = run_sampling(examples, prompts, backend.make_generate_fn(settings, task.stop), out,
                           settings, batch_problems=args.batch_problems, context_len=backend.context_len,
-                          hardware=hardware_string(backend.device), log=lambda s: print(s, file=sys.stderr))
-    errors = Path(f"{args.out}.errors.jsonl")
+                          hardware=hardware_string(backend.device), log=log)
+    errors = Path(f"{out}.errors.jsonl")
     if report.failed:
         write_jsonl_atomic(errors, [{"problem_id": pid, "error": why} for pid, why in report.failed])
     elif errors.exists():
         errors.unlink()  # from an earlier run: nothing failed this time
     print(json.dumps({"written": report.written, "skipped": report.skipped, "failed": len(report.failed),
                       "context_limited": len(report.context_limited),
-                      "dropped_rows": report.dropped_rows, "out": args.out}), file=sys.stderr)
+                      "dropped_rows": report.dropped_rows, "out": out}), file=sys.stderr)
     return 0

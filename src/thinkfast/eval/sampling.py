@@ -61,11 +61,17 @@ class SampleSettings:
     prompt_style: str = "fewshot"
     backend: str = "thinkfast"
     """Which sampler made the rows (thinkfast, hf, vllm): a file is never resumed with another."""
+    seeding: Optional[str] = None
+    """None: randomness keyed on (seed, prompt), the engine's rule (hf: on the batch's prompts).
+    "call": vLLM seeded once per engine (``inference.backends``: no per-request seeds), so samples
+    depend on the order of requests; a file is never resumed with the other rule."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if d["backend"] == "thinkfast":  # files written before backends existed resume as before
             del d["backend"]
+        if d["seeding"] is None:  # and so do files written before vLLM could seed per call
+            del d["seeding"]
         return d
 
 

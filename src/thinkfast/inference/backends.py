@@ -21,14 +21,26 @@ with ``padding.left_pad``, as the engine does.
   which problems share its batch. Timing: prefill_s ends when the first logits processor call
   happens (the prompt forward is done), decode_s is the rest.
 * ``vllm``: vLLM's offline ``LLM.generate`` with one ``SamplingParams(n, temperature, top_p,
-  top_k, max_tokens, seed, stop, logprobs=0)`` per prompt; the per-prompt seed is derived from
-  (seed, prompt tokens), so a problem's samples do not depend on batching or resuming. vLLM is
-  imported only when this backend is chosen; without it the error says how to install it.
-  Prefix caching is turned off so each call pays its own prefill, as our engine does. Timing:
-  prefill_s is the batch's time to first token from vLLM's per-request metrics when it reports
-  them, else it is measured by a 1-token call on the same prompts just before (whose result is
-  discarded); decode_s is the main call's time minus prefill_s. Logprobs are vLLM's
-  (``raw_logprobs`` by default in the V1 engine: temperature 1, unfiltered, like our engine).
+  top_k, max_tokens, stop, logprobs=0)`` per prompt. vLLM is imported only when this backend is
+  chosen; without it the error says how to install it. ``load_vllm`` sets prefix caching on (the
+  n samples of a prompt, and prompts with a shared few-shot prefix, reuse its prefill), keeps the
+  Mamba SSM state in float32 (``mamba_ssm_cache_dtype``, as our engine does; the conv state stays
+  in the model dtype), never trusts remote code by default, and passes any other ``LLM``
+  argument through (``thinkfast sample --vllm-arg KEY=VALUE``).
+  Seeding (``settings.seeding``): "call" (the default of ``thinkfast sample``) gives requests no
+  seed of their own, because vLLM samples a seeded request through a per-request generator, a
+  slow path; the engine is seeded once, when ``LazyLLM`` builds it on the first call, from
+  (seed, that call's prompts). Runs that make the same calls in the same order are then
+  reproducible as far as vLLM is (same version, hardware and parallel layout; scheduling
+  deterministic with ``VLLM_ENABLE_V1_MULTIPROCESSING=0``), but a problem's samples depend on
+  the batching, the resume point and the shard. ``seeding=None`` seeds each request from (seed,
+  its prompt tokens), so a problem's samples do not depend on those (up to vLLM's batch
+  numerics). Timing: prefill_s is the batch's time to first token from vLLM's per-request
+  metrics when it reports them, else it is measured by a 1-token greedy call on the same
+  prompts just after (its result discarded; salted with ``cache_salt`` when prefix caching is on,
+  so it neither reuses nor seeds the main call's cache); decode_s is the main call's time minus
+  prefill_s. Logprobs are vLLM's (``raw_logprobs`` by default in the V1 engine: temperature 1,
+  unfiltered, like our engine).
 
 Greedy decoding (temperature 0) asks hf and vLLM for one sequence per prompt and repeats it n
 times (all n greedy samples are the same sequence; both libraries refuse n > 1 greedy).
@@ -46,8 +58,8 @@ from ..runtime import UserError
 from .outputs import GenerationOutput, Sample, batch_outputs, cut_by_context
 from .seeding import derive_seed
 
-__all__ = ["BACKENDS", "Backend", "GenerateFn", "derive_seed", "engine_generate_fn", "hf_generate_fn",
-           "open_backend", "vllm_generate_fn"]
+__all__ = ["BACKENDS", "Backend", "GenerateFn", "LazyLLM", "VLLM_DEFAULTS", "derive_seed", "engine_generate_fn",
+           "hf_generate_fn", "load_vllm", "open_backend", "vllm_generate_fn"]
 
 BACKENDS = ("thinkfast", "hf", "vllm")
 
@@ -199,13 +211,52 @@ def import_vllm():
     return vllm
 
 
-def load_vllm(path: str, dtype: Optional[str] = None, seed: int = 0, **engine_kwargs: Any):
-    """``vllm.LLM`` for a transformers checkpoint directory (no remote code, no prefix caching)."""
-    vllm = import_vllm()
-    kw = dict(model=str(path), tokenizer=str(path), dtype=dtype or "auto", seed=int(seed),
-              trust_remote_code=False, enable_prefix_caching=False)
+VLLM_DEFAULTS: dict[str, Any] = {
+    "trust_remote_code": False,
+    "enable_prefix_caching": True,
+    "mamba_ssm_cache_dtype": "float32",
+}
+"""What ``load_vllm`` passes to ``vllm.LLM`` unless told otherwise: no remote code; prefix caching
+on; the Mamba SSM state in float32, as thinkfast's engine keeps it (``models.cache``; vLLM's
+"auto" would store it in the model dtype). The conv state follows the model dtype in both."""
+
+_PROBE_SALT = "thinkfast-prefill-probe"
+
+
+def vllm_engine_kwargs(path: str, dtype: Optional[str] = None, seed: int = 0,
+                       **engine_kwargs: Any) -> dict[str, Any]:
+    """The ``vllm.LLM`` keyword arguments ``load_vllm`` uses: model, tokenizer, dtype and seed,
+    ``VLLM_DEFAULTS``, then ``engine_kwargs`` (which win)."""
+    kw: dict[str, Any] = dict(model=str(path), tokenizer=str(path), dtype=dtype or "auto", seed=int(seed))
+    kw.update(VLLM_DEFAULTS)
     kw.update(engine_kwargs)
-    return vllm.LLM(**kw)
+    return kw
+
+
+def load_vllm(path: str, dtype: Optional[str] = None, seed: int = 0, **engine_kwargs: Any):
+    """``vllm.LLM`` for a transformers checkpoint directory (``vllm_engine_kwargs``)."""
+    return import_vllm().LLM(**vllm_engine_kwargs(path, dtype, seed, **engine_kwargs))
+
+
+class LazyLLM:
+    """A ``vllm.LLM`` built on the first ``get(prompts, seed)``, seeded from (seed, those prompts)
+    unless ``kwargs`` name a seed. A run's first unfinished problems differ between shards and
+    between a run and its resumption, so each gets its own random stream rather than replaying
+    the first one's; and nothing is loaded when a resumed run finds nothing left to do."""
+
+    def __init__(self, kwargs: dict[str, Any], fixed_seed: bool = False):
+        self.kwargs = dict(kwargs)
+        self.fixed_seed = fixed_seed
+        self.prefix_caching = bool(self.kwargs.get("enable_prefix_caching"))
+        self.llm: Any = None
+
+    def get(self, prompts: Sequence[Sequence[int]], seed: int) -> Any:
+        if self.llm is None:
+            kw = dict(self.kwargs)
+            if not self.fixed_seed:
+                kw["seed"] = derive_seed(seed, [list(p) for p in prompts])
+            self.llm = import_vllm().LLM(**kw)
+        return self.llm
 
 
 def _vllm_ttft(o: Any) -> Optional[float]:
@@ -222,12 +273,14 @@ def _vllm_ttft(o: Any) -> Optional[float]:
 
 def vllm_generate_fn(llm: Any, tokenizer: Any, settings: Any, stop: Sequence[str],
                      context_len: Optional[int] = None) -> GenerateFn:
-    """A ``GenerateFn`` over ``llm.generate`` (an offline ``vllm.LLM``) with ``settings``."""
+    """A ``GenerateFn`` over ``llm.generate`` (an offline ``vllm.LLM``, or a ``LazyLLM``) with
+    ``settings`` (a ``SampleSettings``; ``settings.seeding == "call"``: requests carry no seed)."""
     vllm = import_vllm()
     SamplingParams = vllm.SamplingParams
     greedy = settings.temperature == 0
     n = settings.n
     stops = [s for s in stop if s]
+    per_request = getattr(settings, "seeding", None) != "call"
 
     def params_for(p: list[int], seed: int):
         max_tokens = settings.max_new_tokens
@@ -237,16 +290,20 @@ def vllm_generate_fn(llm: Any, tokenizer: Any, settings: Any, stop: Sequence[str
             max_tokens = min(max_tokens, context_len - len(p))
         if max_tokens < 1:
             raise ValueError(f"prompt of {len(p)} tokens leaves no room for new tokens in the context")
-        return SamplingParams(n=1 if greedy else n, temperature=0.0 if greedy else settings.temperature,
-                              top_p=1.0 if greedy else settings.top_p,
-                              top_k=-1 if greedy or not settings.top_k else settings.top_k,  # -1 = off in all versions
-                              max_tokens=max_tokens, seed=derive_seed(seed, p), stop=stops or None, logprobs=0)
+        kw: dict[str, Any] = dict(n=1 if greedy else n, temperature=0.0 if greedy else settings.temperature,
+                                  top_p=1.0 if greedy else settings.top_p,
+                                  top_k=-1 if greedy or not settings.top_k else settings.top_k,  # -1 = off in all versions
+                                  max_tokens=max_tokens, stop=stops or None, logprobs=0)
+        if per_request:
+            kw["seed"] = derive_seed(seed, p)
+        return SamplingParams(**kw)
 
     def gen(prompts: list[list[int]], seed: int) -> list[GenerationOutput]:
         inputs = [{"prompt_token_ids": list(p)} for p in prompts]
-        params = [params_for(list(p), seed) for p in prompts]
+        params = [params_for(list(p), seed) for p in prompts]  # before loading: a bad prompt fails fast
+        engine = llm.get(prompts, seed) if isinstance(llm, LazyLLM) else llm
         t0 = time.perf_counter()
-        res = list(llm.generate(inputs, params, use_tqdm=False))
+        res = list(engine.generate(inputs, params, use_tqdm=False))
         t1 = time.perf_counter()
         if len(res) != len(prompts):
             raise RuntimeError(f"vLLM returned {len(res)} outputs for {len(prompts)} prompts")
@@ -255,9 +312,11 @@ def vllm_generate_fn(llm: Any, tokenizer: Any, settings: Any, stop: Sequence[str
             prefill = min(max(ttfts), t1 - t0)
             total = t1 - t0
         else:  # no per-request metrics: time a 1-token call on the same prompts (prefill + 1 step)
-            probe = [SamplingParams(n=1, temperature=0.0, max_tokens=1, seed=0) for _ in prompts]
+            salted = getattr(llm, "prefix_caching", False)
+            probe_in = [{**i, "cache_salt": _PROBE_SALT} for i in inputs] if salted else inputs
+            probe = [SamplingParams(n=1, temperature=0.0, max_tokens=1) for _ in prompts]
             tp = time.perf_counter()
-            llm.generate(inputs, probe, use_tqdm=False)
+            engine.generate(probe_in, probe, use_tqdm=False)
             prefill = time.perf_counter() - tp
             total = max(t1 - t0, prefill)
         samples = []
@@ -342,7 +401,10 @@ def open_backend(name: str, model_path: str, device: Optional[str] = None, dtype
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = load_hf_model(model_path, dev, dtype)
         return Backend(name, tok, ctx, dev, lambda settings, stop: hf_generate_fn(model, tok, settings, stop))
-    llm = load_vllm(model_path, dtype=dtype, seed=seed, **(vllm_kwargs or {}))
+    user_kw = dict(vllm_kwargs or {})
+    if user_kw.get("max_model_len") is not None:  # vLLM refuses longer requests; our checks must agree
+        ctx = int(user_kw["max_model_len"]) if ctx is None else min(ctx, int(user_kw["max_model_len"]))
+    llm = LazyLLM(vllm_engine_kwargs(model_path, dtype=dtype, seed=seed, **user_kw), fixed_seed="seed" in user_kw)
     return Backend(name, tok, ctx, device or "cuda",
                    lambda settings, stop: vllm_generate_fn(llm, tok, settings, stop, context_len=ctx))
 
