@@ -130,14 +130,13 @@ def test_examples_of_a_split_are_found_without_listing_them():
 
 
 def test_writer_shards_never_split_an_example_and_ids_must_fit_the_dtype(tmp_path):
-    w = TokenStoreWriter(tmp_path, np.uint16, shard_tokens=10)
+    w = TokenStoreWriter(tmp_path / "w", np.uint16, shard_tokens=10)
     lengths = np.array([4, 0, 5, 12, 3, 0], np.int64)
     toks = np.arange(lengths.sum()) % 50
     w.append(toks, toks % 2, lengths)
-    counts = w.close()
-    assert [s["n_tokens"] for s in counts["shards"]] == [9, 12, 3]  # 4+0+5 | the long one alone | 3+0
-    (tmp_path / "manifest.json").write_text(json.dumps({"kind": "thinkfast-token-store", "version": 1, **counts}))
-    s = TokenStore(tmp_path)
+    m = w.finish({"source": "arange"})
+    assert [s["n_tokens"] for s in m["shards"]] == [9, 12, 3]  # 4+0+5 | the long one alone | 3+0
+    s = TokenStore(tmp_path / "w")
     assert s.offsets.tolist() == [0, 4, 4, 9, 21, 24, 24]
     assert s.read(0, 24).tolist() == toks.tolist() and s.read(7, 23, mask=True).tolist() == (toks[7:23] % 2).tolist()
     assert s.loss_cum.tolist() == np.r_[0, np.cumsum([int((toks[a:b] % 2).sum()) for a, b in

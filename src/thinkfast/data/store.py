@@ -102,17 +102,59 @@ def formatter_for(tokenizer: Any, format: str = "auto", prompt_template: Optiona
     return fmt, settings
 
 
+def _prepare(out: Path, overwrite: bool) -> Path:
+    """Check that ``out`` may be written and return a fresh partial directory beside it."""
+    if out.exists():
+        if not out.is_dir():
+            raise DataError(f"{out} is a file, not a token store directory")
+        if any(out.iterdir()):
+            if not (out / MANIFEST).is_file() or not _only_layout_files(out):
+                raise DataError(f"{out} exists and is not a token store thinkfast wrote; refusing to "
+                                f"overwrite it (choose another --out)")
+            try:
+                read_manifest(out)
+            except DataError:
+                raise DataError(f"{out} holds a manifest.json that is not a thinkfast token store's; "
+                                f"refusing to overwrite it (choose another --out)") from None
+            if not overwrite:
+                raise DataError(f"{out} already holds a token store; pass --overwrite to replace it")
+    partial = out.parent / f".{out.name}.tokenize-partial"
+    if partial.exists():
+        if not _only_layout_files(partial):
+            raise DataError(f"{partial} holds files thinkfast did not write; move it aside and rerun")
+        shutil.rmtree(partial)  # left by an interrupted run: start again
+    partial.mkdir(parents=True)
+    return partial
+
+
+def _publish(partial: Path, out: Path) -> None:
+    """Rename the finished ``partial`` to ``out`` (an existing store is replaced, then deleted)."""
+    old = None
+    if out.exists() and any(out.iterdir()):
+        old = out.parent / f".{out.name}.replaced-{os.getpid()}"
+        os.replace(out, old)
+    elif out.exists():
+        out.rmdir()
+    os.replace(partial, out)
+    if old is not None:
+        shutil.rmtree(old)
+
+
 class TokenStoreWriter:
-    """Appends examples to the files of a store being built in ``directory`` (which must exist).
+    """Writes the store ``out``: the files grow in the partial directory beside it, and
+    ``finish`` adds the manifest and renames the whole into place.
 
     ``append`` takes a batch: tokens (S,) and mask (S,) of the examples back to back and their
-    lengths (B,); ``close`` flushes and returns the manifest's counts and shard list.
+    lengths (B,). ``out`` must be absent, empty, or (with ``overwrite``) a store thinkfast wrote.
     """
 
-    def __init__(self, directory: str | os.PathLike, dtype: np.dtype, shard_tokens: int = DEFAULT_SHARD_TOKENS):
-        self.dir, self.dtype, self.shard_tokens = Path(directory), np.dtype(dtype), int(shard_tokens)
+    def __init__(self, out: str | os.PathLike, dtype: np.dtype, shard_tokens: int = DEFAULT_SHARD_TOKENS,
+                 overwrite: bool = False):
+        self.dtype, self.shard_tokens = np.dtype(dtype), int(shard_tokens)
         if self.dtype not in (np.uint16, np.uint32):
             raise ValueError(f"token dtype must be uint16 or uint32, got {self.dtype}")
+        self.out = Path(out)
+        self.dir = _prepare(self.out, overwrite)
         self.top = np.iinfo(self.dtype).max
         self.shards: list[dict[str, Any]] = []
         self._files: Optional[tuple[Any, Any]] = None
@@ -193,52 +235,23 @@ class TokenStoreWriter:
         lengths = sides_arr[0::2] + sides_arr[1::2]
         self.append(np.array(ids, np.int64), mask, lengths, wheres)
 
-    def close(self) -> dict[str, Any]:
+    def finish(self, info: dict[str, Any]) -> dict[str, Any]:
+        """Close the files, write the manifest (counts, shards and ``info``: source, format
+        settings, tokenizer identity) and rename the store into place; returns the manifest."""
         self._close_shard()
         for f in self._index:
             f.flush()
             os.fsync(f.fileno())
             f.close()
-        return {"dtype": self.dtype.name, "n_examples": self.n_examples, "n_tokens": self.n_tokens,
-                "n_response_tokens": self.n_loss, "max_token_id": self.max_id, "shards": self.shards}
-
-
-def _prepare(out: Path, overwrite: bool) -> Path:
-    """Check that ``out`` may be written and return a fresh partial directory beside it."""
-    if out.exists():
-        if not out.is_dir():
-            raise DataError(f"{out} is a file, not a token store directory")
-        if any(out.iterdir()):
-            if not (out / MANIFEST).is_file() or not _only_layout_files(out):
-                raise DataError(f"{out} exists and is not a token store thinkfast wrote; refusing to "
-                                f"overwrite it (choose another --out)")
-            try:
-                read_manifest(out)
-            except DataError:
-                raise DataError(f"{out} holds a manifest.json that is not a thinkfast token store's; "
-                                f"refusing to overwrite it (choose another --out)") from None
-            if not overwrite:
-                raise DataError(f"{out} already holds a token store; pass --overwrite to replace it")
-    partial = out.parent / f".{out.name}.tokenize-partial"
-    if partial.exists():
-        if not _only_layout_files(partial):
-            raise DataError(f"{partial} holds files thinkfast did not write; move it aside and rerun")
-        shutil.rmtree(partial)  # left by an interrupted run: start again
-    partial.mkdir(parents=True)
-    return partial
-
-
-def _publish(partial: Path, out: Path) -> None:
-    """Rename the finished ``partial`` to ``out`` (an existing store is replaced, then deleted)."""
-    old = None
-    if out.exists() and any(out.iterdir()):
-        old = out.parent / f".{out.name}.replaced-{os.getpid()}"
-        os.replace(out, old)
-    elif out.exists():
-        out.rmdir()
-    os.replace(partial, out)
-    if old is not None:
-        shutil.rmtree(old)
+        if self.n_examples == 0:
+            shutil.rmtree(self.dir)
+            raise DataError(f"{info.get('source') or self.out} has no rows")
+        manifest = {"kind": KIND, "version": VERSION, "dtype": self.dtype.name, "n_examples": self.n_examples,
+                    "n_tokens": self.n_tokens, "n_response_tokens": self.n_loss, "max_token_id": self.max_id,
+                    "shards": self.shards, **info}
+        atomic_write_text(self.dir / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+        _publish(self.dir, self.out)
+        return manifest
 
 
 def write_store(rows: Iterable[tuple[str, dict[str, Any]]], out: str | os.PathLike, formatter: Formatter, *,
@@ -248,9 +261,7 @@ def write_store(rows: Iterable[tuple[str, dict[str, Any]]], out: str | os.PathLi
     """Format and tokenise ``rows`` ((where, row) pairs, consumed once, in order) into the store
     ``out``; returns its manifest. ``info`` (source, format settings, tokenizer identity) goes
     into the manifest as it is. ``on_progress(rows, tokens)`` is called after each batch."""
-    out = Path(out)
-    partial = _prepare(out, overwrite)
-    writer = TokenStoreWriter(partial, dtype, shard_tokens)
+    writer = TokenStoreWriter(out, dtype, shard_tokens, overwrite)
     batch: list[tuple[str, dict[str, Any]]] = []
 
     def flush() -> None:
@@ -265,14 +276,7 @@ def write_store(rows: Iterable[tuple[str, dict[str, Any]]], out: str | os.PathLi
             flush()
     if batch:
         flush()
-    counts = writer.close()
-    if counts["n_examples"] == 0:
-        shutil.rmtree(partial)
-        raise DataError(f"{info.get('source', out)} has no rows")
-    manifest = {"kind": KIND, "version": VERSION, **counts, **info}
-    atomic_write_text(partial / MANIFEST, json.dumps(manifest, indent=1) + "\n")
-    _publish(partial, out)
-    return manifest
+    return writer.finish(info)
 
 
 def stream_rows(source: str, split: str = "train", limit: Optional[int] = None,
@@ -398,6 +402,11 @@ class Examples:
     held: np.ndarray
     keep: str = "rest"
 
+    def __post_init__(self) -> None:
+        self.held = np.asarray(self.held, np.int64)
+        # held[m] - m: how many kept examples precede the m-th held one
+        self._kept_before = self.held - np.arange(len(self.held))
+
     def __len__(self) -> int:
         return self.n - len(self.held) if self.keep == "rest" else len(self.held)
 
@@ -406,8 +415,8 @@ class Examples:
         i = np.asarray(i, np.int64)
         if self.keep == "held":
             return self.held[i]
-        # the i-th kept example skips every held index at or below it: held[m] - m counts those
-        return i + np.searchsorted(self.held - np.arange(len(self.held)), i, side="right")
+        # the i-th kept example comes after every held one that has at most i kept ones before it
+        return i + np.searchsorted(self._kept_before, i, side="right")
 
     def runs(self) -> tuple[np.ndarray, np.ndarray]:
         """(first, stop) (R,) int64: the split as runs of consecutive store examples."""
