@@ -6,6 +6,10 @@ P head dim, N state size, K conv kernel, Cd conv channels.
 Both mixers reduce to the same scan (see ``ssd.py``) on
     x_scan (B, T, H, P), log_a (B, T, H), B (B, T, H, N), C (B, T, H, N)
 and share the causal depthwise conv with its decode state and the constant-cost decode step.
+For training and prefill the scan goes through ``ssd.chunk_scan`` (MambaInLlama: x, dt, A) or
+``ssd.discrete_chunk_scan`` (Llamba: x, log_a), which run mamba_ssm's fused kernel on CUDA when
+it is importable and the PyTorch chunked scan otherwise; the conv likewise uses causal_conv1d's
+kernel on CUDA when importable. The decode step is always the PyTorch one below.
 """
 
 from __future__ import annotations
@@ -20,12 +24,9 @@ import torch.nn.functional as F
 from ..config import ModelConfig
 from .cache import MambaState
 from .layers import repeat_heads
-from .ssd import ssd_chunked, ssd_matrix
-
-try:  # optional CUDA kernels; the PyTorch path below is the reference and the fallback
-    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined  # type: ignore
-except Exception:  # pragma: no cover - not installable on CPU machines
-    mamba_chunk_scan_combined = None
+from .ssd import (
+    causal_conv1d_kernel, chunk_scan, conv_backend, discrete_chunk_scan, note_conv_backend, ssd_matrix,
+)
 
 
 class GatedRMSNorm(nn.Module):
@@ -50,7 +51,10 @@ class MambaMixerBase(nn.Module):
     conv_activation: str = "silu"
 
     def _conv(self, xbc: torch.Tensor, state: Optional[MambaState], mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """Causal depthwise conv over xbc (B, T, Cd); continues from and updates ``state.conv``."""
+        """Causal depthwise conv over xbc (B, T, Cd) -> (B, T, Cd); continues from and updates
+        ``state.conv``. On CUDA with causal_conv1d importable (``ssd.conv_backend``) its kernel
+        computes the same outputs: it runs over the same K-1 + T inputs, zero-padded on the left,
+        and the K-1 outputs that see the padding are dropped."""
         Bsz, T, Cd = xbc.shape
         K = self.conv1d.kernel_size[0]
         if mask is not None:
@@ -60,6 +64,13 @@ class MambaMixerBase(nn.Module):
         full = torch.cat([prev, xt], dim=-1)  # (B, Cd, K-1+T)
         if state is not None:
             state.conv.copy_(full[..., -(K - 1):].transpose(1, 2))
+        backend = conv_backend(xbc.device)
+        note_conv_backend(backend, xbc.device)
+        if backend == "causal_conv1d":
+            w = self.conv1d.weight[:, 0].to(full.dtype).contiguous()  # (Cd, K)
+            bias = None if self.conv1d.bias is None else self.conv1d.bias.to(full.dtype)
+            act = "silu" if self.conv_activation == "silu" else None
+            return causal_conv1d_kernel()(full, w, bias, activation=act)[..., K - 1:].transpose(1, 2)
         out = F.conv1d(full, self.conv1d.weight, self.conv1d.bias, groups=Cd).transpose(1, 2)  # (B, T, Cd)
         return F.silu(out) if self.conv_activation == "silu" else out
 
@@ -84,16 +95,21 @@ class MambaMixerBase(nn.Module):
         out = out.to(xbc.dtype)
         return F.silu(out) if self.conv_activation == "silu" else out
 
-    def _scan(self, x_scan, log_a, Bm, Cm, mask, state: Optional[MambaState]) -> torch.Tensor:
-        """Run the chunked scan (B, T, H, P) and store the final state when decoding follows."""
+    def _scan(self, x, decay, Bm, Cm, mask, state: Optional[MambaState]) -> torch.Tensor:
+        """Run the mixer's chunked scan (``_chunk_scan``) and store the final state when decoding
+        follows: x (B, T, H, P), decay (B, T, H) (the mixer's dt or log_a), Bm, Cm (B, T, H, N),
+        mask (B, T) or None -> y (B, T, H, P) fp32."""
         if mask is not None:  # pads add nothing to the state
-            x_scan = x_scan * mask[..., None, None].to(x_scan.dtype)
+            x = x * mask[..., None, None].to(x.dtype)
         init = state.ssm if state is not None and state.seen else None
-        y, final = ssd_chunked(x_scan, log_a, Bm, Cm, chunk_size=self.chunk_size, initial_state=init)
+        y, final = self._chunk_scan(x, decay, Bm, Cm, init)
         if state is not None:
             state.ssm.copy_(final)
             state.seen = True
         return y
+
+    def _chunk_scan(self, x, decay, Bm, Cm, init) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
 
     @staticmethod
     def _ssm_step(state: MambaState, x_scan, log_a, Bm, Cm) -> torch.Tensor:
@@ -151,15 +167,26 @@ class Mamba2Mixer(MambaMixerBase):
         return torch.split(self.in_proj(u), self.splits, dim=-1)
 
     def _heads(self, xbc: torch.Tensor, dt: torch.Tensor):
-        """xbc (..., Cd), dt (..., H) -> x_scan, log_a, B, C, x per head (GQA-repeated)."""
+        """xbc (..., Cd), dt (..., H) -> x (..., H, P), dt (..., H) fp32 (softplus, bias added),
+        B, C (..., H, N); x and B GQA-repeated."""
         x, Bm, Cm = torch.split(xbc, [self.G * self.P, self.G * self.N, self.H * self.N], dim=-1)
         rep = self.H // self.G
         x = repeat_heads(x.unflatten(-1, (self.G, self.P)), rep, dim=-2)  # (..., H, P)
         Bm = repeat_heads(Bm.unflatten(-1, (self.G, self.N)), rep, dim=-2)  # (..., H, N)
         Cm = Cm.unflatten(-1, (self.H, self.N))  # (..., H, N)
         dt = F.softplus(dt.float() + self.dt_bias.float())  # (..., H)
-        log_a = dt * -torch.exp(self.A_log.float())
-        return x.float() * dt[..., None], log_a, Bm, Cm, x
+        return x, dt, Bm, Cm
+
+    def _A(self) -> torch.Tensor:
+        """(H,) fp32, A = -exp(A_log)."""
+        return -torch.exp(self.A_log.float())
+
+    def _discretise(self, x: torch.Tensor, dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (..., H, P), dt (..., H) -> the scan's x_scan = x * dt (..., H, P), log_a = dt * A (..., H)."""
+        return x.float() * dt[..., None], dt * self._A()
+
+    def _chunk_scan(self, x, dt, Bm, Cm, init):
+        return chunk_scan(x, dt, self._A(), Bm, Cm, chunk_size=self.chunk_size, initial_state=init)
 
     def _out(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         y = y + self.D.float()[:, None] * x.float()  # (..., H, P)
@@ -174,31 +201,16 @@ class Mamba2Mixer(MambaMixerBase):
             return self.step(u, state)
         z, x, Bm, Cm, dt = self._split(u)
         xbc = self._conv(torch.cat([x, Bm, Cm], dim=-1), state, mask)
-        x_scan, log_a, Bh, Ch, xh = self._heads(xbc, dt)
-        if u.is_cuda and mamba_chunk_scan_combined is not None and mask is None:
-            y = self._scan_kernel(xh, dt, Bh, Ch, state)
-        else:
-            y = self._scan(x_scan, log_a, Bh, Ch, mask, state)
+        xh, dt, Bh, Ch = self._heads(xbc, dt)
+        y = self._scan(xh, dt, Bh, Ch, mask, state)
         return self._out(y, xh, z)
-
-    def _scan_kernel(self, xh, dt, Bh, Ch, state: Optional[MambaState]) -> torch.Tensor:
-        """mamba_ssm's fused chunked scan (CUDA); same maths as ``ssd_chunked`` on (x*dt, dt*A)."""
-        init = state.ssm if state is not None and state.seen else None
-        y, final = mamba_chunk_scan_combined(
-            xh.contiguous(), dt.contiguous(), -torch.exp(self.A_log.float()), Bh.contiguous(), Ch.contiguous(),
-            chunk_size=self.chunk_size, dt_bias=self.dt_bias, dt_softplus=True,
-            initial_states=init, return_final_states=True,
-        )
-        if state is not None:
-            state.ssm.copy_(final)
-            state.seen = True
-        return y.float()
 
     def step(self, u: torch.Tensor, state: MambaState) -> torch.Tensor:
         """u (B, 1, D) -> (B, 1, D), constant cost in the context length."""
         z, x, Bm, Cm, dt = self._split(u[:, 0])
         xbc = self._conv_step(torch.cat([x, Bm, Cm], dim=-1), state)
-        x_scan, log_a, Bh, Ch, xh = self._heads(xbc, dt)
+        xh, dt, Bh, Ch = self._heads(xbc, dt)
+        x_scan, log_a = self._discretise(xh, dt)
         y = self._ssm_step(state, x_scan, log_a, Bh, Ch)
         return self._out(y, xh, z)[:, None]
 
@@ -206,10 +218,9 @@ class Mamba2Mixer(MambaMixerBase):
         """Materialised (B, H, T, T) mixing matrix on input u (B, T, D) -- MOHAWK stage 1."""
         z, x, Bm, Cm, dt = self._split(u)
         xbc = self._conv(torch.cat([x, Bm, Cm], dim=-1), None, None)
-        _, log_a, Bh, Ch, _ = self._heads(xbc, dt)
+        _, dt, Bh, Ch = self._heads(xbc, dt)
         # y_t = sum_s M[t,s] dt_s x_s: fold dt_s into the columns so M maps x itself.
-        dt_s = F.softplus(dt.float() + self.dt_bias.float()).transpose(1, 2)  # (B, H, T)
-        return ssd_matrix(log_a, Bh, Ch) * dt_s[:, :, None, :]
+        return ssd_matrix(dt * self._A(), Bh, Ch) * dt.transpose(1, 2)[:, :, None, :]
 
 
 def decay_bias_init(n_heads: int, tau_min: float, tau_max: float) -> torch.Tensor:
@@ -250,6 +261,8 @@ class DiscreteMamba2Mixer(MambaMixerBase):
             self.register_parameter("a_bias", None)
 
     def _heads(self, xbc: torch.Tensor, a: torch.Tensor):
+        """xbc (..., Cd), a (..., H) -> x_scan (..., H, P) fp32, log_a = -softplus(a [+ a_bias])
+        (..., H) fp32, B, C (..., H, N), x (..., H, P) in the input's dtype."""
         x, Bm, Cm = torch.split(xbc, [self.d_inner, self.H * self.N, self.H * self.N], dim=-1)
         x = x.unflatten(-1, (self.H, self.P))
         Bm = Bm.unflatten(-1, (self.H, self.N))
@@ -262,6 +275,9 @@ class DiscreteMamba2Mixer(MambaMixerBase):
         y = (y + self.D.float()[:, None] * x.float()).flatten(-2)
         y = y * F.silu(z.float() + self.z_bias.float())
         return self.out_proj(y.to(z.dtype))
+
+    def _chunk_scan(self, x, log_a, Bm, Cm, init):
+        return discrete_chunk_scan(x, log_a, Bm, Cm, chunk_size=self.chunk_size, initial_state=init)
 
     def forward(self, u: torch.Tensor, ctx=None, state: Optional[MambaState] = None) -> torch.Tensor:
         mask = getattr(ctx, "token_mask", None)
