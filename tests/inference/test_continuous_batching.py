@@ -95,3 +95,21 @@ def test_slotted_cache_refuses_prefill_and_loads_rows():
         slots.load_rows([1], plain, [0])
     assert isinstance(slots, InferenceCache) and slots.row_len.tolist() == [0, 3] and slots.length == 3
     assert slots.key_mask[1, :3].all() and not slots.key_mask[1, 3:].any()
+
+
+def test_timestamps_wait_for_the_device(monkeypatch):
+    from thinkfast.inference import engine
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    engine._clock(torch.device("cuda"))
+    engine._clock(torch.device("cpu"))
+    assert len(calls) == 1
+
+
+def test_timing_says_how_it_was_decoded():
+    model = _model("MMMM", "mamba2")
+    _, ref = _run(model, PROMPTS[:2], n=2, max_new_tokens=3)
+    _, cb = _run(model, PROMPTS[:2], n=2, max_new_tokens=3, continuous=True, max_batch_rows=3)
+    assert (ref[0].timing["rows_at_once"], ref[0].timing["continuous"]) == (4, False)
+    assert (cb[0].timing["rows_at_once"], cb[0].timing["continuous"]) == (3, True)

@@ -1,10 +1,20 @@
 """The sampling engine: batched, left-padded, n samples per prompt from one prefill.
 
-One batch of prompts goes through
+The reference path (``SamplingParams.continuous`` False, the default): one batch of prompts goes
+through
   1. left padding to a common length and one prefill of the whole batch;
   2. the prefilled state copied n ways (``InferenceCache.select`` with repeat_interleave);
   3. a decode loop, one token per row per step, with rows that finished dropped from the
      batch once enough of them have (so a long straggler does not drag dead rows along).
+The batch only shrinks: its last rows decode almost alone.
+
+Continuous batching (``continuous=True``): ``max_batch_rows`` slots decode at once over all the
+call's prompts; a finished row's slot goes to the next waiting sample, whose prompt's prefilled
+state is copied in (a slotted ``InferenceCache``, each row at its own length). The samples are
+the reference path's, token for token (tests/inference/test_continuous_batching.py).
+
+Timings (``GenerationOutput.timing``, see ``inference.outputs.TIMING_KEYS`` for what each
+includes) are taken after a device sync.
 
 Randomness is counter-based: the noise for (sample, step, token) is a hash of the sample's key,
 the step and the token id, and a sample's key is derived from ``seed + sample index`` and the
@@ -276,7 +286,7 @@ def _generate_batch(model: LanguageModel, prompt_ids: list[list[int]], params: S
     samples = [[finish_sample(toks[r][: lengths[r]], lps[r][: lengths[r]], names[reasons[r]], tokenizer, stopper,
                               max_new, params.max_new_tokens) for r in range(i * n, (i + 1) * n)]
                for i in range(P)]
-    return batch_outputs(prompt_ids, samples, n, t1 - t0, t2 - t1)
+    return batch_outputs(prompt_ids, samples, n, t1 - t0, t2 - t1, rows_at_once=R, continuous=False)
 
 
 class _PromptPool:
@@ -414,7 +424,8 @@ def _generate_continuous(model: LanguageModel, prompt_ids: list[list[int]], para
 
     samples = [[finish_sample(*results[r], tokenizer, stopper, max_new, params.max_new_tokens)
                 for r in range(i * n, (i + 1) * n)] for i in range(P)]
-    return batch_outputs(prompt_ids, samples, n, pool.prefill_s, t_end - t_start - pool.prefill_s)
+    return batch_outputs(prompt_ids, samples, n, pool.prefill_s, t_end - t_start - pool.prefill_s,
+                         rows_at_once=S, continuous=True)
 
 
 def finish_sample(token_ids: list[int], logprobs: Optional[list[float]], finish_reason: str, tokenizer,

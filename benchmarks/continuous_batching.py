@@ -1,0 +1,128 @@
+"""Continuous batching against the reference path, side by side in one run.
+
+    OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE python benchmarks/continuous_batching.py --json cb.json
+
+Two workloads, random weights, chains of varied length forced by an EOS set sized so that a
+token ends a chain with probability about 1 / ``mean_len`` per step (random-weight logits are
+near uniform), capped by ``max_new_tokens``:
+
+* ``demo``: the demo's sampling shape -- its teacher (the shipped demo teacher's config:
+  4 layers, d_model 128, vocab 217, "AAAA"), a hybrid ("AMAM", Mamba-2 mixers) and a Llamba
+  ("MMMM", discrete mixers) of the same size; 256 rows decoded at once (the demo's 8 problems x
+  32 samples), prompts of 42-78 tokens, up to 400 new tokens, mean chain ~250. The reference
+  decodes 8 problems per call; continuous batching takes all problems in one call with 256 slots.
+* ``smollm2``: a SmolLM2-135M-shaped Transformer (30 layers, d_model 576, vocab 49,152), 8
+  problems x 4 samples, 16 rows at once (4 problems per reference call), prompts of 48-96
+  tokens, up to 64 new tokens, mean chain ~30 (sized for a CPU).
+
+For each model: new tokens per second of wall time (prefill + decode, the whole call) and
+seconds per problem (wall / problems), reference and continuous, and their ratio; the two runs
+must give the same tokens (checked, reported as ``same_tokens``). Timings follow a device sync.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from thinkfast.config import ModelConfig  # noqa: E402
+from thinkfast.inference.engine import SamplingParams, generate  # noqa: E402
+from thinkfast.models.lm import LanguageModel  # noqa: E402
+
+DEMO = dict(vocab_size=217, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=384, max_seq_len=1024,
+            tie_embeddings=True)
+
+
+def _models(workload: str) -> dict[str, LanguageModel]:
+    torch.manual_seed(0)
+    if workload == "demo":
+        return {"teacher": LanguageModel(ModelConfig.from_dict(dict(DEMO, layer_pattern="AAAA"))),
+                "hybrid": LanguageModel(ModelConfig.from_dict(dict(DEMO, layer_pattern="AMAM"))),
+                "llamba": LanguageModel(ModelConfig.from_dict(dict(DEMO, layer_pattern="MMMM",
+                                                                   mamba=dict(kind="discrete"))))}
+    return {"smollm2-135m": LanguageModel(ModelConfig.from_name("smollm2-135m", max_seq_len=2048))}
+
+
+def _eos(vocab: int, mean_len: float) -> list[int]:
+    k = max(1, round(vocab / mean_len))
+    return list(range(vocab - k, vocab))
+
+
+def _sync_clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def run_pair(model, prompts, n, max_new, mean_len, slots, temperature=1.0, seed=0) -> dict:
+    model.eval()
+    vocab = model.config.vocab_size
+    base = dict(n=n, temperature=temperature, max_new_tokens=max_new, seed=seed, eos_token_ids=_eos(vocab, mean_len))
+    per_batch = max(1, slots // n)
+    out = {}
+    toks = {}
+    for name, kw, bs in (("reference", {}, per_batch), ("continuous", dict(continuous=True, max_batch_rows=slots),
+                                                         None)):
+        t0 = _sync_clock(model.device)
+        outs = generate(model, prompts, SamplingParams(**base, **kw), batch_size=bs)
+        wall = _sync_clock(model.device) - t0
+        new = sum(len(s.token_ids) for o in outs for s in o.samples)
+        timing_prefill = sum({id(o.timing): o.timing["prefill_s"] for o in outs}.values()) if name == "continuous" \
+            else sum(o.timing["prefill_s"] / o.timing["batch_prompts"] for o in outs)
+        out[name] = dict(wall_s=wall, new_tokens=new, tokens_per_s=new / wall, seconds_per_problem=wall / len(prompts),
+                         prefill_s=timing_prefill)
+        toks[name] = [[s.token_ids for s in o.samples] for o in outs]
+    lens = [len(t) for o in toks["reference"] for t in o]
+    out["same_tokens"] = toks["reference"] == toks["continuous"]
+    out["continuous_over_reference_tokens_per_s"] = out["continuous"]["tokens_per_s"] / out["reference"]["tokens_per_s"]
+    out["chain_length"] = dict(mean=sum(lens) / len(lens), min=min(lens), max=max(lens))
+    out["shape"] = dict(problems=len(prompts), n=n, slots=slots, reference_problems_per_call=per_batch,
+                        max_new_tokens=max_new, prompt_tokens=[min(map(len, prompts)), max(map(len, prompts))])
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workloads", default="demo,smollm2")
+    ap.add_argument("--demo-problems", type=int, default=16, help="problems of 32 samples (8 per reference call)")
+    ap.add_argument("--smollm-problems", type=int, default=8)
+    ap.add_argument("--quick", action="store_true", help="a small run to check the script")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rng = random.Random(0)
+    res: dict = {"threads": args.threads, "device": "cpu"}
+    for wl in args.workloads.split(","):
+        for name, model in _models(wl).items():
+            V = model.config.vocab_size
+            if wl == "demo":
+                P, n, slots, max_new, mean = (4, 4, 8, 40, 20) if args.quick else (args.demo_problems, 32, 256, 400, 250)
+                plen = (42, 78)
+            else:
+                P, n, slots, max_new, mean = (2, 2, 2, 8, 4) if args.quick else (args.smollm_problems, 4, 16, 64, 30)
+                plen = (48, 96)
+            prompts = [[rng.randrange(V - 1) for _ in range(rng.randint(*plen))] for _ in range(P)]
+            r = run_pair(model, prompts, n, max_new, mean, slots)
+            res[f"{wl}/{name}"] = r
+            print(f"{wl}/{name}: reference {r['reference']['tokens_per_s']:.0f} tok/s "
+                  f"{r['reference']['seconds_per_problem']:.3f} s/problem | continuous "
+                  f"{r['continuous']['tokens_per_s']:.0f} tok/s {r['continuous']['seconds_per_problem']:.3f} s/problem"
+                  f" | ratio {r['continuous_over_reference_tokens_per_s']:.2f}x | same tokens {r['same_tokens']} | "
+                  f"chains {r['chain_length']['min']}-{r['chain_length']['max']} mean "
+                  f"{r['chain_length']['mean']:.0f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    return res
+
+
+if __name__ == "__main__":
+    main()
