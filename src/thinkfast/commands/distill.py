@@ -57,6 +57,9 @@ def _shapes(args, cfg):
                         f"--teacher-config (a preset such as llama3.2-1b, or a config.json)")
     init = None
     if cfg.student.init not in ("teacher", "new"):
+        if not os.path.isdir(cfg.student.init):
+            raise UserError(f"--plan: student.init {cfg.student.init} does not exist yet; the plan reads the "
+                            f"student's shapes from its config.json (run the stage that writes it first)")
         init = read_config(cfg.student.init)[0]
         source = source or f"{cfg.student.init}/config.json"
     return teacher, init, source or "student.model"

@@ -292,7 +292,9 @@ def plan_stage(cfg: DistillConfig, index: int, student: ModelConfig, teacher: Op
     head = V * D
     root = head * (1 if s_cfg.tie_embeddings else 2) + D
     weights = 4 * ps // shard
-    if mode == "fsdp":
+    if mode == "fsdp" and stage.objective == "matrix":
+        weights += act_b * ps  # stage 1 shards only at the root: the whole student is gathered
+    elif mode == "fsdp":
         largest = max(sum(v for n, v in block_params(s_cfg, c).items() if n != "matrix")
                       for c in set(s_cfg.layer_pattern))
         weights += act_b * (root + 2 * largest)
