@@ -5,6 +5,11 @@ A thinkfast model directory holds
     model.safetensors  the state dict (the tied LM head is not stored twice)
     tokenizer files    when a tokenizer was given (transformers' own format)
 Each file is written to a temporary name and renamed, so a crash never leaves half a file.
+
+Each kind of checkpoint has its own "format" tag: "thinkfast" (a ``LanguageModel``, which
+``load_model`` loads), "thinkfast-projected" (a width-compressed student's projections, which
+need their teacher: ``load_model`` refuses them with a message saying so), "thinkfast-orm" (a
+reward model, ``eval.rewards``).
 """
 
 from __future__ import annotations
@@ -23,41 +28,57 @@ from .models.lm import LanguageModel
 from .models.state import CheckpointError, load_state_dict_strict
 
 FORMAT = "thinkfast"
+"""The tag of a ``LanguageModel`` directory."""
+PROJECTED_FORMAT = "thinkfast-projected"
+"""The tag of a width-compressed student's trainable projections and norms
+(``compress.projected.ProjectedLM``, under ``thinkfast compress``'s OUT/projected/): not a model
+until merged with its teacher."""
+
+
+def checkpoint_format(path: str | os.PathLike) -> Optional[str]:
+    """The "format" tag of the directory ``path`` (None when it has no readable config.json
+    holding one)."""
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        tag = json.loads(cfg.read_text()).get("format")
+    except (json.JSONDecodeError, OSError, AttributeError, UnicodeDecodeError):
+        return None
+    return tag if isinstance(tag, str) else None
 
 
 def is_thinkfast_dir(path: str | os.PathLike) -> bool:
-    cfg = Path(path) / "config.json"
-    if not cfg.is_file():
-        return False
-    try:
-        return json.loads(cfg.read_text()).get("format") == FORMAT
-    except (json.JSONDecodeError, OSError, AttributeError):
-        return False
-
-
-def _state_dict_for_saving(model: LanguageModel) -> dict[str, torch.Tensor]:
-    sd = model.state_dict()
-    if model.config.tie_embeddings:
-        sd.pop("lm_head.weight", None)
-    return {k: v.detach().contiguous() for k, v in sd.items()}
+    """Whether ``path`` is a thinkfast model directory (tagged ``FORMAT``)."""
+    return checkpoint_format(path) == FORMAT
 
 
 def save_model(model: LanguageModel, out_dir: str | os.PathLike, tokenizer: Any = None,
                extra: Optional[dict[str, Any]] = None) -> Path:
     """Write ``model`` (and ``tokenizer``) to ``out_dir``; returns the directory."""
+    return save_state(model.config, model.state_dict(), out_dir, tokenizer, extra)
+
+
+def save_state(config: ModelConfig, state_dict: dict[str, torch.Tensor], out_dir: str | os.PathLike,
+               tokenizer: Any = None, extra: Optional[dict[str, Any]] = None, tag: str = FORMAT) -> Path:
+    """``save_model`` from a model's config and (full, gathered) state dict, without the model;
+    ``tag``: the directory's "format" (``PROJECTED_FORMAT`` for a ``ProjectedLM``'s state). The
+    tied LM head is not stored twice."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().contiguous() for k, v in state_dict.items()
+          if not (config.tie_embeddings and k == "lm_head.weight")}
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".model.", suffix=".safetensors.tmp")
     os.close(fd)
     try:
-        save_file(_state_dict_for_saving(model), tmp, metadata={"format": "pt"})
+        save_file(sd, tmp, metadata={"format": "pt"})
         os.replace(tmp, out / "model.safetensors")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    meta = {"format": FORMAT, "model": model.config.to_dict()}
+    meta = {"format": tag, "model": config.to_dict()}
     if extra:
         meta.update(extra)
     atomic_write_text(out / "config.json", json.dumps(meta, indent=2) + "\n")
@@ -82,8 +103,9 @@ def save_pretrained_files(obj: Any, out: str | os.PathLike) -> None:
 
 
 def read_config(model_dir: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
-    """(ModelConfig, the whole config.json) of a thinkfast model directory, checked strictly:
-    any problem is a CheckpointError naming the file (and the key, for a bad setting)."""
+    """(ModelConfig, the whole config.json) of a thinkfast model directory, or of a compressed
+    student's projections (its "format" says which; both hold the student's ModelConfig), checked
+    strictly: any problem is a CheckpointError naming the file (and the key, for a bad setting)."""
     model_dir = Path(model_dir)
     path = model_dir / "config.json"
     if not model_dir.is_dir():
@@ -99,7 +121,7 @@ def read_config(model_dir: str | os.PathLike) -> tuple[ModelConfig, dict[str, An
         raise CheckpointError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON (line {e.lineno}: {json_error_detail(e)})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "model" not in meta:
+    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, PROJECTED_FORMAT) or "model" not in meta:
         raise CheckpointError(f"{path} is not a thinkfast config (no \"format\": \"thinkfast\")")
     try:
         return ModelConfig.from_dict(meta["model"], source=path, where="model"), meta
@@ -109,11 +131,14 @@ def read_config(model_dir: str | os.PathLike) -> tuple[ModelConfig, dict[str, An
 
 def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu",
                dtype: Optional[torch.dtype] = None) -> LanguageModel:
-    """Load a thinkfast model directory written by ``save_model``."""
+    """Load a thinkfast model directory written by ``save_model``. A compressed student's
+    projections are refused with a message saying what they are (``refuse_projected``)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    cfg, _ = read_config(model_dir)
+    cfg, meta = read_config(model_dir)
+    if meta["format"] == PROJECTED_FORMAT:
+        refuse_projected(model_dir)
     weights = Path(model_dir) / "model.safetensors"
     try:
         sd = load_file(str(weights))
@@ -121,12 +146,31 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu",
         raise CheckpointError(f"{weights} not found") from None
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights} is corrupt or not a safetensors file: {e}") from None
+    if is_projected_state(sd):  # projections written before they had their own tag
+        refuse_projected(model_dir)
     model = LanguageModel(cfg)
     load_state_dict_strict(model, sd, str(weights))
     model = model.to(device)
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()
+
+
+def is_projected_state(sd: dict[str, Any]) -> bool:
+    """Whether a state dict holds a ``ProjectedLM``'s projections (its embedding projection is
+    ``embed``) rather than a ``LanguageModel``'s weights (``embed_tokens.weight``)."""
+    return "embed" in sd and "embed_tokens.weight" not in sd
+
+
+def refuse_projected(model_dir: str | os.PathLike) -> None:
+    """The error for a directory of a width-compressed student's projections, which loads only
+    over its teacher."""
+    raise CheckpointError(
+        f"{model_dir} holds the trainable projections of a width-compressed student "
+        f"(\"format\": \"{PROJECTED_FORMAT}\", written under `thinkfast compress`'s OUT/projected/), "
+        "not a model: they give weights only together with their teacher. Use the merged student "
+        "`thinkfast compress` writes to OUT/model (an ordinary thinkfast model directory), or run the "
+        "same `thinkfast compress` recipe again to resume from these projections")
 
 
 def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
@@ -143,7 +187,10 @@ def load_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu",
                     dtype: Optional[torch.dtype] = None, trust_remote_code: bool = False):
     """(model, tokenizer) from a thinkfast directory, a GraniteMoeHybrid / Llamba directory that
     ``thinkfast export`` wrote, or anything transformers loads as a Llama (a local HF directory,
-    a hub id when online, a .gguf file); tokenizer may be None. The one loader every command uses."""
+    a hub id when online, a .gguf file); tokenizer may be None. The one loader every command uses.
+    A directory of a compressed student's projections is refused (``refuse_projected``)."""
+    if checkpoint_format(path) == PROJECTED_FORMAT:
+        refuse_projected(path)
     if is_thinkfast_dir(path):
         return load_model(path, device, dtype), load_tokenizer(path, trust_remote_code)
     from .convert.export import import_exported

@@ -48,6 +48,9 @@ def test_compress_trains_merges_and_resumes(setup, capsys):
     assert result["steps"] == 4 and result["init"] == "red" and len(result["channels"]) == 16
     student = load_model(out / "model")
     assert student.config.d_model == 16 and student.config.n_layers == 2
+    # the trainer's model/ and checkpoints hold projections, tagged as such (load_model refuses them)
+    for d in [out / "projected" / "model", *(out / "projected" / "checkpoints").glob("step_*/model")]:
+        assert json.loads((d / "config.json").read_text())["format"] == "thinkfast-projected", d
     lines = [json.loads(ln) for ln in (out / "projected" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3, 4]
     assert {"kl", "ce", "hidden_mse"} <= set(lines[0])

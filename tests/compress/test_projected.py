@@ -115,3 +115,47 @@ def test_red_needs_importance_and_an_attention_teacher():
         ProjectedLM(tiny_teacher(), 16, "red")
     with pytest.raises(UserError, match="all-attention"):
         ProjectedLM(tiny_teacher(layer_pattern="AM"), 16, "gaussian")
+
+
+def _saved_projections(tmp_path, tag_as_before: bool = False):
+    """A ProjectedLM's projections saved as ``thinkfast compress`` saves them (its checkpoints'
+    model/), or, with ``tag_as_before``, with the plain "thinkfast" tag such directories had
+    before projections got their own."""
+    import json
+
+    from thinkfast.compress.config import CompressLoss
+    from thinkfast.compress.recipe import CompressObjective
+
+    teacher = tiny_teacher()
+    student = ProjectedLM(teacher, 16, "gaussian", seed=2)
+    obj = CompressObjective(student, teacher, CompressLoss())
+    out = obj.save_student(tmp_path / "projected", student.state_dict())
+    if tag_as_before:
+        meta = json.loads((out / "config.json").read_text())
+        meta["format"] = "thinkfast"
+        (out / "config.json").write_text(json.dumps(meta))
+    return out, obj, student
+
+
+@pytest.mark.parametrize("tag_as_before", [False, True])
+def test_projections_are_refused_as_a_model_with_what_they_are(tmp_path, tag_as_before):
+    """A directory of projections is not a model (it needs its teacher): load_model and
+    load_pretrained say what it is and what to use instead, whether it carries its own tag or the
+    plain one such directories had before; the compress objective still reads it back."""
+    import json
+
+    from thinkfast.checkpoint import PROJECTED_FORMAT, CheckpointError, is_thinkfast_dir, load_pretrained
+
+    out, obj, student = _saved_projections(tmp_path, tag_as_before)
+    tag = json.loads((out / "config.json").read_text())["format"]
+    assert tag == ("thinkfast" if tag_as_before else PROJECTED_FORMAT)
+    assert is_thinkfast_dir(out) == tag_as_before
+    for load in (load_model, load_pretrained):
+        with pytest.raises(CheckpointError) as e:
+            load(out)
+        msg = str(e.value)
+        assert "projections of a width-compressed student" in msg and PROJECTED_FORMAT in msg
+        assert "OUT/model" in msg and "thinkfast compress" in msg
+    back = obj.load_student(out)  # resume reads either
+    for k, v in student.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k

@@ -2,7 +2,8 @@
 training loop (``distill.trainer.Trainer``), merge it into a plain smaller model.
 
     OUT/projected/   the trainer's directory; its checkpoints and model/ hold the projections and
-                     norms (resumable; ``CompressObjective.load_student`` reads them back)
+                     norms, tagged "thinkfast-projected" (resumable; ``CompressObjective.load_student``
+                     reads them back; ``checkpoint.load_model`` refuses them: they need the teacher)
     OUT/model/       the merged student: an ordinary thinkfast model directory (d_model = d_s)
     OUT/result.json  steps, tokens, wall time, losses, the selected channels and their importance
 """
@@ -15,7 +16,8 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import CheckpointError, load_model, load_tokenizer, read_config, save_model
+from ..checkpoint import (PROJECTED_FORMAT, CheckpointError, load_model, load_tokenizer, read_config, save_model,
+                          save_state)
 from ..config import atomic_write_text, to_dict
 from ..data.dataset import load_data
 from ..distill import distributed as D
@@ -44,7 +46,7 @@ class CompressObjective(Objective):
         """A checkpoint's projections as a ProjectedLM over this objective's teacher (trainer resume)."""
         from safetensors.torch import load_file
 
-        cfg, _ = read_config(model_dir)
+        cfg, _ = read_config(model_dir)  # tagged PROJECTED_FORMAT, or FORMAT when written before the tag
         s = self.student
         if cfg.to_dict() != s.config.to_dict():
             raise CheckpointError(f"{model_dir} holds a student of another shape (d_model {cfg.d_model})")
@@ -55,6 +57,10 @@ class CompressObjective(Objective):
         except RuntimeError as e:
             raise CheckpointError(f"{model_dir} does not hold projections of this teacher: {e}") from None
         return fresh
+
+    def save_student(self, out_dir, state_dict, tokenizer=None, extra=None) -> Path:
+        """The projections and norms, tagged ``PROJECTED_FORMAT``: not a model without the teacher."""
+        return save_state(self.student.config, state_dict, out_dir, tokenizer, extra, tag=PROJECTED_FORMAT)
 
     def forward(self, batch):
         ids, labels, valid = batch["input_ids"], batch["labels"], batch["valid"]
