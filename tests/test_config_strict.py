@@ -157,3 +157,33 @@ def test_compress_recipe_goes_through_the_same_loader(tmp_path):
     path.write_text(yaml.safe_dump({"teacher": "t", "d_s": 8, "train": {"bf16": "yes"}}))
     with pytest.raises(ConfigError, match=rf"^{path}: config\.train\.bf16: expected bool, got 'yes'"):
         load_config(path)
+
+
+def test_distill_and_compress_losses_are_one_set_of_weights(tmp_path):
+    """distill's LossConfig and compress's CompressLoss are the shared LossWeights with their own
+    defaults: the same keys mean the same, the same checks apply, and each keeps exactly its own
+    keys (compress has no KL direction or chunking, so a recipe naming them is refused)."""
+    from dataclasses import fields
+
+    from thinkfast.compress.config import CompressLoss
+    from thinkfast.compress.config import build_config as build_compress
+    from thinkfast.config import to_dict
+    from thinkfast.distill.config import LossConfig, LossWeights, build_config
+
+    assert issubclass(LossConfig, LossWeights) and issubclass(CompressLoss, LossWeights)
+    assert to_dict(CompressLoss()) == {"temperature": 1.0, "kl_weight": 1.0, "ce_weight": 1.0, "hidden_weight": 1.0}
+    assert to_dict(LossConfig()) == {"kind": "forward", "temperature": 1.0, "kl_weight": 1.0, "ce_weight": 0.0,
+                                     "hidden_weight": 0.0, "chunk_size": 1024}
+    shared = {f.name for f in fields(LossWeights)}
+    assert shared == {f.name for f in fields(CompressLoss)} < {f.name for f in fields(LossConfig)}
+    recipe = _distill_recipe(tmp_path)
+    for bad, message in (({"temperature": 0}, "loss.temperature must be > 0"),
+                         ({"ce_weight": -1.0}, "loss weights must be >= 0")):
+        with pytest.raises(ConfigError, match=message):
+            build_config({**recipe, "stages": [{"name": "kd", "objective": "kd", "loss": bad}]})
+        with pytest.raises(ConfigError, match=message):
+            build_compress({"teacher": "t", "d_s": 8, "loss": bad})
+    with pytest.raises(ConfigError, match="at least one loss weight must be > 0"):
+        build_compress({"teacher": "t", "d_s": 8, "loss": {"kl_weight": 0, "ce_weight": 0, "hidden_weight": 0}})
+    with pytest.raises(ConfigError, match="kind"):
+        build_compress({"teacher": "t", "d_s": 8, "loss": {"kind": "reverse"}})

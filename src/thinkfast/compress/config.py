@@ -12,26 +12,22 @@ from typing import Any, Optional
 
 from ..config import ConfigError, from_dict, to_dict
 from ..data.dataset import DataConfig
-from ..distill.config import TrainConfig, read_recipe, recipe_source
+from ..distill.config import LossWeights, TrainConfig, read_recipe, recipe_source
 from .init import INITS
 
 
 @dataclass
-class CompressLoss:
-    """kl_weight * KL(teacher || student, T) + ce_weight * CE + hidden_weight * hidden MSE."""
+class CompressLoss(LossWeights):
+    """kl_weight * KL(teacher || student, T) + ce_weight * CE + hidden_weight * hidden MSE: the
+    shared ``LossWeights`` with every term on by default (the KL is always forward, on full logits)."""
 
-    temperature: float = 1.0
-    kl_weight: float = 1.0
     ce_weight: float = 1.0
     hidden_weight: float = 1.0
     """MSE between each student block output (d) and the teacher's (D) mapped by the embedding
     projection, treated as a constant target."""
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ConfigError("loss.temperature must be > 0")
-        if min(self.kl_weight, self.ce_weight, self.hidden_weight) < 0:
-            raise ConfigError("loss weights must be >= 0")
+        super().__post_init__()
         if self.kl_weight + self.ce_weight + self.hidden_weight == 0:
             raise ConfigError("at least one loss weight must be > 0")
 

@@ -92,16 +92,30 @@ class TrainConfig:
 
 
 @dataclass
-class LossConfig:
-    """End-to-end distillation loss (objective kd): kl_weight*KL + ce_weight*CE + hidden_weight*MSE."""
+class LossWeights:
+    """The weighted distillation loss every trainer shares: kl_weight * KL(T) + ce_weight * CE on
+    the labels + hidden_weight * the MSE of every block output. ``LossConfig`` (distill's kd
+    stages) and ``compress.config.CompressLoss`` are this with their own defaults and fields."""
 
-    kind: str = "forward"
-    """KL direction: forward = KL(teacher || student), reverse = KL(student || teacher)."""
     temperature: float = 1.0
     kl_weight: float = 1.0
     ce_weight: float = 0.0
     hidden_weight: float = 0.0
     """Weight of the MSE between student and teacher hidden states (every block output)."""
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError("loss.temperature must be > 0")
+        if min(self.kl_weight, self.ce_weight, self.hidden_weight) < 0:
+            raise ConfigError("loss weights must be >= 0")
+
+
+@dataclass
+class LossConfig(LossWeights):
+    """End-to-end distillation loss (objective kd): kl_weight*KL + ce_weight*CE + hidden_weight*MSE."""
+
+    kind: str = "forward"
+    """KL direction: forward = KL(teacher || student), reverse = KL(student || teacher)."""
     chunk_size: int = 1024
     """Positions per chunk of the logit losses (objectives kd and lm): each chunk is projected
     through the LM heads, reduced and dropped (backward recomputes it), so no (B, T, V) logits are
@@ -110,8 +124,7 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("forward", "reverse"):
             raise ConfigError(f"loss.kind must be forward or reverse, got {self.kind!r}")
-        if self.temperature <= 0:
-            raise ConfigError("loss.temperature must be > 0")
+        super().__post_init__()
 
 
 @dataclass
