@@ -1,4 +1,4 @@
-"""thinkfast demo: the whole study on one CPU (see thinkfast.demo)."""
+"""``thinkfast demo``: the whole study on one CPU (``thinkfast.demo.run_demo``; docs/demo-study.md)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retrain-teacher", action="store_true",
                    help="train the teacher with thinkfast's own recipe instead of loading the shipped one")
     add_threads(p, default=1,
-                help="PyTorch threads (default 1: at the demo's model size one thread distilled the "
-                     "students 1.75x faster than two, whose OpenMP hand-offs cost more than they split)")
+                help="PyTorch threads (default 1: at the demo's model size one thread distils faster than "
+                     "two, see docs/demo-study.md)")
     p.add_argument("--jobs", type=positive_int, default=None,
                    help="processes for the stages that time nothing (the students, the ORM, scoring), run "
                         "side by side (default: one per core, each with --threads threads, at most 2; 1 runs "
