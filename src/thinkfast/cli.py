@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("thinkfast.commands.sample", "sample n completions per problem of a task to JSONL"),
     "grade": ("thinkfast.commands.grade", "grade completions against gold answers"),
     "score": ("thinkfast.commands.score", "add reward-model scores to a samples file"),
+    "merge": ("thinkfast.commands.merge", "merge the shard files of a sharded sample / grade / score run"),
     "train-rm": ("thinkfast.commands.train_rm", "train an outcome reward model on graded samples"),
     "evaluate": ("thinkfast.commands.evaluate", "metrics, budgets and the Pareto front to JSON"),
     "report": ("thinkfast.commands.report", "Markdown report with plots from evaluated runs"),

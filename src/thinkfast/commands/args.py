@@ -173,13 +173,14 @@ def _shard_index(text: str) -> str:
     return text
 
 
-def add_shard_arguments(parser: argparse.ArgumentParser, what: str = "problems") -> None:
+def add_shard_arguments(parser: argparse.ArgumentParser, in_blocks: bool = False) -> None:
     """``--shard I --num-shards N`` (or ``--shard auto``: torchrun's RANK of WORLD_SIZE, the
     default under torchrun); see ``thinkfast.eval.shards``."""
+    dealt = "blocks of --batch-problems problems" if in_blocks else "problems"
     parser.add_argument("--shard", type=_shard_index, default=None, metavar="I|auto",
-                        help=f"process only shard I of --num-shards: the {what} at positions p with p %% N == I "
-                             "(merge the shards with `thinkfast merge`); auto = torchrun's RANK of WORLD_SIZE, "
-                             "the default under torchrun")
+                        help=f"process only shard I of --num-shards N: the {dealt} in order, dealt round-robin "
+                             "(the k-th to shard k %% N); merge the shard files with `thinkfast merge`. auto = "
+                             "torchrun's RANK of WORLD_SIZE, the default under torchrun")
     parser.add_argument("--num-shards", type=positive_int, default=None, metavar="N",
                         help="how many shards the run is split into (with --shard I)")
 

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model dtype (default: thinkfast fp32; hf / vllm the checkpoint's)")
     parser.add_argument("--device", default=None,
                         help="default: cuda when available (under torchrun each rank its own GPU), else cpu")
-    add_shard_arguments(parser)
+    add_shard_arguments(parser, in_blocks=True)
     add_threads(parser)
     v = parser.add_argument_group("vLLM (--backend vllm; passed to vllm.LLM)")
     v.add_argument("--tensor-parallel-size", type=positive_int, default=None, help="GPUs per model (vLLM's TP)")
@@ -121,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     if spec is None:
         refuse_shard_file(out, "sample")
     else:
+        spec = spec.with_block(args.batch_problems)  # a shard's engine calls are the unsharded run's
         claim_output(out, make_manifest("sample", spec, {"settings": settings.to_dict()},
                                         [(ex.id, args.n) for ex in everything]))
         examples = [everything[p] for p in spec.positions(len(everything))]

@@ -375,9 +375,12 @@ class ProcessRewardModel:
         return [aggregate_steps(self.step_scores(q, c), self.aggregate) for q, c in zip(questions, completions)]
 
 
-def load_scorer(path: str, kind: str = "auto", aggregate: str = "min", device: str = "cpu",
+def load_scorer(path: str, kind: str = "auto", aggregate: str = "min", device: str = "auto",
                 backbone_kind: str = "thinkfast") -> Scorer:
-    """An ORM directory (has orm.json) or any causal LM used as an RLHFlow-style PRM."""
+    """An ORM directory (has orm.json) or any causal LM used as an RLHFlow-style PRM, on
+    ``device`` (auto: cuda when available, else cpu)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "auto":
         kind = "orm" if (Path(path) / "orm.json").exists() else "prm"
     if kind == "orm":
@@ -406,7 +409,10 @@ def score_rows(scorer: Scorer, rows: Sequence[dict[str, Any]], key: str = "rewar
                 out.append({**r, key: aggregate_steps(steps, scorer.aggregate), f"{key}_steps": steps,
                             f"{key}_error": err})
         else:
-            scores = scorer.score([r["question"] for r in batch], [r["completion"] for r in batch])
+            qs, cs = [r["question"] for r in batch], [r["completion"] for r in batch]
+            # the ORM batches within score() too: let it take the whole batch at once
+            scores = scorer.score(qs, cs, batch_size=batch_size) if isinstance(scorer, OutcomeRewardModel) \
+                else scorer.score(qs, cs)
             out += [{**r, key: s} for r, s in zip(batch, scores)]
         log(f"{len(out)}/{len(rows)} scored")
     return out, failed

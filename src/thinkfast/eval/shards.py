@@ -1,9 +1,13 @@
 """Splitting a run over many workers, and putting the pieces back together.
 
-Assignment: the problem at position ``p`` of the run (the task's problem order for ``sample``;
-the order in which problems first appear in the input for ``grade`` and ``score``) belongs to
-shard ``p % num_shards``. Round-robin rather than contiguous blocks, so a task whose problems are
-ordered by difficulty or length (MATH-500 by subject and level) gives every shard a similar load.
+Assignment: problems are dealt round-robin in blocks of ``block`` consecutive problems (the
+task's problem order for ``sample``; the order in which problems first appear in the input for
+``grade`` and ``score``): the problem at position ``p`` belongs to shard ``(p // block) %
+num_shards``. ``sample`` uses its ``--batch-problems`` as the block, so every engine call of a
+shard holds exactly the problems of one call of the unsharded run, and the engine's numbers
+(log-probabilities, not only the tokens) come out the same; ``grade`` and ``score`` use 1.
+Round-robin rather than contiguous ranges, so a task whose problems are ordered by difficulty
+or length (MATH-500 by subject and level) gives every shard a similar load.
 
 A shard writes its rows, exactly as the unsharded run would write them for its problems (same
 seeds, same fields), to its own file, plus a manifest beside it (``FILE.shard.json``, see
@@ -30,8 +34,11 @@ from ..runtime import UserError
 from .io import iter_jsonl, read_json, write_json_atomic, write_jsonl_atomic
 
 MANIFEST_FORMAT = "thinkfast-shard"
-ASSIGNMENT = "position % num_shards"
-"""How problems are dealt to shards; recorded in every manifest."""
+
+
+def assignment(block: int) -> str:
+    """How problems are dealt to shards, as recorded in every manifest."""
+    return f"(position // {int(block)}) % num_shards"
 
 
 @dataclass(frozen=True)
@@ -40,12 +47,17 @@ class ShardSpec:
     count: int
     auto: bool = False
     """Taken from torchrun's environment (the output file name then says which shard it is)."""
+    block: int = 1
+    """Consecutive problems dealt to one shard together (see the module doc)."""
 
     def owns(self, position: int) -> bool:
-        return position % self.count == self.index
+        return (position // self.block) % self.count == self.index
 
     def positions(self, total: int) -> list[int]:
-        return list(range(self.index, total, self.count))
+        return [p for p in range(total) if self.owns(p)]
+
+    def with_block(self, block: int) -> "ShardSpec":
+        return ShardSpec(self.index, self.count, self.auto, max(1, int(block)))
 
     def __str__(self) -> str:
         return f"shard {self.index} of {self.count}"
@@ -216,7 +228,8 @@ def make_manifest(command: str, spec: ShardSpec, identity: dict[str, Any],
                   problems: Iterable[tuple[str, int]]) -> dict[str, Any]:
     """``problems``: (problem id, rows it should have) for every problem of the whole run."""
     return {"format": MANIFEST_FORMAT, "command": command, "shard": spec.index, "num_shards": spec.count,
-            "assignment": ASSIGNMENT, "identity": identity, "problems": [[str(p), int(n)] for p, n in problems]}
+            "block": spec.block, "assignment": assignment(spec.block), "identity": identity,
+            "problems": [[str(p), int(n)] for p, n in problems]}
 
 
 def _describe(m: dict[str, Any]) -> str:
@@ -229,7 +242,7 @@ def claim_output(out: str | os.PathLike, manifest: dict[str, Any]) -> None:
     mpath = manifest_path(out)
     if mpath.exists():
         old = read_json(mpath)
-        keys = ("format", "command", "shard", "num_shards", "assignment", "identity", "problems")
+        keys = ("format", "command", "shard", "num_shards", "block", "identity", "problems")
         if not isinstance(old, dict) or any(old.get(k) != manifest[k] for k in keys):
             what = next((k for k in keys if not isinstance(old, dict) or old.get(k) != manifest[k]), "format")
             raise UserError(f"{out} belongs to another run: its manifest {mpath} says "
@@ -285,7 +298,8 @@ def _read_manifest(path: str) -> dict[str, Any]:
     m = read_json(mpath)
     if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
         raise UserError(f"{mpath}: not a thinkfast shard manifest")
-    for k, t in (("command", str), ("shard", int), ("num_shards", int), ("problems", list), ("identity", dict)):
+    for k, t in (("command", str), ("shard", int), ("num_shards", int), ("block", int), ("problems", list),
+                 ("identity", dict)):
         if not isinstance(m.get(k), t):
             raise UserError(f"{mpath}: {k!r} is missing or not a {t.__name__}")
     return m
@@ -313,7 +327,7 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike,
     manifests = [_read_manifest(p) for p in paths]
     ref, ref_path = manifests[0], paths[0]
     for p, m in zip(paths[1:], manifests[1:]):
-        for k in ("command", "num_shards", "assignment", "identity", "problems"):
+        for k in ("command", "num_shards", "block", "identity", "problems"):
             if m.get(k) != ref.get(k):
                 if k == "identity":
                     detail = "; ".join(_differences(ref[k], m[k])[:3])
@@ -323,7 +337,7 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike,
                 else:
                     detail = f"{ref.get(k)!r} vs {m.get(k)!r}"
                 raise UserError(f"{p} is not a shard of the same run as {ref_path}: they differ in {k} ({detail})")
-    count = ref["num_shards"]
+    count, block = ref["num_shards"], max(1, ref["block"])
     by_index: dict[int, str] = {}
     for p, m in zip(paths, manifests):
         i = m["shard"]
@@ -351,14 +365,14 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike,
     for i in range(count):
         p = by_index[i]
         last = None
-        for lineno, row in iter_jsonl(p):
+        for lineno, row in iter_jsonl(p, allow_truncated_tail=True):  # a cut last line: unfinished, below
             pid = row.get("problem_id")
             pid = None if pid is None else str(pid)
             if pid not in position:
                 raise UserError(f"{p}:{lineno}: problem {pid!r} is not one of the run's problems")
-            if position[pid] % count != i:
-                raise UserError(f"{p}:{lineno}: problem {pid!r} belongs to shard {position[pid] % count}, "
-                                f"not {i}: the shards overlap")
+            belongs = (position[pid] // block) % count
+            if belongs != i:
+                raise UserError(f"{p}:{lineno}: problem {pid!r} belongs to shard {belongs}, not {i}: the shards overlap")
             if pid in owner and owner[pid] != p:
                 raise UserError(f"{p}:{lineno}: problem {pid!r} is also in {owner[pid]}: the shards overlap")
             if pid in rows_of and last != pid:
@@ -382,7 +396,8 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike,
                 if str(e.get("problem_id")) in position:
                     failed[str(e.get("problem_id"))] = e
         unfinished = []
-        for pos in range(i, len(problems), count):
+        mine = ShardSpec(i, count, block=block).positions(len(problems))
+        for pos in mine:
             pid, want = problems[pos]
             got = rows_of.get(pid, [])
             if not got and pid in failed:
@@ -394,7 +409,7 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike,
                 unfinished.append(f"{pid!r} has {len(got)} of {want} rows")
         if unfinished:
             raise UserError(f"{p} (shard {i} of {count}) is incomplete: {len(unfinished)} of its "
-                            f"{len(range(i, len(problems), count))} problems are unfinished (first: {unfinished[0]}); "
+                            f"{len(mine)} problems are unfinished (first: {unfinished[0]}); "
                             f"re-run its command with the same arguments to finish it (it resumes)")
     merged = [r for pid, _ in problems for r in rows_of.get(pid, [])]
     write_jsonl_atomic(out, merged)
