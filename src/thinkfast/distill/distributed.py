@@ -219,8 +219,12 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path) -> No
 
     msd, osd = get_state_dict(model, optimizer)  # the target layout (allocates the optimizer state)
     state = {"model": msd, "optim": osd}
-    with _single_process_quiet():
-        dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    try:
+        with _single_process_quiet():
+            dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    except dcp.CheckpointException as e:  # a BaseException: re-raised as an ordinary error
+        causes = [f"rank {r}: {type(err[0]).__name__}: {err[0]}" for r, err in sorted(e.failures.items())]
+        raise RuntimeError("; ".join(causes)[:2000] or str(e)[:2000]) from None
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 
