@@ -294,3 +294,35 @@ def test_a_recipe_trains_and_resumes_exactly_from_a_store(tmp_path):
         assert losses("store", stage) == losses("jsonl", stage) == losses("resumed", stage)
     a, b = (load_file(str(tmp_path / r / "model/model.safetensors")) for r in ("store", "resumed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _rss_file() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) << 10
+    raise KeyError("RssFile")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc/self/status")
+def test_the_reader_unmaps_the_pages_it_read(tmp_path):
+    """Mapped pages count in the resident set: after ``map_budget`` bytes the reader drops them,
+    and what it reads afterwards is still the store's data."""
+    w = TokenStoreWriter(tmp_path / "s", np.uint16)
+    toks = np.random.default_rng(0).integers(0, 60000, size=16 << 20)
+    w.append(toks, np.ones(toks.size, np.uint8), np.full(16, 1 << 20))
+    w.finish({})
+    store = TokenStore(tmp_path / "s", map_budget=1 << 40)  # never released by itself
+    before = _rss_file()
+    assert np.array_equal(store.read(0, toks.size), toks)
+    assert _rss_file() - before > 24 << 20  # 32 MiB of tokens were mapped
+    store.release()
+    assert _rss_file() - before < 1 << 20
+    small = TokenStore(tmp_path / "s", map_budget=1 << 20)
+    same = [np.array_equal(small.read(a, a + (1 << 15)), toks[a:a + (1 << 15)]) for a in (0, 1 << 16)]
+    small.release()
+    before = _rss_file()
+    for a in range(1 << 17, toks.size, 1 << 16):  # 254 reads of 64 KiB: ~32 MiB mapped without a release
+        same.append(np.array_equal(small.read(a, a + (1 << 15)), toks[a:a + (1 << 15)]))
+    # the budget plus what the kernel maps around the last faults (64 KiB, or a large folio)
+    assert _rss_file() - before < 8 << 20
+    assert all(same)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 from dataclasses import dataclass
@@ -334,12 +335,24 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
+MAP_BUDGET = 128 << 20
+"""Bytes of store pages a reader keeps mapped before it unmaps them all (``release``)."""
+_FAULT_AROUND = 64 << 10  # what Linux maps around a page fault (fault_around_bytes; more for a large folio)
+
+
 class TokenStore:
     """A store opened for reading: every file mapped with ``np.memmap`` (nothing is read until a
-    range is asked for). ``offsets`` (N+1,) int64 and ``loss_cum`` (N+1,) int64 are maps too."""
+    range is asked for). ``offsets`` (N+1,) int64 and ``loss_cum`` (N+1,) int64 are maps too.
 
-    def __init__(self, directory: str | os.PathLike):
+    The pages a mapping has touched count in the process's resident set until they are unmapped
+    (the kernel even maps 64 KiB around each fault). So that a long run does not end up with the
+    whole store resident, the reader drops its mapped pages (``madvise(MADV_DONTNEED)``: they stay
+    in the page cache, a later read maps them again) after every ``map_budget`` bytes it reads.
+    """
+
+    def __init__(self, directory: str | os.PathLike, map_budget: int = MAP_BUDGET):
         self.dir = Path(directory)
+        self.map_budget, self._mapped = map_budget, 0
         m = self.manifest = read_manifest(self.dir)
         try:
             self.dtype = np.dtype(m["dtype"])
@@ -368,8 +381,23 @@ class TokenStore:
             raise DataError(f"{path} holds {size} bytes, {want} expected: the token store is truncated or corrupt")
         return np.memmap(path, dtype=dtype, mode="r", shape=(count,))
 
+    def release(self) -> None:
+        """Unmap every page the maps have touched (they stay valid: the next read maps them anew)."""
+        dontneed = getattr(mmap, "MADV_DONTNEED", None)
+        for arr in (self.offsets, self.loss_cum, *self._tokens, *self._mask):
+            mapping = getattr(arr, "_mmap", None)  # np.memmap's mmap object (absent: nothing to do)
+            if dontneed is not None and hasattr(mapping, "madvise"):
+                mapping.madvise(dontneed)
+        self._mapped = 0
+
+    def _touched(self, nbytes: int) -> None:
+        self._mapped += nbytes + 2 * _FAULT_AROUND
+        if self._mapped > self.map_budget:
+            self.release()
+
     def read(self, start: int, stop: int, mask: bool = False) -> np.ndarray:
         """A copy of stream[start:stop] (tokens in the store's dtype), or of the mask (uint8)."""
+        self._touched((stop - start) * (1 if mask else self.dtype.itemsize))
         maps, out = (self._mask if mask else self._tokens), []
         s = int(np.searchsorted(self._starts, start, side="right")) - 1
         while start < stop:
@@ -380,6 +408,11 @@ class TokenStore:
         if not out:
             return np.zeros(0, np.uint8 if mask else self.dtype)
         return np.array(out[0]) if len(out) == 1 else np.concatenate(out)
+
+    def span(self, e: int) -> tuple[int, int]:
+        """(start, stop) of example e in the stream."""
+        self._touched(16)
+        return int(self.offsets[e]), int(self.offsets[e + 1])
 
     def mask_at(self, positions: np.ndarray) -> np.ndarray:
         """mask[positions] for (K,) int64 stream positions (each < n_tokens), as (K,) uint8."""
@@ -452,6 +485,7 @@ class StoreBlocks:
             self.run_vstart = np.r_[0, np.cumsum(lengths)[:-1]].astype(np.int64)  # (R,) split-stream position
             self.n_stream = int(lengths.sum())
             self.n_blocks = -(-(self.n_stream - 1) // seq_len) if self.n_stream >= 2 else 0
+            store.release()  # the index pages just looked up
         else:
             self.n_blocks = len(examples)
 
@@ -482,9 +516,8 @@ class StoreBlocks:
         if self.packed:
             a = i * self.T
             return self._span(a, min(a + self.T + 1, self.n_stream))
-        e = int(self.examples.ids(np.array([i]))[0])
-        lo = int(self.store.offsets[e])
-        hi = min(int(self.store.offsets[e + 1]), lo + self.T + 1)
+        lo, hi = self.store.span(int(self.examples.ids(np.array([i]))[0]))
+        hi = min(hi, lo + self.T + 1)
         ids = self.store.read(lo, hi)
         mask = self.store.read(lo, hi, mask=True) if self.loss_on == "response" else np.ones(hi - lo, np.uint8)
         return ids, mask
@@ -523,6 +556,7 @@ class StoreBlocks:
                 return {"tokens": tokens, "loss_tokens": self.n_stream - 1, "truncated": 0}
             resp = int((s.loss_cum[self.run_stop] - s.loss_cum[self.run_first]).sum())
             first = int(s.mask_at(self.run_start[:1])[0])  # the stream's first token is never a target
+            s.release()
             return {"tokens": tokens, "loss_tokens": resp - first, "truncated": 0}
         tokens = loss = truncated = 0
         for c in range(0, len(self.examples), chunk):
@@ -540,6 +574,7 @@ class StoreBlocks:
             loss += int((resp[whole] - s.mask_at(start[whole])).sum())
             for lo in start[cut]:  # a cut example: the mask of its first T+1 tokens
                 loss += int(s.read(int(lo) + 1, int(lo) + self.T + 1, mask=True).sum())
+            s.release()
         return {"tokens": tokens, "loss_tokens": loss, "truncated": truncated}
 
     @property
