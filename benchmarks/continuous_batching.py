@@ -11,13 +11,14 @@ near uniform), capped by ``max_new_tokens``:
   ("MMMM", discrete mixers) of the same size; 256 rows decoded at once (the demo's 8 problems x
   32 samples), prompts of 42-78 tokens, up to 400 new tokens, mean chain ~250. The reference
   decodes 8 problems per call; continuous batching takes all problems in one call with 256 slots.
-* ``smollm2``: a SmolLM2-135M-shaped Transformer (30 layers, d_model 576, vocab 49,152), 8
-  problems x 4 samples, 16 rows at once (4 problems per reference call), prompts of 48-96
+* ``smollm2``: a SmolLM2-135M-shaped Transformer (30 layers, d_model 576, vocab 49,152),
+  6 problems x 4 samples, 8 rows at once (2 problems per reference call), prompts of 48-96
   tokens, up to 64 new tokens, mean chain ~30 (sized for a CPU).
 
 For each model: new tokens per second of wall time (prefill + decode, the whole call) and
-seconds per problem (wall / problems), reference and continuous, and their ratio; the two runs
-must give the same tokens (checked, reported as ``same_tokens``). Timings follow a device sync.
+seconds per problem (wall / problems), reference and continuous, and their ratio; the decode
+forward passes each made and their mean rows (a count, free of timing noise); the two runs must
+give the same tokens (checked, reported as ``same_tokens``). Timings follow a device sync.
 """
 
 from __future__ import annotations
@@ -61,27 +62,51 @@ def _sync_clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def run_pair(model, prompts, n, max_new, mean_len, slots, temperature=1.0, seed=0) -> dict:
+class _StepCounter:
+    """Counts the model's decode forward passes (one token per row) and the rows in them."""
+
+    def __init__(self, model):
+        self.steps = self.rows = 0
+        self.handle = model.register_forward_pre_hook(self)
+
+    def __call__(self, module, args):
+        ids = args[0]
+        if ids.shape[1] == 1:
+            self.steps += 1
+            self.rows += ids.shape[0]
+
+
+def run_pair(model, prompts, n, max_new, mean_len, slots, temperature=1.0, seed=0, repeat=1) -> dict:
+    """Reference and continuous, in the order R C C R (repeated): each figure is the mean of its
+    runs, so a load that drifts during the run weighs on both alike."""
     model.eval()
     vocab = model.config.vocab_size
     base = dict(n=n, temperature=temperature, max_new_tokens=max_new, seed=seed, eos_token_ids=_eos(vocab, mean_len))
     per_batch = max(1, slots // n)
-    out = {}
-    toks = {}
-    for name, kw, bs in (("reference", {}, per_batch), ("continuous", dict(continuous=True, max_batch_rows=slots),
-                                                         None)):
+    modes = {"reference": ({}, per_batch), "continuous": (dict(continuous=True, max_batch_rows=slots), None)}
+    walls: dict = {k: [] for k in modes}
+    out, toks = {}, {}
+    for name in ["reference", "continuous", "continuous", "reference"] * repeat:
+        kw, bs = modes[name]
+        counter = _StepCounter(model)
         t0 = _sync_clock(model.device)
         outs = generate(model, prompts, SamplingParams(**base, **kw), batch_size=bs)
         wall = _sync_clock(model.device) - t0
+        counter.handle.remove()
+        walls[name].append(wall)
         new = sum(len(s.token_ids) for o in outs for s in o.samples)
-        timing_prefill = sum({id(o.timing): o.timing["prefill_s"] for o in outs}.values()) if name == "continuous" \
-            else sum(o.timing["prefill_s"] / o.timing["batch_prompts"] for o in outs)
-        out[name] = dict(wall_s=wall, new_tokens=new, tokens_per_s=new / wall, seconds_per_problem=wall / len(prompts),
-                         prefill_s=timing_prefill)
+        calls = {id(o.timing): o.timing for o in outs}.values()
+        wall = sum(walls[name]) / len(walls[name])
+        out[name] = dict(wall_s=wall, walls_s=walls[name], new_tokens=new, tokens_per_s=new / wall,
+                         seconds_per_problem=wall / len(prompts),
+                         engine_prefill_s=sum(t["prefill_s"] for t in calls),
+                         engine_decode_s=sum(t["decode_s"] for t in calls),
+                         decode_steps=counter.steps, mean_rows_per_decode_step=counter.rows / max(1, counter.steps))
         toks[name] = [[s.token_ids for s in o.samples] for o in outs]
     lens = [len(t) for o in toks["reference"] for t in o]
     out["same_tokens"] = toks["reference"] == toks["continuous"]
     out["continuous_over_reference_tokens_per_s"] = out["continuous"]["tokens_per_s"] / out["reference"]["tokens_per_s"]
+    out["reference_over_continuous_decode_steps"] = out["reference"]["decode_steps"] / out["continuous"]["decode_steps"]
     out["chain_length"] = dict(mean=sum(lens) / len(lens), min=min(lens), max=max(lens))
     out["shape"] = dict(problems=len(prompts), n=n, slots=slots, reference_problems_per_call=per_batch,
                         max_new_tokens=max_new, prompt_tokens=[min(map(len, prompts)), max(map(len, prompts))])
@@ -92,9 +117,10 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workloads", default="demo,smollm2")
     ap.add_argument("--demo-problems", type=int, default=16, help="problems of 32 samples (8 per reference call)")
-    ap.add_argument("--smollm-problems", type=int, default=8)
+    ap.add_argument("--smollm-problems", type=int, default=6)
     ap.add_argument("--quick", action="store_true", help="a small run to check the script")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of R C C R")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -107,15 +133,18 @@ def main(argv=None) -> dict:
                 P, n, slots, max_new, mean = (4, 4, 8, 40, 20) if args.quick else (args.demo_problems, 32, 256, 400, 250)
                 plen = (42, 78)
             else:
-                P, n, slots, max_new, mean = (2, 2, 2, 8, 4) if args.quick else (args.smollm_problems, 4, 16, 64, 30)
+                P, n, slots, max_new, mean = (2, 2, 2, 8, 4) if args.quick else (args.smollm_problems, 4, 8, 64, 30)
                 plen = (48, 96)
             prompts = [[rng.randrange(V - 1) for _ in range(rng.randint(*plen))] for _ in range(P)]
-            r = run_pair(model, prompts, n, max_new, mean, slots)
+            r = run_pair(model, prompts, n, max_new, mean, slots, repeat=args.repeat)
             res[f"{wl}/{name}"] = r
             print(f"{wl}/{name}: reference {r['reference']['tokens_per_s']:.0f} tok/s "
                   f"{r['reference']['seconds_per_problem']:.3f} s/problem | continuous "
                   f"{r['continuous']['tokens_per_s']:.0f} tok/s {r['continuous']['seconds_per_problem']:.3f} s/problem"
-                  f" | ratio {r['continuous_over_reference_tokens_per_s']:.2f}x | same tokens {r['same_tokens']} | "
+                  f" | ratio {r['continuous_over_reference_tokens_per_s']:.2f}x | decode steps "
+                  f"{r['reference']['decode_steps']} / {r['continuous']['decode_steps']}, rows per step "
+                  f"{r['reference']['mean_rows_per_decode_step']:.0f} / {r['continuous']['mean_rows_per_decode_step']:.0f}"
+                  f" | same tokens {r['same_tokens']} | "
                   f"chains {r['chain_length']['min']}-{r['chain_length']['max']} mean "
                   f"{r['chain_length']['mean']:.0f}", flush=True)
     if args.json:

@@ -80,6 +80,10 @@ class SamplingParams:
     max_batch_rows: Optional[int] = None
     """Rows decoded at once with ``continuous``; default ``batch_size * n`` (``generate``'s
     ``batch_size``, itself all prompts by default), the reference path's rows per batch."""
+    shared_prompt: bool = False
+    """With ``continuous``: the n samples of a prompt read one copy of its attention KV cache (a
+    ``PromptTable`` entry) instead of n copies; each row keeps only its own tokens' KV. Same
+    attention to float rounding (tests/inference/test_shared_prompt.py); Mamba state stays per row."""
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -92,6 +96,8 @@ class SamplingParams:
             raise ValueError("top_k and max_new_tokens must be >= 0")
         if self.max_batch_rows is not None and self.max_batch_rows < 1:
             raise ValueError("max_batch_rows must be >= 1")
+        if self.shared_prompt and not self.continuous:
+            raise ValueError("shared_prompt needs continuous=True")
         self.stop = tuple(self.stop)
 
 
@@ -336,7 +342,12 @@ def _generate_continuous(model: LanguageModel, prompt_ids: list[list[int]], para
     R = P * n
     S = min(slots, R)
     t_start = _clock(device)
-    cache = model.allocate_cache(S, Lmax + max_new).to_slots()
+    shared = params.shared_prompt
+    cache = model.allocate_cache(S, max_new if shared else Lmax + max_new).to_slots()
+    if shared:
+        cache.share_prompts(n, Lmax, entries=-(-S // n) + 1)
+    entry: dict[int, int] = {}  # shared: prompt -> its PromptTable entry
+    live = [0] * P  # rows of each prompt in the slots
     pool = _PromptPool(model, prompt_ids)
     eos_ids = torch.tensor(sorted(eos), dtype=torch.long, device=device)
     logits: Optional[torch.Tensor] = None  # (S, V)
@@ -363,11 +374,19 @@ def _generate_continuous(model: LanguageModel, prompt_ids: list[list[int]], para
         by_cache: dict[int, tuple[Any, list[int], list[int]]] = {}
         for s_, r in zip(take, rows):
             c, b = pool.where[r // n]
-            by_cache.setdefault(id(c), (c, [], []))
+            by_cache.setdefault(id(c), (c, [], [], []))
             by_cache[id(c)][1].append(s_)
             by_cache[id(c)][2].append(b)
-        for c, dst, src in by_cache.values():
-            cache.load_rows(dst, c, src)
+            by_cache[id(c)][3].append(r)
+            i = r // n
+            live[i] += 1
+            if shared and i not in entry and cache.prompts is not None:
+                entry[i] = cache.prompts.load(c, b)
+        for c, dst, src, rs in by_cache.values():
+            if shared:
+                cache.load_rows_shared(dst, c, src, [entry.get(r // n, 0) for r in rs], [r % n for r in rs])
+            else:
+                cache.load_rows(dst, c, src)
         idx = torch.tensor(take, dtype=torch.long, device=device)
         new = torch.stack([pool.logits[r // n] for r in rows])  # (M, V)
         if logits is None:
@@ -403,8 +422,13 @@ def _generate_continuous(model: LanguageModel, prompt_ids: list[list[int]], para
             lens, why = steps[e].tolist(), reason[e].tolist()
             toks, lps = buf_tok[e].tolist(), buf_lp[e].tolist()
             for k, s_ in enumerate(ended):
-                results[slot_row[s_]] = (toks[k][: lens[k]], lps[k][: lens[k]], names[why[k]])
+                r = slot_row[s_]
+                results[r] = (toks[k][: lens[k]], lps[k][: lens[k]], names[why[k]])
                 slot_row[s_] = -1
+                live[r // n] -= 1
+                if live[r // n] == 0 and r // n in entry and next_row >= (r // n + 1) * n:
+                    cache.prompts.release(entry.pop(r // n))  # no row reads it, none will
+            cache.clear_prompt(ended)  # before a refill may reuse an entry
             active[e] = False
         n_open = sum(r >= 0 for r in slot_row)
         if n_open == 0 and next_row >= R:

@@ -33,6 +33,16 @@ class AttentionState:
         self.length = 0
         self.write_pos: Optional[torch.Tensor] = None
         """(B,) long: in a slotted cache, where each row's next token goes (set every step)."""
+        self.prompt: Optional[tuple["PromptTable", int]] = None
+        """With shared prompts: (the cache's PromptTable, this layer's index in it); ``k``/``v``
+        then hold only each row's own tokens (the suffix after its prompt)."""
+
+    def prompt_kv(self):
+        """Shared prompts: (k, v (Q, G, Lp, hd), mask (Q, Lp) bool, flat (B,) long, n), see
+        ``PromptTable``."""
+        table, li = self.prompt
+        L = table.length
+        return table.k[li][:, :, :L], table.v[li][:, :, :L], table.mask[:, :L], table.flat, table.n
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """k, v (B, G, T, hd) -> the cached k, v (B, G, S, hd) to attend over, these included."""
@@ -92,6 +102,65 @@ class MambaState:
 LayerState = Union[AttentionState, MambaState]
 
 
+class PromptTable:
+    """One copy of each prompt's KV cache, read by all the slotted rows sampling from it.
+
+    Per attention layer k, v (Q, G, Lmax, hd): Q entries, each a prefilled prompt's positions
+    (left padding included, ``mask`` (Q, Lmax) False there). Row b of the slotted cache reads
+    entry e and is sample j of it: ``pos[b] = e * n + j`` (-1: the row reads no prompt, it is
+    finished). ``flat`` (B,) is ``pos`` with -1 replaced by Q * n, a spare position, so that a
+    step's queries can be laid out (Q * n + 1, ...) with each entry's rows together.
+    """
+
+    def __init__(self, n_layers_attn: int, n: int, entries: int, max_len: int, n_kv_heads: int, head_dim: int,
+                 batch: int, dtype, device):
+        self.n, self.length = n, 0
+        shape = (entries, n_kv_heads, max_len, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers_attn)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers_attn)]
+        self.mask = torch.zeros(entries, max_len, dtype=torch.bool, device=device)
+        self.pos = torch.full((batch,), -1, dtype=torch.long, device=device)
+        self.flat = self.pos.clone()
+        self.free = list(range(entries))
+
+    @property
+    def entries(self) -> int:
+        return self.mask.shape[0]
+
+    def grow(self) -> None:
+        """Double the entries (a reallocation; existing entries keep their index)."""
+        Q = self.entries
+        self.k = [torch.cat([t, torch.zeros_like(t)]) for t in self.k]
+        self.v = [torch.cat([t, torch.zeros_like(t)]) for t in self.v]
+        self.mask = torch.cat([self.mask, torch.zeros_like(self.mask)])
+        self.free += list(range(Q, 2 * Q))
+
+    def load(self, src: "InferenceCache", src_row: int) -> int:
+        """Copy row ``src_row`` of the plain (prefill) cache ``src`` into a free entry; its index."""
+        if not self.free:
+            self.grow()
+        e = self.free.pop(0)
+        L = src.length
+        if L > self.mask.shape[1]:
+            raise ValueError(f"a {L}-position prompt does not fit the table's {self.mask.shape[1]}")
+        attn = [st for st in src.layers if isinstance(st, AttentionState)]
+        for li, st in enumerate(attn):
+            self.k[li][e, :, :L] = st.k[src_row, :, :L]
+            self.v[li][e, :, :L] = st.v[src_row, :, :L]
+        self.mask[e] = False
+        self.mask[e, :L] = src.key_mask[src_row, :L]
+        self.length = max(self.length, L)
+        return e
+
+    def release(self, e: int) -> None:
+        """Entry ``e`` is read by no row any more."""
+        self.mask[e] = False
+        self.free.append(e)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+
 @dataclass
 class InferenceCache:
     layers: list[LayerState]
@@ -107,6 +176,8 @@ class InferenceCache:
     """(B,) long, slotted caches only (None for a plain one): positions each row has used."""
     host_len: Optional[torch.Tensor] = None
     """``row_len`` on the CPU, so that ``length`` (their max) needs no device sync."""
+    prompts: Optional[PromptTable] = None
+    """Slotted caches with shared prompts (``share_prompts``): the prompts' one KV copy."""
 
     @property
     def slotted(self) -> bool:
@@ -121,6 +192,48 @@ class InferenceCache:
         self.host_len = torch.zeros(B, dtype=torch.long)
         self.padded = True
         return self
+
+    def share_prompts(self, n: int, max_prompt_len: int, entries: int) -> "InferenceCache":
+        """Shared prompt state for an empty slotted cache: attention rows will keep only their own
+        tokens, and read their prompt's KV from one ``PromptTable`` entry (``set_prompt``); Mamba
+        states stay per row. In place; returns self."""
+        if not self.slotted or self.length:
+            raise ValueError("share_prompts needs an empty slotted cache")
+        attn = [st for st in self.layers if isinstance(st, AttentionState)]
+        if attn:
+            G, hd = attn[0].k.shape[1], attn[0].k.shape[3]
+            self.prompts = PromptTable(len(attn), n, max(1, entries), max_prompt_len, G, hd, self.batch_size,
+                                       attn[0].k.dtype, attn[0].k.device)
+            for li, st in enumerate(attn):
+                st.prompt = (self.prompts, li)
+        return self
+
+    def load_rows_shared(self, dst: Sequence[int], src: "InferenceCache", src_rows: Sequence[int],
+                         entries: Sequence[int], samples: Sequence[int]) -> None:
+        """Slotted rows ``dst`` start sampling from rows ``src_rows`` of the prefill cache ``src``,
+        whose KV is already in prompt-table ``entries`` (``PromptTable.load``), as sample
+        ``samples`` of each: Mamba states and positions copied, the rows' own tokens emptied."""
+        if self.prompts is None and any(isinstance(st, AttentionState) for st in self.layers):
+            raise ValueError("load_rows_shared needs share_prompts first")
+        dev = self.key_mask.device
+        d = torch.as_tensor(list(dst), dtype=torch.long, device=dev)
+        r = torch.as_tensor(list(src_rows), dtype=torch.long, device=src.key_mask.device)
+        for mine, theirs in zip(self.layers, src.layers):
+            if isinstance(mine, MambaState):
+                mine.load_rows(d, theirs, r)
+        self.key_mask[d] = False
+        self.next_pos[d] = src.next_pos[r].to(dev)
+        self.row_len[d] = 0
+        self.host_len[d.cpu()] = 0
+        self.length = min(self.capacity, int(self.host_len.max()))
+        if self.prompts is not None:
+            self.prompts.pos[d] = torch.as_tensor([e * self.prompts.n + j for e, j in zip(entries, samples)],
+                                                  dtype=torch.long, device=dev)
+
+    def clear_prompt(self, rows: Sequence[int]) -> None:
+        """Rows ``rows`` have finished: they read no prompt entry any more (one may be reused)."""
+        if self.prompts is not None and len(rows):
+            self.prompts.pos[torch.as_tensor(list(rows), dtype=torch.long, device=self.key_mask.device)] = -1
 
     def load_rows(self, dst: Sequence[int], src: "InferenceCache", src_rows: Sequence[int]) -> None:
         """Slotted rows ``dst`` take over rows ``src_rows`` of the plain cache ``src`` (a prefill):
@@ -156,6 +269,9 @@ class InferenceCache:
         for st in self.layers:
             if isinstance(st, AttentionState):
                 st.write_pos, st.length = pos, self.length
+        if self.prompts is not None:
+            t = self.prompts
+            t.flat = torch.where(t.pos < 0, t.entries * t.n, t.pos)
         rope = self.next_pos[:, None]
         self.next_pos = self.next_pos + 1
         return rope, self.key_mask[:, None, None, :self.length]
@@ -176,6 +292,8 @@ class InferenceCache:
             st.select(index)
         self.key_mask = self.key_mask.index_select(0, index)
         self.next_pos = self.next_pos.index_select(0, index)
+        if self.prompts is not None:
+            self.prompts.pos = self.prompts.pos.index_select(0, index)
         if self.slotted:
             self.row_len = self.row_len.index_select(0, index)
             self.host_len = self.host_len.index_select(0, index.cpu())
@@ -183,4 +301,5 @@ class InferenceCache:
         return self
 
     def nbytes(self) -> int:
-        return sum(st.nbytes() for st in self.layers)
+        """Bytes of state: every layer's, and the shared prompts' table when there is one."""
+        return sum(st.nbytes() for st in self.layers) + (self.prompts.nbytes() if self.prompts is not None else 0)

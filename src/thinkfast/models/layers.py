@@ -97,6 +97,55 @@ def grouped_decode_attention(q, k, v, mask: Optional[torch.Tensor]) -> torch.Ten
     return out.reshape(B, H, 1, hd)
 
 
+def _softmax_parts(scores: torch.Tensor, v: torch.Tensor):
+    """scores (..., S) fp32 (-inf = masked), v (..., S, hd) -> (max (..., 1), sum of exp (..., 1),
+    sum of exp * v (..., hd) fp32): one block's part of a softmax, for a log-sum-exp merge."""
+    m = scores.amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # an all-masked block adds nothing
+    e = torch.exp(scores - m)
+    return m, e.sum(-1, keepdim=True), torch.matmul(e.to(v.dtype), v).float()
+
+
+def shared_prompt_decode_attention(q, k_prompt, v_prompt, prompt_mask, flat, n: int, k, v,
+                                   mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """One query per row against its prompt's one shared KV copy plus its own tokens:
+    q (B, H, 1, hd); k_prompt, v_prompt (Q, G, Lp, hd) and prompt_mask (Q, Lp) bool, one entry
+    per prompt; flat (B,) long, row b is query n_b of entry e_b at ``e_b * n + n_b`` (Q * n: no
+    prompt); k, v (B, G, S, hd) each row's own tokens, mask (B, 1, 1, S) bool -> (B, H, 1, hd).
+
+    Each entry's queries meet its keys in one matmul (the prompt is read once per entry, not
+    once per row); the prompt part and the own-tokens part are merged by log-sum-exp. The same
+    attention as over the concatenated keys, to float rounding."""
+    B, H, _, hd = q.shape
+    Q, G, Lp, _ = k_prompt.shape
+    rep = H // G
+    scale = hd**-0.5
+    qr = q.reshape(B, G, rep, hd)
+    # the prompt part, entry by entry: queries laid out (Q * n + 1, G, rep, hd), the last a spare
+    qf = q.new_zeros(Q * n + 1, G, rep, hd).index_copy_(0, flat, qr)
+    qg = qf[: Q * n].view(Q, n, G, rep, hd).permute(0, 2, 1, 3, 4).reshape(Q, G, n * rep, hd)
+    sp = torch.matmul(qg, k_prompt.transpose(-1, -2)).float() * scale  # (Q, G, n*rep, Lp)
+    sp = sp.masked_fill(~prompt_mask[:, None, None, :], float("-inf"))
+    mp, lp, op = _softmax_parts(sp, v_prompt)  # (Q, G, n*rep, 1|1|hd)
+
+    def to_rows(x: torch.Tensor, spare: float) -> torch.Tensor:  # (Q, G, n*rep, c) -> (B, G, rep, c)
+        c = x.shape[-1]
+        x = x.view(Q, G, n, rep, c).permute(0, 2, 1, 3, 4).reshape(Q * n, G, rep, c)
+        x = torch.cat([x, x.new_full((1, G, rep, c), spare)])
+        return x.index_select(0, flat)
+
+    mp, lp, op = to_rows(mp, float("-inf")), to_rows(lp, 0.0), to_rows(op, 0.0)
+    # the row's own tokens
+    ss = torch.matmul(qr, k.transpose(-1, -2)).float() * scale  # (B, G, rep, S)
+    if mask is not None:
+        ss = ss.masked_fill(~mask, float("-inf"))  # (B, 1, 1, S) broadcasts over G, rep
+    ms, ls, os_ = _softmax_parts(ss, v)
+    m = torch.maximum(mp, ms)
+    ap, as_ = torch.exp(mp - m), torch.exp(ms - m)
+    out = (op * ap + os_ * as_) / (lp * ap + ls * as_)
+    return out.to(v.dtype).reshape(B, H, 1, hd)
+
+
 def sdpa_gqa(q, k, v, mask: Optional[torch.Tensor], causal: bool) -> torch.Tensor:
     """SDPA for q (B, H, T, hd) against k, v (B, G, S, hd); H a multiple of G.
 
@@ -144,7 +193,10 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x, ctx.cos, ctx.sin)
         if state is not None:
             k, v = state.append(k, v)  # (B, G, S, hd)
-        y = sdpa_gqa(q, k, v, mask, causal=mask is None and T > 1)
+        if state is not None and state.prompt is not None:  # shared prompt KV (a slotted cache)
+            y = shared_prompt_decode_attention(q, *state.prompt_kv(), k, v, mask)
+        else:
+            y = sdpa_gqa(q, k, v, mask, causal=mask is None and T > 1)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*hd)
         return self.o_proj(y)
 
