@@ -241,6 +241,7 @@ def test_mixer_kernel_wiring_with_stand_in_kernels(kind, monkeypatch):
     monkeypatch.setenv(BACKEND_ENV, "reference")
     want = _mixer_run(m, u)
     monkeypatch.setattr(ssd, "_used", {"scan": [], "conv": []})  # keep the stand-ins out of backends_used()
+    monkeypatch.setattr(ssd, "_logged", set())
     monkeypatch.setitem(ssd._kernels, "mamba_ssm", _stand_in_scan)
     monkeypatch.setitem(ssd._kernels, "causal_conv1d", _stand_in_conv)
     monkeypatch.setattr(ssd, "scan_backend", lambda device, backend=None: "mamba_ssm")
@@ -288,14 +289,15 @@ def test_missing_kernel_falls_back_and_says_why(fresh_imports, monkeypatch, capl
     # the log: once per process per backend, with the reason
     monkeypatch.delenv(BACKEND_ENV)
     monkeypatch.setattr(ssd, "_used", {"scan": [], "conv": []})
+    monkeypatch.setattr(ssd, "_logged", set())
     x, a, B, C, _ = _inputs(L=9)
     with caplog.at_level(logging.INFO, logger="thinkfast.models.ssd"):
         discrete_chunk_scan(x, -F.softplus(a), B, C, 8)
         discrete_chunk_scan(x, -F.softplus(a), B, C, 8)
         chunk_scan(x, F.softplus(a), -torch.ones(3), B, C, 8, backend="reference")
     msgs = [r.getMessage() for r in caplog.records]
-    assert msgs == ["thinkfast scan backend: torch (cpu tensors; mamba_ssm is CUDA-only)",
-                    "thinkfast scan backend: reference (forced by argument=reference)"]
+    assert msgs == ["Mamba scan backend: torch (cpu tensors; mamba_ssm is CUDA-only)",
+                    "Mamba scan backend: reference (forced by argument=reference)"]
     assert backends_used()["scan"] == ("torch", "reference")
 
 

@@ -171,6 +171,7 @@ _MISSING = object()
 _kernels: dict[str, object] = {}  # name -> function, or _MISSING once an ImportError was seen
 _import_errors: dict[str, str] = {}
 _used: dict[str, list[str]] = {"scan": [], "conv": []}
+_logged: set[tuple[str, str, str]] = set()
 
 
 def _load(name: str) -> Optional[Callable]:
@@ -206,9 +207,13 @@ def _why_not(name: str, device: torch.device) -> str:
 
 
 def _note(kind: str, name: str, why: str) -> None:
+    """Record that ``name`` ran; log it once per process for each reason (a CPU run's "torch"
+    does not hide a later CUDA run's "torch" because mamba_ssm failed to import)."""
     if name not in _used[kind]:
         _used[kind].append(name)
-        log.info("thinkfast %s backend: %s (%s)", kind, name, why)
+    if (kind, name, why) not in _logged:
+        _logged.add((kind, name, why))
+        log.info("Mamba %s backend: %s (%s)", kind, name, why)
 
 
 def scan_backend(device: Union[str, torch.device] = "cpu", backend: Optional[str] = None) -> str:
