@@ -223,11 +223,12 @@ on; the Mamba SSM state in float32, as thinkfast's engine keeps it (``models.cac
 _PROBE_SALT = "thinkfast-prefill-probe"
 
 
-def vllm_engine_kwargs(path: str, dtype: Optional[str] = None, seed: int = 0,
+def vllm_engine_kwargs(path: str, dtype: Optional[str] = None, seed: Optional[int] = 0,
                        **engine_kwargs: Any) -> dict[str, Any]:
     """The ``vllm.LLM`` keyword arguments ``load_vllm`` uses: model, tokenizer, dtype and seed,
     ``VLLM_DEFAULTS``, then ``engine_kwargs`` (which win)."""
-    kw: dict[str, Any] = dict(model=str(path), tokenizer=str(path), dtype=dtype or "auto", seed=int(seed))
+    kw: dict[str, Any] = dict(model=str(path), tokenizer=str(path), dtype=dtype or "auto",
+                              seed=None if seed is None else int(seed))
     kw.update(VLLM_DEFAULTS)
     kw.update(engine_kwargs)
     return kw
@@ -404,7 +405,9 @@ def open_backend(name: str, model_path: str, device: Optional[str] = None, dtype
     user_kw = dict(vllm_kwargs or {})
     if user_kw.get("max_model_len") is not None:  # vLLM refuses longer requests; our checks must agree
         ctx = int(user_kw["max_model_len"]) if ctx is None else min(ctx, int(user_kw["max_model_len"]))
-    llm = LazyLLM(vllm_engine_kwargs(model_path, dtype=dtype, seed=seed, **user_kw), fixed_seed="seed" in user_kw)
+    fixed_seed = "seed" in user_kw  # the user's engine seed is kept as given
+    seed = user_kw.pop("seed") if fixed_seed else seed
+    llm = LazyLLM(vllm_engine_kwargs(model_path, dtype=dtype, seed=seed, **user_kw), fixed_seed=fixed_seed)
     return Backend(name, tok, ctx, device or "cuda",
                    lambda settings, stop: vllm_generate_fn(llm, tok, settings, stop, context_len=ctx))
 
