@@ -1,12 +1,12 @@
 """Run under torchrun (gloo, CPU) by test_dcp.py: tiny trainer runs under DDP and FSDP2.
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 dist_worker.py OUT DATA
+    python -m torch.distributed.run --standalone --nproc_per_node 2 dist_worker.py OUT DATA MODE...
 
-For each mode (ddp, fsdp), with activation checkpointing on:
+For each MODE (ddp, fsdp), with activation checkpointing on:
   OUT/<mode>/full      4 steps uninterrupted (a checkpoint at step 2 and at the end)
   OUT/<mode>/resumed   stopped after 3 steps (latest checkpoint: step 2), then the same run again
   OUT/<mode>/stopped   a copy of the stopped directory, for the test to resume on 1 process
-and OUT/mp.json: what FSDP2 with train.bf16 computes in (parameter dtypes seen during forward,
+and, with fsdp, OUT/mp.json: what FSDP2 with train.bf16 computes in (parameter dtypes seen during forward,
 the optimizer's parameter dtypes, the gradient reduction dtype).
 """
 
@@ -60,10 +60,10 @@ def mixed_precision(data, env, bf16: bool) -> dict:
             "sharded": type(next(blk.parameters())).__name__}
 
 
-def main(out: Path, data_path: str) -> None:
+def main(out: Path, data_path: str, modes: list[str]) -> None:
     env = D.init_distributed("cpu")
     data = load_data(DataConfig(train=data_path, seq_len=16, eval_fraction=0.1))
-    for mode in ("ddp", "fsdp"):
+    for mode in modes:
         trainer(out / mode / "full", data, env, distributed=mode).fit()
         assert trainer(out / mode / "resumed", data, env, distributed=mode, stop_after=3).fit()["interrupted"]
         D.barrier(env)
@@ -71,11 +71,12 @@ def main(out: Path, data_path: str) -> None:
             shutil.copytree(out / mode / "resumed", out / mode / "stopped")
         D.barrier(env)
         trainer(out / mode / "resumed", data, env, distributed=mode).fit()
-    report = {"bf16": mixed_precision(data, env, True), "fp32": mixed_precision(data, env, False)}
-    if env.is_main:
-        (out / "mp.json").write_text(json.dumps(report))
+    if "fsdp" in modes:
+        report = {"bf16": mixed_precision(data, env, True), "fp32": mixed_precision(data, env, False)}
+        if env.is_main:
+            (out / "mp.json").write_text(json.dumps(report))
     D.barrier(env)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2])
+    main(Path(sys.argv[1]), sys.argv[2], sys.argv[3:])
