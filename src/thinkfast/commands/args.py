@@ -14,6 +14,8 @@ Pairs:    key_value: "KEY=VALUE" -> (key, value), the value read as a bool, None
           JSON where it looks like one, else kept as text (``--vllm-arg``).
 Sharding: add_shard_arguments(parser) adds ``--shard`` / ``--num-shards``; shard_spec(args)
           reads them (and torchrun's ranks) into an ``eval.shards.ShardSpec`` or None.
+Configs:  add_dataclass_arguments(parser, Cls, fields) adds one flag per field of a config
+          dataclass (its default, type and attribute docstring); dataclass_from_args builds it back.
 """
 
 from __future__ import annotations
@@ -190,3 +192,89 @@ def shard_spec(args: argparse.Namespace, log: Callable[[str], None] = lambda s: 
     from ..eval.shards import resolve_shard
 
     return resolve_shard(getattr(args, "shard", None), getattr(args, "num_shards", None), log)
+
+
+# --- flags from a dataclass ----------------------------------------------------------------------
+
+def add_dataclass_arguments(parser: Any, cls: type, fields: list[str], types: Optional[dict[str, Any]] = None,
+                            defaults: Optional[dict[str, Any]] = None,
+                            help: Optional[dict[str, str]] = None) -> None:
+    """One ``--field-name`` flag per name in ``fields`` of dataclass ``cls``, so that a command's
+    flags and the config they fill cannot drift: the flag's default is the field's (``defaults``
+    overrides it, for a field without one or a command's own), its type the field's annotation
+    (``types`` overrides it with one of the bounded types above), and its help the field's
+    attribute docstring (the string literal under it; ``help`` gives one where there is none).
+    A bool field that defaults to False is a switch (``store_true``). ``parser`` may be a group."""
+    import dataclasses
+    import typing
+
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    docs = field_docstrings(cls)
+    for name in fields:
+        f = by_name[name]  # a KeyError names a field the class does not have
+        if defaults and name in defaults:
+            default = defaults[name]
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            raise TypeError(f"{cls.__name__}.{name} has no default: give one in defaults=")
+        text = (help or {}).get(name) or docs.get(name, "")
+        flag = "--" + name.replace("_", "-")
+        kind = _plain_type(hints[name])
+        if kind is bool and default is False and not (types and name in types):
+            parser.add_argument(flag, action="store_true", help=_help_text(text, None))
+            continue
+        parse = (types or {}).get(name) or kind
+        parser.add_argument(flag, type=parse, default=default, help=_help_text(text, default))
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace, fields: list[str], **given: Any) -> Any:
+    """``cls`` built from the parsed flags of ``fields`` (``add_dataclass_arguments``) and the
+    ``given`` values."""
+    return cls(**{name: getattr(args, name) for name in fields}, **given)
+
+
+def field_docstrings(cls: type) -> dict[str, str]:
+    """Field name -> its attribute docstring (the string literal right under ``name: type = ...``),
+    from the source of ``cls`` and of its dataclass bases (a subclass's own wins), each on one line."""
+    import ast
+    import inspect
+    import textwrap
+
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is object or not hasattr(klass, "__dataclass_fields__"):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):  # no source (e.g. made at run time): no docstrings
+            continue
+        body = tree.body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                    and isinstance(nxt.value.value, str)):
+                out[node.target.id] = " ".join(inspect.cleandoc(nxt.value.value).split())
+    return out
+
+
+def _plain_type(hint: Any) -> Any:
+    """``X`` of an annotation ``X`` or ``Optional[X]``; only the scalar types a flag can take."""
+    import typing
+
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    kind = args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint
+    if kind not in (int, float, str, bool):
+        raise TypeError(f"no flag for a field of type {hint!r}")
+    return kind
+
+
+def _help_text(text: str, default: Any) -> str:
+    """``text`` with the default said, escaped for argparse's %-formatting."""
+    said = text.rstrip(".")
+    if default is not None and default is not False:
+        said = f"{said} (default {default})" if said else f"default {default}"
+    return said.replace("%", "%%")

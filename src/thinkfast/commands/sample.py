@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from ..runtime import UserError
-from .args import (add_shard_arguments, add_threads, key_value, non_negative_float, non_negative_int, output_file,
-                   positive_int, probability, shard_spec)
+from ..eval.sampling import SampleSettings
+from .args import (add_dataclass_arguments, add_shard_arguments, add_threads, key_value, non_negative_float,
+                   non_negative_int, output_file, positive_int, probability, shard_spec)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,13 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="thinkfast model dir, or a HF Llama (dir / hub id / .gguf); for --backend hf / vllm "
                              "a transformers checkpoint (e.g. the output of thinkfast export)")
     parser.add_argument("--task", required=True, help="gsm8k, math500, synthetic")
-    parser.add_argument("--n", type=positive_int, default=64, help="samples per problem (default 64)")
     parser.add_argument("--out", required=True, type=output_file, help="samples JSONL; an existing file is resumed")
-    parser.add_argument("--temperature", type=non_negative_float, default=1.0)
-    parser.add_argument("--top-p", type=probability, default=1.0)
-    parser.add_argument("--top-k", type=non_negative_int, default=0, help="0 = off")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=512)
-    parser.add_argument("--seed", type=int, default=0)
+    add_dataclass_arguments(parser, SampleSettings, ["n", "temperature", "top_p", "top_k", "max_new_tokens", "seed"],
+                            types={"n": positive_int, "temperature": non_negative_float, "top_p": probability,
+                                   "top_k": non_negative_int, "max_new_tokens": positive_int},
+                            defaults={"n": 64}, help={"n": "samples per problem", "top_k": "0 = off"})
     parser.add_argument("--batch-problems", type=positive_int, default=1, help="problems per engine call (default 1)")
     parser.add_argument("--limit", type=positive_int, default=None, help="only the first N problems")
     parser.add_argument("--data", default=None, help="local JSONL (or a directory of them); default: HF datasets")
@@ -80,7 +79,7 @@ def vllm_kwargs(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from ..eval.budget import hardware_string
     from ..eval.io import write_jsonl_atomic
-    from ..eval.sampling import SampleSettings, encode_prompts, run_sampling
+    from ..eval.sampling import encode_prompts, run_sampling
     from ..eval.shards import claim_output, make_manifest, output_for, pin_visible_devices, rank_device, \
         refuse_shard_file
     from ..eval.tasks.base import task_by_name

@@ -6,7 +6,12 @@ import argparse
 import sys
 
 from ..runtime import UserError
-from .args import add_threads, existing_file, non_negative_int, output_dir, positive_float, positive_int
+from ..eval.rewards import TrainRMConfig
+from .args import (add_dataclass_arguments, add_threads, dataclass_from_args, existing_file, non_negative_int,
+                   output_dir, positive_float, positive_int)
+
+SETTINGS = ["epochs", "lr", "batch_size", "max_per_class", "train_backbone", "seed"]
+"""The ``TrainRMConfig`` fields that are flags."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,20 +19,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", required=True, help="thinkfast model dir or HF model")
     parser.add_argument("--backbone-kind", choices=("thinkfast", "hf"), default="thinkfast")
     parser.add_argument("--out", required=True, type=output_dir, help="ORM directory to write (atomically)")
-    parser.add_argument("--epochs", type=positive_int, default=2)
-    parser.add_argument("--lr", type=positive_float, default=1e-3)
-    parser.add_argument("--batch-size", type=positive_int, default=8)
+    add_dataclass_arguments(parser, TrainRMConfig, SETTINGS[:3],
+                            types={"epochs": positive_int, "lr": positive_float, "batch_size": positive_int})
     parser.add_argument("--max-len", type=positive_int, default=2048, help="tokens kept per example (the end)")
-    parser.add_argument("--max-per-class", type=positive_int, default=None)
-    parser.add_argument("--train-backbone", action="store_true", help="fine-tune the backbone too (slow)")
-    parser.add_argument("--seed", type=non_negative_int, default=0)
+    add_dataclass_arguments(parser, TrainRMConfig, SETTINGS[3:],
+                            types={"max_per_class": positive_int, "seed": non_negative_int},
+                            help={"seed": "seed of the class balancing, the data order and the head's init"})
     parser.add_argument("--device", default="cpu")
     add_threads(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..eval.io import read_jsonl
-    from ..eval.rewards import OutcomeRewardModel, TrainRMConfig, balanced_examples, load_backbone, train_orm
+    from ..eval.rewards import OutcomeRewardModel, balanced_examples, load_backbone, train_orm
 
     rows = []
     for path in args.inputs:
@@ -36,8 +40,7 @@ def run(args: argparse.Namespace) -> int:
                 raise UserError(f"{path}: row {i} needs 'question', 'completion' and 'correct' "
                                 "(grade the samples first with `thinkfast grade`)")
             rows.append(r)
-    cfg = TrainRMConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                        train_backbone=args.train_backbone, max_per_class=args.max_per_class)
+    cfg = dataclass_from_args(TrainRMConfig, args, SETTINGS)
     data = balanced_examples(rows, cfg.seed, cfg.max_per_class)
     backbone, tok = load_backbone(args.backbone, args.backbone_kind, args.device)
     orm = OutcomeRewardModel(backbone, tok, max_len=args.max_len, backbone_path=str(args.backbone)).to(args.device)
