@@ -14,6 +14,7 @@ from thinkfast.distill.config import LossConfig, TrainConfig
 from thinkfast.distill.stages import HiddenObjective, KDObjective, LMObjective
 from thinkfast.distill.trainer import Trainer
 from thinkfast.models.lm import LanguageModel
+from thinkfast.runtime import UserError
 
 
 def _batch(seed: int = 0, B: int = 2, T: int = 16) -> dict[str, torch.Tensor]:
@@ -47,7 +48,7 @@ def _grads_and_saved(obj, batch):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss, _ = obj(batch)
     loss.backward()
-    return {n: p.grad.clone() for n, p in obj.named_parameters() if p.grad is not None}, float(loss), saved[0]
+    return {n: p.grad.clone() for n, p in obj.named_parameters() if p.grad is not None}, float(loss.detach()), saved[0]
 
 
 @pytest.mark.parametrize("name", ["lm", "lm-full-logits", "kd", "hidden"])
@@ -91,3 +92,32 @@ def test_trainer_with_activation_checkpointing_follows_the_same_curve(tmp_path, 
         return [h["loss"] for h in result["history"] if "loss" in h]
 
     assert run("on", True) == pytest.approx(run("off", False), rel=1e-6)
+
+
+# --- the teacher's precision (train.teacher_dtype) ------------------------------------------------
+@pytest.mark.parametrize("device,bf16,asked,want", [
+    ("cpu", True, "auto", torch.float32),  # a bf16 teacher on a CPU only when asked
+    ("cpu", True, "bf16", torch.bfloat16),
+    ("cuda", True, "auto", torch.bfloat16),  # on an accelerator, bf16 with train.bf16
+    ("cuda", False, "auto", torch.float32),
+    ("cuda", True, "fp32", torch.float32),
+])
+def test_teacher_dtype(tmp_path, token_data, device, bf16, asked, want):
+    bundle = load_data(DataConfig(train=str(token_data), seq_len=16, eval_fraction=0.1))
+    obj = KDObjective(LanguageModel(tiny_config()), tiny_teacher(), LossConfig())
+    env = D.DistEnv(device=torch.device(device))
+    t = Trainer(obj, bundle, TrainConfig(bf16=bf16, teacher_dtype=asked, progress=False), tmp_path, env)
+    assert t.teacher_dtype() == want
+
+
+def test_a_bf16_teacher_on_cpu_when_asked_trains_an_fp32_student(tmp_path, token_data):
+    bundle = load_data(DataConfig(train=str(token_data), seq_len=16, eval_fraction=0.1))
+    torch.manual_seed(0)
+    obj = KDObjective(LanguageModel(tiny_config()), tiny_teacher(), LossConfig(chunk_size=8))
+    cfg = TrainConfig(steps=2, batch_size=4, progress=False, save_every=0, teacher_dtype="bf16")
+    result = Trainer(obj, bundle, cfg, tmp_path / "run").fit()
+    assert {p.dtype for p in obj.teacher.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in obj.student.parameters()} == {torch.float32}
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result["history"] if "loss" in h)
+    with pytest.raises(UserError, match="casting it back to torch.float32"):
+        obj.hold_teacher(torch.float32)

@@ -184,8 +184,16 @@ class Objective(nn.Module):
         return False
 
     def hold_teacher(self, dtype: torch.dtype) -> None:
-        if self.teacher is not None and next(self.teacher.parameters()).dtype != dtype:
-            self.teacher.to(dtype)
+        if self.teacher is None:
+            return
+        have = next(self.teacher.parameters()).dtype
+        if have == dtype:
+            return
+        if torch.finfo(dtype).bits > torch.finfo(have).bits:
+            raise UserError(f"objective {self.name}: the teacher is held in {have} (an earlier stage's "
+                            f"train.teacher_dtype) and casting it back to {dtype} would not restore its "
+                            f"weights; give every stage the same train.teacher_dtype")
+        self.teacher.to(dtype)
 
     def flops_per_token(self) -> float:
         """6 N (student forward + backward) + 2 N (teacher forward), N = ``matmul_params``;

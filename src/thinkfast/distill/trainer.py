@@ -176,7 +176,7 @@ class Trainer:
         self.clock = TrainClock()
         self.flops_per_token = float(objective.flops_per_token())
         dev = self.env.device
-        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
+        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" and torch.cuda.is_available() else None
         self.peak_tflops = peak_tflops(name, cfg.bf16, cfg.peak_tflops)
 
     def _default_fingerprint(self) -> dict[str, Any]:
