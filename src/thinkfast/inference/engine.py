@@ -20,8 +20,11 @@ Randomness is counter-based: the noise for (sample, step, token) is a hash of th
 the step and the token id, and a sample's key is derived from ``seed + sample index`` and the
 prompt's tokens. So a sample does not depend on which other prompts or samples share its batch:
 sample j of a run with seed s equals the single sample of a run with seed s + j, and a prompt
-sampled alone equals the same prompt in a left-padded batch. Sampling is Gumbel-max on the
-tempered, top-k / top-p filtered logits, which draws exactly from that distribution.
+sampled alone equals the same prompt in a left-padded batch. The reference sampler (the default)
+is Gumbel-max on the tempered, top-k / top-p filtered logits, which draws exactly from that
+distribution; ``sampler='cdf'`` draws from the same distribution by inverting its CDF with one
+hashed uniform per row, over the top-k / nucleus candidates only (cheaper; other tokens for the
+same seed; tests/inference/test_sampler.py checks its distribution).
 
 The context: prompt plus new tokens never exceed the model's ``max_seq_len``. A prompt within
 ``max_new_tokens`` of it gets only the room that is left; its samples that run out of room end
@@ -47,10 +50,17 @@ from .outputs import GenerationOutput, Sample, batch_outputs, cut_by_context
 from .padding import left_pad
 from .seeding import derive_seed
 
-__all__ = ["ContextLimitWarning", "GenerationOutput", "Sample", "SamplingParams", "StopChecker", "default_eos",
-           "derive_seed", "filter_logits", "finish_sample", "generate", "gumbel_noise", "left_pad", "sample_next"]
+__all__ = ["ContextLimitWarning", "GenerationOutput", "NUCLEUS_CANDIDATES", "SAMPLERS", "Sample", "SamplingParams",
+           "StopChecker", "default_eos", "derive_seed", "filter_logits", "finish_sample", "generate", "gumbel_noise",
+           "left_pad", "sample_cdf", "sample_next", "uniform_noise"]
 
 _MASK32 = 0xFFFFFFFF
+
+
+SAMPLERS = ("gumbel", "cdf")
+NUCLEUS_CANDIDATES = 256
+"""The 'cdf' sampler's top-p candidates: the top this many tokens by value; a row whose nucleus
+is larger falls back to a sort of its whole vocabulary."""
 
 
 @dataclass
@@ -80,6 +90,12 @@ class SamplingParams:
     max_batch_rows: Optional[int] = None
     """Rows decoded at once with ``continuous``; default ``batch_size * n`` (``generate``'s
     ``batch_size``, itself all prompts by default), the reference path's rows per batch."""
+    sampler: str = "gumbel"
+    """'gumbel' (the reference): Gumbel-max with counter-hashed noise over the whole vocabulary.
+    'cdf': inverse-CDF sampling with one counter-hashed uniform per row, over the top-k or
+    nucleus candidates only (top-p from a top-k of ``NUCLEUS_CANDIDATES`` by value, the full sort
+    only for rows whose nucleus is larger). Both draw exactly from the filtered distribution
+    and neither depends on the batch, but they draw different tokens for the same seed."""
     shared_prompt: bool = False
     """With ``continuous``: the n samples of a prompt read one copy of its attention KV cache (a
     ``PromptTable`` entry) instead of n copies; each row keeps only its own tokens' KV. Same
@@ -96,6 +112,8 @@ class SamplingParams:
             raise ValueError("top_k and max_new_tokens must be >= 0")
         if self.max_batch_rows is not None and self.max_batch_rows < 1:
             raise ValueError("max_batch_rows must be >= 1")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}")
         if self.shared_prompt and not self.continuous:
             raise ValueError("shared_prompt needs continuous=True")
         self.stop = tuple(self.stop)
@@ -144,11 +162,63 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
 
 def sample_next(logits: torch.Tensor, params: SamplingParams, keys: torch.Tensor,
                 step: Union[int, torch.Tensor]) -> torch.Tensor:
-    """logits (R, V), keys (R,), step int or (R,) -> token ids (R,)."""
+    """logits (R, V), keys (R,), step int or (R,) -> token ids (R,), by ``params.sampler``."""
     if params.temperature == 0:
         return logits.argmax(-1)
+    if params.sampler == "cdf":
+        return sample_cdf(logits, params.temperature, params.top_k, params.top_p, keys, step)
     z = filter_logits(logits, params.temperature, params.top_k, params.top_p)
     return (z + gumbel_noise(keys, step, z.shape[-1])).argmax(-1)
+
+
+def uniform_noise(keys: torch.Tensor, step: Union[int, torch.Tensor]) -> torch.Tensor:
+    """One uniform in (0, 1) per row (R,) float64, a function of (key, step) only (a stream apart
+    from ``gumbel_noise``'s)."""
+    h = _fmix32((keys * 0x9E3779B1 + step * 0x7FEB352D) & _MASK32)
+    h = _fmix32((h ^ 0x5BD1E995) * 0x2C1B3C6D & _MASK32)
+    return (h.double() + 0.5) / 2.0**32
+
+
+def _pick(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """p (R, C) unnormalised probabilities >= 0, u (R,) in (0, 1) -> (R,) the index where the
+    cumulative mass first exceeds u * total: a draw from p / p.sum()."""
+    cum = p.double().cumsum(-1)
+    j = torch.searchsorted(cum, (u * cum[:, -1])[:, None], right=True)[:, 0]
+    return j.clamp(max=p.shape[-1] - 1)
+
+
+def sample_cdf(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, keys: torch.Tensor,
+               step: Union[int, torch.Tensor]) -> torch.Tensor:
+    """Inverse-CDF sampling from the distribution ``filter_logits`` leaves: logits (R, V),
+    keys (R,) -> token ids (R,). One uniform per row; probabilities computed only over the
+    candidates: the top-k; for top-p alone the top ``NUCLEUS_CANDIDATES``, with the full
+    normaliser (one logsumexp over V), and the reference's full sort for rows whose nucleus is
+    not inside them; neither filter: the whole vocabulary in vocabulary order, no sort."""
+    z = logits.float() / temperature
+    R, V = z.shape
+    u = uniform_noise(keys, step)
+    k = top_k if top_k and top_k < V else 0
+    if not k and top_p >= 1.0:
+        return _pick(torch.softmax(z, -1), u)
+    if k:
+        vals, idx = torch.topk(z, k, dim=-1)  # (R, k), descending
+        p = torch.softmax(vals, -1)
+        if top_p < 1.0:
+            p = p * ((p.cumsum(-1) - p) < top_p)
+        return idx.gather(-1, _pick(p, u)[:, None])[:, 0]
+    c = min(V, NUCLEUS_CANDIDATES)
+    vals, idx = torch.topk(z, c, dim=-1)  # (R, c), descending
+    p = torch.exp(vals - torch.logsumexp(z, -1, keepdim=True))  # true probabilities
+    cum = p.cumsum(-1)
+    out = idx.gather(-1, _pick(p * ((cum - p) < top_p), u)[:, None])[:, 0]
+    wide = cum[:, -1] < top_p  # the nucleus reaches past the candidates: sort the whole row
+    if c < V and bool(wide.any()):
+        rows = wide.nonzero()[:, 0]
+        sz, order = torch.sort(z[rows], dim=-1, descending=True)
+        q = sz.softmax(-1)
+        q = q * ((q.cumsum(-1) - q) < top_p)
+        out[rows] = order.gather(-1, _pick(q, u[rows])[:, None])[:, 0]
+    return out
 
 
 # --- the engine ------------------------------------------------------------------------------
