@@ -273,8 +273,9 @@ def _plain_type(hint: Any) -> Any:
 
 
 def _help_text(text: str, default: Any) -> str:
-    """``text`` with the default said, escaped for argparse's %-formatting."""
-    said = text.rstrip(".")
+    """``text`` with the default said, without reST's double backquotes, escaped for argparse's
+    %-formatting."""
+    said = text.replace("``", "").rstrip(".")
     if default is not None and default is not False:
         said = f"{said} (default {default})" if said else f"default {default}"
     return said.replace("%", "%%")

@@ -14,8 +14,13 @@ import argparse
 import os
 from pathlib import Path
 
-from .args import (add_threads, existing_dir, fraction, non_negative_int, output_dir, output_file,
-                   positive_float, positive_int)
+from ..data.dataset import DataConfig
+from .args import (add_dataclass_arguments, add_threads, dataclass_from_args, existing_dir, fraction,
+                   non_negative_int, output_dir, output_file, positive_float, positive_int)
+
+DATA = ["eval", "eval_fraction", "format", "prompt_template", "response_template", "seq_len", "max_examples"]
+"""The ``DataConfig`` fields that are flags (``--loss-on``, ``--seed`` and the ``--no-*`` switches
+fill the others)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,20 +32,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=output_file, help="layers.json to write (accepted by distill's student.keep)")
     parser.add_argument("--tokenizer", type=existing_dir, default=None, help="tokenizer dir (default: beside the teacher)")
     d = parser.add_argument_group("data (as in a distill recipe's data section)")
-    d.add_argument("--eval", default=None, help="held-out JSONL (default: split off --data)")
-    d.add_argument("--eval-fraction", type=fraction, default=0.05)
-    d.add_argument("--format", default="auto")
-    d.add_argument("--prompt-template", default=None)
-    d.add_argument("--response-template", default=None)
+    add_dataclass_arguments(d, DataConfig, DATA[:5], types={"eval_fraction": fraction})
     d.add_argument("--no-bos", action="store_true", help="add_bos: false")
     d.add_argument("--no-eos", action="store_true", help="add_eos: false")
     d.add_argument("--loss-on", default="response", choices=("response", "all"),
                    help="which tokens are trained on and counted in the KL")
-    d.add_argument("--seq-len", type=positive_int, default=256)
+    add_dataclass_arguments(d, DataConfig, DATA[5:6], types={"seq_len": positive_int})
     d.add_argument("--no-pack", action="store_true",
                    help="pack: false, one example per row (right-padded, cut at --seq-len), as the demo teacher "
                         "was trained; default: examples packed back to back")
-    d.add_argument("--max-examples", type=positive_int, default=None)
+    add_dataclass_arguments(d, DataConfig, DATA[6:], types={"max_examples": positive_int})
     d.add_argument("--eval-blocks", type=positive_int, default=None, help="score on at most this many held-out blocks")
     s = parser.add_argument_group("students")
     s.add_argument("--kind", default="mamba2", choices=("mamba2", "discrete"))
@@ -73,7 +74,7 @@ def _table(doc: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model, load_tokenizer
     from ..config import ConfigError
-    from ..data.dataset import DataConfig, load_data
+    from ..data.dataset import load_data
     from ..data.jsonl import DataError
     from ..runtime import UserError
     from ..select import layers as S
@@ -82,11 +83,9 @@ def run(args: argparse.Namespace) -> int:
     n = teacher.config.n_layers
     k = S.keep_count(args.keep, n)
     try:
-        data = DataConfig(train=args.data, eval=args.eval, eval_fraction=args.eval_fraction, format=args.format,
-                          prompt_template=args.prompt_template, response_template=args.response_template,
-                          loss_on=args.loss_on, seq_len=args.seq_len, add_bos=not args.no_bos,
-                          add_eos=not args.no_eos, max_examples=args.max_examples, seed=args.seed,
-                          pack=not args.no_pack)
+        data = dataclass_from_args(DataConfig, args, DATA, train=args.data, loss_on=args.loss_on,
+                                   add_bos=not args.no_bos, add_eos=not args.no_eos, seed=args.seed,
+                                   pack=not args.no_pack)
     except ConfigError as e:
         raise UserError(str(e)) from None
     progress = not args.no_progress
