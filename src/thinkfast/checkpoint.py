@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import torch
 
-from .config import ConfigError, ModelConfig, atomic_write_text, json_error_detail
+from .config import ConfigError, ModelConfig, atomic_write_text, read_json_file
 from .models.lm import LanguageModel
 from .models.state import CheckpointError, load_state_dict_strict
 
@@ -111,16 +111,7 @@ def read_config(model_dir: str | os.PathLike) -> tuple[ModelConfig, dict[str, An
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir} is not a directory: a thinkfast model is a directory "
                               "holding config.json and model.safetensors")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} not found: not a thinkfast model directory") from None
-    except OSError as e:
-        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise CheckpointError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON (line {e.lineno}: {json_error_detail(e)})") from None
+    meta = read_json_file(path, CheckpointError, missing="not a thinkfast model directory")
     if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, PROJECTED_FORMAT) or "model" not in meta:
         raise CheckpointError(f"{path} is not a thinkfast config (no \"format\": \"thinkfast\")")
     try:

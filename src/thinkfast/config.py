@@ -188,6 +188,24 @@ def json_error_detail(e: json.JSONDecodeError) -> str:
     return f"{msg} column {e.colno}"
 
 
+def read_json_file(path: str | os.PathLike, error: Optional[type[Exception]] = None, missing: str = "") -> Any:
+    """The JSON document in ``path``. A file that cannot be read, is not UTF-8 or is not valid
+    JSON raises ``error`` (default ``ConfigError``) with a message naming the file and, for bad
+    JSON, the line; ``missing`` says what a missing file means (default: it cannot be read)."""
+    error = error or ConfigError
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise error(f"{path} not found: {missing}" if missing else f"cannot read {path}: {e.strerror or e}") from None
+    except OSError as e:
+        raise error(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}:{e.lineno}: not valid JSON ({json_error_detail(e)})") from None
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and a rename: never half-written."""
     path = Path(path)
@@ -374,16 +392,7 @@ class ModelConfig:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "ModelConfig":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as e:
-            raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{e.lineno}: not valid JSON ({json_error_detail(e)})") from None
-        return cls.from_dict(data, source=path)
+        return cls.from_dict(read_json_file(path), source=path)
 
     def to_file(self, path: str | os.PathLike) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
