@@ -101,6 +101,9 @@ def test_grade_and_score_shards_merge_into_the_unsharded_file(setup, score_argv,
     merged = tmp / f"gm{count}.jsonl"
     assert main(["merge", *map(str, parts), "--out", str(merged)]) == 0
     assert merged.read_bytes() == graded.read_bytes()  # grading is per row: identical bytes
+    before = parts[0].read_bytes()  # a finished shard run again: nothing regraded, nothing changed
+    assert main(["grade", str(whole), "--out", str(parts[0]), "--workers", "1", "--shard", "0",
+                 "--num-shards", str(count)]) == 0 and parts[0].read_bytes() == before
 
     scored = tmp / "scored.jsonl"
     if not scored.exists():

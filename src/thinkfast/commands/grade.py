@@ -43,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _grade_shard(args: argparse.Namespace, spec, workers: int, log):
     """Grade the rows of this shard's problems of ``args.input`` into their own file."""
-    from ..eval.grading import GradeSummary, grade_file
-    from ..eval.io import iter_jsonl, write_jsonl_atomic
+    from ..eval.grading import GradeSummary, grade_file, progress_path, summarize
+    from ..eval.io import iter_jsonl, read_jsonl, write_jsonl_atomic
     from ..eval.shards import claim_output, file_digest, make_manifest, output_for, problem_groups
 
     if args.out is None and not spec.auto:
@@ -73,6 +73,13 @@ def _grade_shard(args: argparse.Namespace, spec, workers: int, log):
     if not mine:
         write_jsonl_atomic(out, [])
         return out, GradeSummary(0, 0, 0, 0, 0)
+    if os.path.exists(out) and not os.path.exists(progress_path(out)):  # finished by an earlier run?
+        done = read_jsonl(out)
+        if [(r.get("problem_id"), r.get("completion")) for r in done] == \
+                [(rows[i].get("problem_id"), rows[i].get("completion")) for i in mine] and \
+                all("correct" in r for r in done):
+            log(f"{out}: already graded")
+            return out, summarize(done)
     # The shard's rows go to a file of their own beside the output; grade_file grades it into
     # ``out`` resumably (its progress file is keyed on ``out``) and the file is removed after.
     part = f"{out}.input.jsonl"
