@@ -249,7 +249,7 @@ def test_tokenize_command(tmp_path, capsys):
     bad.write_text('{"question": "q", "answer": "a"}\n{"question": \n')
     assert main(["tokenize", str(bad), "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "b")]) == 2
     assert "bad.jsonl:2: malformed JSON" in capsys.readouterr().err
-    assert not (tmp_path / "b").exists()
+    assert not (tmp_path / "b").exists() and not (tmp_path / ".b.tokenize-partial").exists()
 
 
 @pytest.mark.slow  # three small training runs (~15 s on one core)

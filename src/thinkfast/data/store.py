@@ -236,14 +236,25 @@ class TokenStoreWriter:
         lengths = sides_arr[0::2] + sides_arr[1::2]
         self.append(np.array(ids, np.int64), mask, lengths, wheres)
 
+    def _close(self) -> None:
+        self._close_shard()
+        for f in self._index:
+            if not f.closed:
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+
+    def abort(self, remove: bool = True) -> None:
+        """Stop writing; the partial directory is deleted, or (``remove=False``) left for the
+        next run to delete."""
+        self._close()
+        if remove:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
     def finish(self, info: dict[str, Any]) -> dict[str, Any]:
         """Close the files, write the manifest (counts, shards and ``info``: source, format
         settings, tokenizer identity) and rename the store into place; returns the manifest."""
-        self._close_shard()
-        for f in self._index:
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
+        self._close()
         if self.n_examples == 0:
             shutil.rmtree(self.dir)
             raise DataError(f"{info.get('source') or self.out} has no rows")
@@ -271,12 +282,16 @@ def write_store(rows: Iterable[tuple[str, dict[str, Any]]], out: str | os.PathLi
         if on_progress is not None:
             on_progress(writer.n_examples, writer.n_tokens)
 
-    for item in rows:
-        batch.append(item)
-        if len(batch) >= batch_rows:
+    try:
+        for item in rows:
+            batch.append(item)
+            if len(batch) >= batch_rows:
+                flush()
+        if batch:
             flush()
-    if batch:
-        flush()
+    except BaseException as e:  # a bad row removes the partial store; an interruption leaves it
+        writer.abort(remove=isinstance(e, DataError))
+        raise
     return writer.finish(info)
 
 
@@ -337,17 +352,19 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
 
 MAP_BUDGET = 128 << 20
 """Bytes of store pages a reader keeps mapped before it unmaps them all (``release``)."""
-_FAULT_AROUND = 64 << 10  # what Linux maps around a page fault (fault_around_bytes; more for a large folio)
+_FAULT_MAP = 2 << 20  # the most one page fault maps: a whole PMD-sized (2 MiB) page-cache folio
 
 
 class TokenStore:
     """A store opened for reading: every file mapped with ``np.memmap`` (nothing is read until a
     range is asked for). ``offsets`` (N+1,) int64 and ``loss_cum`` (N+1,) int64 are maps too.
 
-    The pages a mapping has touched count in the process's resident set until they are unmapped
-    (the kernel even maps 64 KiB around each fault). So that a long run does not end up with the
-    whole store resident, the reader drops its mapped pages (``madvise(MADV_DONTNEED)``: they stay
-    in the page cache, a later read maps them again) after every ``map_budget`` bytes it reads.
+    The pages a mapping has touched count in the process's resident set until they are unmapped,
+    and a fault maps more than the page asked for (64 KiB around it, or the whole large folio the
+    page cache holds it in: up to 2 MiB). So that a long run does not end up with the whole store
+    resident, the reader drops its mapped pages (``madvise(MADV_DONTNEED)``: they stay in the page
+    cache, a later read maps them again) once its reads could have mapped ``map_budget`` bytes,
+    each read counted as its bytes plus 2 MiB at either end.
     """
 
     def __init__(self, directory: str | os.PathLike, map_budget: int = MAP_BUDGET):
@@ -391,7 +408,7 @@ class TokenStore:
         self._mapped = 0
 
     def _touched(self, nbytes: int) -> None:
-        self._mapped += nbytes + 2 * _FAULT_AROUND
+        self._mapped += nbytes + 2 * _FAULT_MAP
         if self._mapped > self.map_budget:
             self.release()
 
