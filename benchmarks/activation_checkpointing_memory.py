@@ -11,9 +11,11 @@ logits are held). Each setting runs in a fresh subprocess: the teacher, the stud
 objective are built, ``ru_maxrss`` is read as the baseline (weights, in fp32), then one
 forward+backward of the objective's loss runs (with ``train.activation_checkpointing`` the
 student's blocks go through ``distributed.checkpoint_activations``, exactly as the trainer does)
-and ``ru_maxrss`` is read again. Reported: both readings, the growth (activations kept for
-backward, the student's fp32 gradients, the loss's transient chunks) and the wall time. No
-optimizer step runs (AdamW's two fp32 moments would add 2 x the student's weights to both).
+and ``ru_maxrss`` is read again. Reported: what autograd keeps for backward at the end of the
+forward (distinct non-parameter storages, counted by a saved-tensors hook: allocator-independent),
+the resident memory then, the peak, its growth over the baseline (activations, the student's
+fp32 gradients, the loss's transient chunks) and the wall time. No optimizer step runs (AdamW's
+two fp32 moments would add 2 x the student's weights to both settings).
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ GiB = 1024**3
 
 def maxrss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def rss() -> int:
+    """Resident memory now (not the peak)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def worker(a) -> None:
@@ -53,14 +61,29 @@ def worker(a) -> None:
     ids = torch.randint(4, cfg.vocab_size, (a.batch, a.seq))
     batch = {"input_ids": ids, "labels": torch.cat([ids[:, 1:], torch.full((a.batch, 1), -100)], 1),
              "valid": torch.ones(a.batch, a.seq, dtype=torch.bool)}
-    base = maxrss()
+    # What autograd keeps between forward and backward: distinct storages saved for backward
+    # that are not parameters (inside a checkpointed block, nothing but its inputs is kept).
+    params = {p.untyped_storage().data_ptr() for m in (student, teacher) for p in m.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            kept[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    base, base_now = maxrss(), rss()
     t0 = time.perf_counter()
-    loss, _ = obj(batch)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss, _ = obj(batch)
+    after_forward = rss()
     loss.backward()
     seconds = time.perf_counter() - t0
     peak = maxrss()
     print(json.dumps({"setting": a.setting, "baseline_gib": base / GiB, "peak_gib": peak / GiB,
-                      "growth_gib": (peak - base) / GiB, "seconds": seconds, "loss": float(loss.detach()),
+                      "growth_gib": (peak - base) / GiB, "rss_before_gib": base_now / GiB,
+                      "rss_after_forward_gib": after_forward / GiB, "saved_for_backward_gib": sum(kept.values()) / GiB,
+                      "seconds": seconds, "loss": float(loss.detach()),
                       "student_params": sum(p.numel() for p in student.parameters()),
                       "teacher_params": sum(p.numel() for p in teacher.parameters())}))
 
@@ -86,10 +109,11 @@ def main() -> None:
         if proc.returncode != 0:
             sys.exit(f"setting {setting} failed:\n{proc.stderr[-3000:]}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    print(f"{'activation_checkpointing':>24s} {'baseline GiB':>12s} {'peak GiB':>9s} {'growth GiB':>10s} {'s':>7s}")
+    print(f"{'activation_checkpointing':>24s} {'saved for backward GiB':>22s} {'RSS after forward GiB':>21s} "
+          f"{'peak RSS GiB':>12s} {'growth GiB':>10s} {'s':>7s}")
     for r in results:
-        print(f"{r['setting']:>24s} {r['baseline_gib']:12.2f} {r['peak_gib']:9.2f} {r['growth_gib']:10.2f} "
-              f"{r['seconds']:7.1f}")
+        print(f"{r['setting']:>24s} {r['saved_for_backward_gib']:22.3f} {r['rss_after_forward_gib']:21.2f} "
+              f"{r['peak_gib']:12.2f} {r['growth_gib']:10.2f} {r['seconds']:7.1f}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"args": {k: v for k, v in vars(a).items() if k not in ("setting", "json")},

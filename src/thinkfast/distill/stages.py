@@ -4,7 +4,8 @@ An objective owns the student (a registered submodule: trained, wrapped by DDP/F
 holds the teacher outside the module tree (frozen, never wrapped or saved). ``forward(batch)``
 returns ``(loss, metrics)`` with ``loss`` the mean over the batch's units; ``units(batch)`` counts
 those units (loss tokens, sequences) up front, so the trainer can weight micro-batches and
-processes exactly.
+processes exactly. The trainer uses an objective only through ``StageObjective`` (below): how
+the student is read from and written to a checkpoint, what trains, the loss and its FLOPs.
 
 Stages:
   lm      cross-entropy on the labels (pretraining: every token; SFT: response tokens only)
