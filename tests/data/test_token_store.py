@@ -13,7 +13,7 @@ import torch
 from token_data import write_token_data
 
 from thinkfast.cli import main
-from thinkfast.data.dataset import BatchSchedule, DataConfig, load_data
+from thinkfast.data.dataset import BatchSchedule, DataConfig, held_out_indices, load_data
 from thinkfast.data.formatting import Formatter
 from thinkfast.data.jsonl import DataError
 from thinkfast.data.store import (Examples, StoreBlocks, TokenStore, TokenStoreWriter, formatter_for, stream_rows,
@@ -326,3 +326,16 @@ def test_the_reader_unmaps_the_pages_it_read(tmp_path):
     # the budget plus what the kernel maps around the last faults (64 KiB, or a large folio)
     assert _rss_file() - before < 8 << 20
     assert all(same)
+
+
+@pytest.mark.parametrize("n,G", [(10, 4), (7, 7), (5, 12)])
+def test_the_batch_order_is_unchanged_by_holding_permutations_as_tensors(n, G):
+    """Checkpoints written before resume on the same batches: step s takes samples [s*G, (s+1)*G)
+    of the epochs' seeded permutations, however many epochs a step spans."""
+    perm = lambda e: torch.randperm(n, generator=torch.Generator().manual_seed(9 * 1_000_003 + e)).tolist()  # noqa: E731
+    sched = BatchSchedule(n, G, seed=9)
+    for step in (0, 1, 2, 5, 11):
+        assert sched.global_indices(step) == [perm(k // n)[k % n] for k in range(step * G, (step + 1) * G)]
+    held = held_out_indices(50, 0.1, seed=2)
+    first = set(torch.randperm(50, generator=torch.Generator().manual_seed(2)).tolist()[:5])
+    assert held.tolist() == sorted(first)
