@@ -367,8 +367,7 @@ class Trainer:
             except ImportError:
                 raise UserError("train.wandb=true needs the wandb package") from None
             run = wandb.init(project=self.cfg.wandb_project, name=f"{self.out.parent.name}/{self.out.name}",
-                             config=self.run_config, resume="allow", id=self._wandb_id(),
-                             reinit="finish_previous")
+                             config=self.run_config, resume="allow", id=self._wandb_id())
             self._writers.append(lambda r: run.log({k: v for k, v in r.items() if v is not None}, step=r["step"]))
             self._closers.append(run.finish)
 
