@@ -121,3 +121,17 @@ def test_a_bf16_teacher_on_cpu_when_asked_trains_an_fp32_student(tmp_path, token
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result["history"] if "loss" in h)
     with pytest.raises(UserError, match="casting it back to torch.float32"):
         obj.hold_teacher(torch.float32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_bf16_holds_the_teacher_in_bf16_and_trains_with_checkpointed_blocks(tmp_path, token_data):
+    bundle = load_data(DataConfig(train=str(token_data), seq_len=16, eval_fraction=0.1))
+    torch.manual_seed(0)
+    obj = KDObjective(LanguageModel(tiny_config(layer_pattern="MA")), tiny_teacher(), LossConfig(chunk_size=8))
+    cfg = TrainConfig(steps=2, batch_size=4, progress=False, save_every=0, bf16=True, activation_checkpointing=True)
+    env = D.DistEnv(device=torch.device("cuda:0"))
+    result = Trainer(obj, bundle, cfg, tmp_path / "run", env).fit()
+    assert {p.dtype for p in obj.teacher.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in obj.student.parameters()} == {torch.float32}
+    recs = [h for h in result["history"] if "loss" in h]
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in recs)
