@@ -33,6 +33,7 @@ import json
 import mmap
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
@@ -262,6 +263,8 @@ class TokenStoreWriter:
                     "n_tokens": self.n_tokens, "n_response_tokens": self.n_loss, "max_token_id": self.max_id,
                     "shards": self.shards, **info}
         atomic_write_text(self.dir / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+        # the temporary file behind atomic_write_text is private (0600): readable like the shards instead
+        os.chmod(self.dir / MANIFEST, stat.S_IMODE((self.dir / _INDEX_FILES[0]).stat().st_mode))
         _publish(self.dir, self.out)
         return manifest
 
