@@ -240,6 +240,8 @@ def test_tokenize_command(tmp_path, capsys):
     m = json.loads((out / "manifest.json").read_text())
     assert m["n_examples"] == 12 and m["dtype"] == "uint16" and m["format"]["add_eos"] is False
     assert m["tokenizer"]["vocab_size"] == len(tok) and m["source"] == str(src)
+    mode = lambda name: (out / name).stat().st_mode & 0o777  # noqa: E731
+    assert mode("manifest.json") == mode("tokens-00000.bin")  # other users' ranks can read it too
     ref = load_data(DataConfig(train=str(src), add_eos=False, seq_len=8), tok)
     got = load_data(DataConfig(train=f"store:{out}", add_eos=False, seq_len=8), tok)
     _same(got.train.to_blocks().__dict__, ref.train.__dict__)

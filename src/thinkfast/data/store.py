@@ -502,7 +502,7 @@ class StoreBlocks:
             nonempty = lengths > 0
             self.run_first, self.run_stop = first[nonempty], stop[nonempty]
             self.run_start, lengths = self.run_start[nonempty], lengths[nonempty]
-            self.run_vstart = np.r_[0, np.cumsum(lengths)[:-1]].astype(np.int64)  # (R,) split-stream position
+            self.run_vstart = np.cumsum(lengths) - lengths  # (R,) split-stream position of each run
             self.n_stream = int(lengths.sum())
             self.n_blocks = -(-(self.n_stream - 1) // seq_len) if self.n_stream >= 2 else 0
             store.release()  # the index pages just looked up
