@@ -40,7 +40,9 @@ def _shapes(args, cfg):
     from ..runtime import UserError
 
     teacher, source = None, ""
-    if args.teacher_config:
+    if not cfg.teacher and cfg.student.init != "teacher":
+        pass  # no teacher in this recipe (pretraining, SFT): --teacher-config does not apply
+    elif args.teacher_config:
         spec = args.teacher_config
         if os.path.isfile(spec):
             try:
