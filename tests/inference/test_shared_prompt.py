@@ -58,6 +58,15 @@ def test_shared_prompt_samples_equal_the_repeated_cache(pattern, temperature):
                 torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=1e-5)
 
 
+def test_prompts_of_one_length_need_no_prompt_mask():
+    model = _model("AAAA")
+    prompts = [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]
+    sp = dict(n=2, seed=0, temperature=1.0, max_new_tokens=6, eos_token_ids=[5, 9, 13])
+    ref = generate(model, prompts, SamplingParams(**sp))
+    got = generate(model, prompts, SamplingParams(continuous=True, shared_prompt=True, max_batch_rows=3, **sp))
+    assert [[s.token_ids for s in o.samples] for o in got] == [[s.token_ids for s in o.samples] for o in ref]
+
+
 def test_shared_prompt_logits_match_the_repeated_cache_step_by_step():
     model = _model("AMAM")
     prompt = [[4, 5, 6, 7, 8, 9], [1, 2, 3]]

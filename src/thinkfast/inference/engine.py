@@ -60,7 +60,7 @@ _MASK32 = 0xFFFFFFFF
 SAMPLERS = ("gumbel", "cdf")
 NUCLEUS_CANDIDATES = 256
 """The 'cdf' sampler's top-p candidates: the top this many tokens by value; a row whose nucleus
-is larger falls back to a sort of its whole vocabulary."""
+is larger tries 16 times as many, then falls back to a sort of its whole vocabulary."""
 
 
 @dataclass
@@ -206,18 +206,23 @@ def sample_cdf(logits: torch.Tensor, temperature: float, top_k: int, top_p: floa
         if top_p < 1.0:
             p = p * ((p.cumsum(-1) - p) < top_p)
         return idx.gather(-1, _pick(p, u)[:, None])[:, 0]
-    c = min(V, NUCLEUS_CANDIDATES)
-    vals, idx = torch.topk(z, c, dim=-1)  # (R, c), descending
-    p = torch.exp(vals - torch.logsumexp(z, -1, keepdim=True))  # true probabilities
-    cum = p.cumsum(-1)
-    out = idx.gather(-1, _pick(p * ((cum - p) < top_p), u)[:, None])[:, 0]
-    wide = cum[:, -1] < top_p  # the nucleus reaches past the candidates: sort the whole row
-    if c < V and bool(wide.any()):
-        rows = wide.nonzero()[:, 0]
-        sz, order = torch.sort(z[rows], dim=-1, descending=True)
-        q = sz.softmax(-1)
-        q = q * ((q.cumsum(-1) - q) < top_p)
-        out[rows] = order.gather(-1, _pick(q, u[rows])[:, None])[:, 0]
+    lse = torch.logsumexp(z, -1, keepdim=True)  # (R, 1): the full normaliser
+    out = torch.empty(R, dtype=torch.long, device=z.device)
+    rows = torch.arange(R, device=z.device)
+    for c in (NUCLEUS_CANDIDATES, 16 * NUCLEUS_CANDIDATES):
+        if c >= V:
+            break
+        vals, idx = torch.topk(z[rows], c, dim=-1)  # (r, c), descending
+        p = torch.exp(vals - lse[rows])  # true probabilities
+        cum = p.cumsum(-1)
+        out[rows] = idx.gather(-1, _pick(p * ((cum - p) < top_p), u[rows])[:, None])[:, 0]
+        rows = rows[cum[:, -1] < top_p]  # the nucleus reaches past the candidates: try wider
+        if not len(rows):
+            return out
+    sz, order = torch.sort(z[rows], dim=-1, descending=True)  # the reference's full sort
+    q = sz.softmax(-1)
+    q = q * ((q.cumsum(-1) - q) < top_p)
+    out[rows] = order.gather(-1, _pick(q, u[rows])[:, None])[:, 0]
     return out
 
 

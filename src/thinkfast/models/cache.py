@@ -38,11 +38,12 @@ class AttentionState:
         then hold only each row's own tokens (the suffix after its prompt)."""
 
     def prompt_kv(self):
-        """Shared prompts: (k, v (Q, G, Lp, hd), mask (Q, Lp) bool, flat (B,) long, n), see
-        ``PromptTable``."""
+        """Shared prompts: (k, v (Q, G, Lp, hd), mask (Q, Lp) bool or None (no padding), flat (B,)
+        long, n) over the table's first Q = ``PromptTable.active`` entries, see ``PromptTable``."""
         table, li = self.prompt
-        L = table.length
-        return table.k[li][:, :, :L], table.v[li][:, :, :L], table.mask[:, :L], table.flat, table.n
+        L, Q = table.length, table.active
+        mask = table.mask[:Q, :L] if table.padded else None
+        return table.k[li][:Q, :, :L], table.v[li][:Q, :, :L], mask, table.flat, table.n
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """k, v (B, G, T, hd) -> the cached k, v (B, G, S, hd) to attend over, these included."""
@@ -109,7 +110,9 @@ class PromptTable:
     (left padding included, ``mask`` (Q, Lmax) False there). Row b of the slotted cache reads
     entry e and is sample j of it: ``pos[b] = e * n + j`` (-1: the row reads no prompt, it is
     finished). ``flat`` (B,) is ``pos`` with -1 replaced by Q * n, a spare position, so that a
-    step's queries can be laid out (Q * n + 1, ...) with each entry's rows together.
+    step's queries can be laid out (Q * n + 1, ...) with each entry's rows together, Q =
+    ``active``: one past the highest entry in use (a new prompt takes the lowest free entry, so
+    attention runs over no more entries than prompts are being sampled).
     """
 
     def __init__(self, n_layers_attn: int, n: int, entries: int, max_len: int, n_kv_heads: int, head_dim: int,
@@ -122,6 +125,13 @@ class PromptTable:
         self.pos = torch.full((batch,), -1, dtype=torch.long, device=device)
         self.flat = self.pos.clone()
         self.free = list(range(entries))
+        self.in_use: set[int] = set()
+        self.padded = False
+        """Some entry in use has a left-padded position (attention then needs ``mask``)."""
+
+    @property
+    def active(self) -> int:
+        return max(self.in_use) + 1 if self.in_use else 0
 
     @property
     def entries(self) -> int:
@@ -139,7 +149,9 @@ class PromptTable:
         """Copy row ``src_row`` of the plain (prefill) cache ``src`` into a free entry; its index."""
         if not self.free:
             self.grow()
-        e = self.free.pop(0)
+        e = min(self.free)
+        self.free.remove(e)
+        self.in_use.add(e)
         L = src.length
         if L > self.mask.shape[1]:
             raise ValueError(f"a {L}-position prompt does not fit the table's {self.mask.shape[1]}")
@@ -149,6 +161,10 @@ class PromptTable:
             self.v[li][e, :, :L] = st.v[src_row, :, :L]
         self.mask[e] = False
         self.mask[e, :L] = src.key_mask[src_row, :L]
+        if L < self.length or not bool(self.mask[e, :L].all()):
+            self.padded = True  # (a shorter prompt than one before is masked past its end)
+        elif L > self.length and self.in_use - {e}:
+            self.padded = True  # entries in use before are shorter than the new length
         self.length = max(self.length, L)
         return e
 
@@ -156,6 +172,7 @@ class PromptTable:
         """Entry ``e`` is read by no row any more."""
         self.mask[e] = False
         self.free.append(e)
+        self.in_use.discard(e)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)
@@ -271,7 +288,7 @@ class InferenceCache:
                 st.write_pos, st.length = pos, self.length
         if self.prompts is not None:
             t = self.prompts
-            t.flat = torch.where(t.pos < 0, t.entries * t.n, t.pos)
+            t.flat = torch.where(t.pos < 0, t.active * t.n, t.pos)
         rope = self.next_pos[:, None]
         self.next_pos = self.next_pos + 1
         return rope, self.key_mask[:, None, None, :self.length]

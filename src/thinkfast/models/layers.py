@@ -109,8 +109,8 @@ def _softmax_parts(scores: torch.Tensor, v: torch.Tensor):
 def shared_prompt_decode_attention(q, k_prompt, v_prompt, prompt_mask, flat, n: int, k, v,
                                    mask: Optional[torch.Tensor]) -> torch.Tensor:
     """One query per row against its prompt's one shared KV copy plus its own tokens:
-    q (B, H, 1, hd); k_prompt, v_prompt (Q, G, Lp, hd) and prompt_mask (Q, Lp) bool, one entry
-    per prompt; flat (B,) long, row b is query n_b of entry e_b at ``e_b * n + n_b`` (Q * n: no
+    q (B, H, 1, hd); k_prompt, v_prompt (Q, G, Lp, hd) and prompt_mask (Q, Lp) bool (None: every
+    position real), one entry per prompt; flat (B,) long, row b is query n_b of entry e_b at ``e_b * n + n_b`` (Q * n: no
     prompt); k, v (B, G, S, hd) each row's own tokens, mask (B, 1, 1, S) bool -> (B, H, 1, hd).
 
     Each entry's queries meet its keys in one matmul (the prompt is read once per entry, not
@@ -125,7 +125,8 @@ def shared_prompt_decode_attention(q, k_prompt, v_prompt, prompt_mask, flat, n: 
     qf = q.new_zeros(Q * n + 1, G, rep, hd).index_copy_(0, flat, qr)
     qg = qf[: Q * n].view(Q, n, G, rep, hd).permute(0, 2, 1, 3, 4).reshape(Q, G, n * rep, hd)
     sp = torch.matmul(qg, k_prompt.transpose(-1, -2)).float() * scale  # (Q, G, n*rep, Lp)
-    sp = sp.masked_fill(~prompt_mask[:, None, None, :], float("-inf"))
+    if prompt_mask is not None:
+        sp = sp.masked_fill(~prompt_mask[:, None, None, :], float("-inf"))
     mp, lp, op = _softmax_parts(sp, v_prompt)  # (Q, G, n*rep, 1|1|hd)
 
     def to_rows(x: torch.Tensor, spare: float) -> torch.Tensor:  # (Q, G, n*rep, c) -> (B, G, rep, c)
