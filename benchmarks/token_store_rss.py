@@ -82,6 +82,8 @@ def child(args: argparse.Namespace) -> None:
     base = {k: _status(k) for k in ("VmHWM", "RssFile", "RssAnon")}
     t0 = time.perf_counter()
     data = load_data(DataConfig(train=f"store:{args.store}", seq_len=args.seq_len, eval_fraction=0.05))
+    if args.map_budget is not None:
+        data.train.store.map_budget = (args.map_budget << 20) if args.map_budget > 0 else float("inf")
     sched = BatchSchedule(len(data.train), args.micro * args.world, seed=0)
     first, tokens, store_max, sampled = None, 0, 0, 0.0
     for step in range(args.steps):
@@ -110,6 +112,8 @@ def main() -> None:
     ap.add_argument("--micro", type=int, default=8, help="blocks per micro-batch (one per step and rank)")
     ap.add_argument("--world", type=int, default=8, help="ranks sharing each step; this process is rank 0")
     ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--map-budget", type=int, default=None,
+                    help="MiB of store pages the reader keeps mapped (default: the reader's; 0: never unmap)")
     ap.add_argument("--dir", default=None, help="where to put the temporary stores (default: the system temp)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--store", default=None, help=argparse.SUPPRESS)
@@ -128,6 +132,7 @@ def main() -> None:
             disk = sum(p.stat().st_size for p in store.iterdir())
             cmd = [sys.executable, __file__, "--child", "--store", str(store), "--steps", str(args.steps),
                    "--seq-len", str(args.seq_len), "--micro", str(args.micro), "--world", str(args.world)]
+            cmd += ["--map-budget", str(args.map_budget)] if args.map_budget is not None else []
             env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
             r = json.loads(out.strip().splitlines()[-1])
@@ -136,8 +141,9 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     mib = 1 << 20
+    budget = "default" if args.map_budget is None else (f"{args.map_budget} MiB" if args.map_budget else "never unmap")
     print(f"seq_len {args.seq_len}, {args.steps} steps of {args.micro} blocks on rank 0 of {args.world}, "
-          f"vocab {args.vocab}\n")
+          f"vocab {args.vocab}, map budget {budget}\n")
     print("| store tokens | on disk | peak RSS after imports | peak RSS after reading | store pages mapped (max) | "
           "growth: all mapped files | growth: heap | time to first batch | read time |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
