@@ -187,3 +187,27 @@ def test_distill_and_compress_losses_are_one_set_of_weights(tmp_path):
         build_compress({"teacher": "t", "d_s": 8, "loss": {"kl_weight": 0, "ce_weight": 0, "hidden_weight": 0}})
     with pytest.raises(ConfigError, match="kind"):
         build_compress({"teacher": "t", "d_s": 8, "loss": {"kind": "reverse"}})
+
+
+def test_atomic_directory_replaces_out_only_when_the_new_one_is_whole(tmp_path):
+    """The installer every model / ORM / export directory goes through: an error inside the block
+    leaves OUT as it was and no temporary directory behind; success replaces OUT whole."""
+    from thinkfast.config import atomic_directory
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(out) as tmp:
+            (tmp / "new.txt").write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+    with atomic_directory(out) as tmp:
+        assert tmp.parent == tmp_path and not (tmp / "old.txt").exists()
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    with atomic_directory(tmp_path / "a" / "fresh") as tmp:  # parents are made
+        (tmp / "x").write_text("x")
+    assert (tmp_path / "a" / "fresh" / "x").read_text() == "x"

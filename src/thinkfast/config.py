@@ -9,6 +9,7 @@ Named model sizes live in ``MODEL_PRESETS`` and are reached with ``ModelConfig.f
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -17,7 +18,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from .runtime import UserError
 
@@ -204,6 +205,36 @@ def read_json_file(path: str | os.PathLike, error: Optional[type[Exception]] = N
         raise error(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise error(f"{path}:{e.lineno}: not valid JSON ({json_error_detail(e)})") from None
+
+
+@contextlib.contextmanager
+def atomic_directory(out: str | os.PathLike) -> Iterator[Path]:
+    """A fresh temporary directory beside ``out`` to build it in; when the block ends without an
+    error, it becomes ``out``. An existing ``out`` is moved aside only at that moment and removed
+    once the new one is in place (put back if the rename fails); after an error the temporary
+    directory is removed and ``out`` is as it was. So ``out`` is never half-written."""
+    import shutil
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        yield tmp
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            shutil.rmtree(old, ignore_errors=True)  # left by a process of the same id that died here
+            os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            if old is not None:
+                os.replace(old, out)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # our own; gone already when it became ``out``
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -26,14 +26,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from ..config import ModelConfig
+from ..config import ModelConfig, atomic_directory
 from ..runtime import UserError
 from .granite import GRANITE, granite_config, granite_problems, import_hf_hybrid, to_granite_state_dict
 from .llama import LLAMA, llama_config, to_hf_state_dict
@@ -131,22 +130,6 @@ def _copy_tokenizer(src: Optional[Path], tokenizer: Any, dst: Path) -> list[str]
     return copied
 
 
-def _install(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` to ``out``, replacing an existing ``out`` only at the very end."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def export_model(model, out_dir: str | os.PathLike, tokenizer: Any = None,
                  tokenizer_dir: Optional[str | os.PathLike] = None, overwrite: bool = False, dtype: Optional[torch.dtype] = None,
                  source: Optional[str | os.PathLike] = None) -> ExportResult:
@@ -167,17 +150,11 @@ def export_model(model, out_dir: str | os.PathLike, tokenizer: Any = None,
         sd, meta = to_granite_state_dict(model), granite_config(cfg, tokenizer, dtype)
     else:
         sd, meta = to_llamba_state_dict(model), llamba_config(cfg)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic_directory(out) as tmp:  # an existing OUT is replaced only once the new one is whole
         _save_safetensors(sd, tmp / "model.safetensors", dtype)
         (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         copied = _copy_tokenizer(Path(tokenizer_dir) if tokenizer_dir is not None else None, tokenizer, tmp)
         check_out_dir(out, overwrite)  # again: something may have appeared meanwhile
-        _install(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ExportResult(out, target, student_kind(cfg), target != LLAMBA, copied)
 
 

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ..config import atomic_directory
 from ..runtime import UserError
 from .config import SHIPPED_TEACHER, TASK_FORMAT, TEACHER_RECIPE, DemoConfig, teacher_train_problems
 
@@ -75,9 +76,8 @@ def teacher_stage(out: Path, cfg: DemoConfig, task_meta: dict[str, Any], syn_cfg
         summary = run_recipe(teacher_recipe(out / "teacher", out / "tokenizer", teacher_train))
         return {"source": "retrained", "stages": summary["stages"]}
     load_shipped_teacher()  # a clear error when missing or corrupt
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(SHIPPED_TEACHER, dest)
+    with atomic_directory(dest) as tmp:
+        shutil.copytree(SHIPPED_TEACHER, tmp, dirs_exist_ok=True)
     return {"source": str(SHIPPED_TEACHER)}
 
 

@@ -11,7 +11,6 @@ Re-running the same command skips finished stages and resumes the interrupted on
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -19,7 +18,7 @@ from typing import Any, Optional
 import torch
 
 from ..checkpoint import load_model, load_tokenizer
-from ..config import ConfigError, ModelConfig, atomic_write_text, to_dict
+from ..config import ConfigError, ModelConfig, atomic_directory, atomic_write_text, to_dict
 from ..convert.from_attention import student_from_teacher
 from ..data.dataset import DataBundle, DataConfig, load_data
 from ..models.lm import LanguageModel
@@ -142,13 +141,8 @@ def run_recipe(cfg: DistillConfig, env: Optional[D.DistEnv] = None) -> dict[str,
     summary = {"stages": [{k: v for k, v in r.items() if k not in ("history", "fingerprint")} for r in results],
                "model_dir": str(out / "model")}
     if env.is_main:
-        tmp = out / f".tmp-model-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        shutil.copytree(prev, tmp)
-        if (out / "model").exists():
-            shutil.rmtree(out / "model")
-        os.replace(tmp, out / "model")
+        with atomic_directory(out / "model") as tmp:  # the last stage's model, replaced whole
+            shutil.copytree(prev, tmp, dirs_exist_ok=True)
         atomic_write_text(out / "result.json", json.dumps(summary, indent=2) + "\n")
     D.barrier(env)
     summary["results"] = results

@@ -19,8 +19,6 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
@@ -28,6 +26,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 import torch
 import torch.nn as nn
 
+from ..config import atomic_directory
 from ..inference.padding import left_pad
 from ..runtime import UserError
 
@@ -133,9 +132,7 @@ class OutcomeRewardModel(nn.Module):
         from safetensors.torch import save_file
 
         out = Path(out_dir)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-        try:
+        with atomic_directory(out) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
                       str(tmp / "head.safetensors"))
             if save_backbone:
@@ -146,16 +143,6 @@ class OutcomeRewardModel(nn.Module):
                     "backbone_kind": "thinkfast" if _is_thinkfast(self.backbone) else "hf",
                     "max_len": self.max_len, "hidden_size": self.head.in_features}
             (tmp / "orm.json").write_text(json.dumps(meta, indent=2) + "\n")
-            if out.exists():
-                old = out.with_name(f".{out.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(out, old)
-                os.replace(tmp, out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return out
 
     @classmethod
