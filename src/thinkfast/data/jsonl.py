@@ -53,15 +53,20 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
             # without its newline, a row cut inside a string reads "Unterminated string", not
             # "Invalid control character"
             line = decode_utf8(raw, path, lineno).rstrip("\r\n")
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({json_error_detail(e)})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield lineno, row
+            if line.strip():
+                yield lineno, parse_row(line, path, lineno)
+
+
+def parse_row(line: str, path: str | os.PathLike, lineno: int, malformed: str = "malformed JSON") -> dict[str, Any]:
+    """One JSONL line as its row, a JSON object; anything else is a DataError at ``path:LINE``
+    (``malformed`` starts the message for text that is not JSON)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{lineno}: {malformed} ({json_error_detail(e)})") from None
+    if not isinstance(row, dict):
+        raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+    return row
 
 
 def read_jsonl(path: str | os.PathLike, limit: Optional[int] = None) -> list[tuple[str, dict[str, Any]]]:

@@ -15,18 +15,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..config import atomic_write_text, json_error_detail
-from ..data.jsonl import decode_utf8
+from ..data.jsonl import decode_utf8, parse_row
 from ..runtime import UserError
-
-
-def _parse_line(line: str, path: Path, lineno: int) -> dict[str, Any]:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{lineno}: malformed JSON row ({json_error_detail(e)})") from None
-    if not isinstance(row, dict):
-        raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-    return row
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -59,7 +49,7 @@ def iter_jsonl(path: str | os.PathLike, allow_truncated_tail: bool = False) -> I
             continue
         is_tail = i == len(lines)  # no newline after it: the writer may have died mid-line
         try:
-            yield i, _parse_line(line, path, i)
+            yield i, parse_row(line, path, i, malformed="malformed JSON row")
         except UserError as e:
             if allow_truncated_tail and is_tail:
                 return
