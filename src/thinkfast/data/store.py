@@ -563,7 +563,7 @@ class StoreBlocks:
         b = self.batch(list(range(self.n_blocks)))
         return TokenBlocks(b["input_ids"], b["labels"], b["valid"])
 
-    # --- counts, from the index (the mask is read only at the first token of an example) ---------
+    # --- counts, from the index (of the mask, only an example's first token, or a cut one's) ----
     def counts(self, chunk: int = 1 << 16) -> dict[str, int]:
         """tokens (real inputs), loss_tokens (labels that are not IGNORE) and truncated examples,
         equal to what the in-memory blocks of the same split would count."""
@@ -594,7 +594,7 @@ class StoreBlocks:
             loss += int((resp[whole] - s.mask_at(start[whole])).sum())
             for lo in start[cut]:  # a cut example: the mask of its first T+1 tokens
                 loss += int(s.read(int(lo) + 1, int(lo) + self.T + 1, mask=True).sum())
-            s.release()
+        s.release()
         return {"tokens": tokens, "loss_tokens": loss, "truncated": truncated}
 
     @property
