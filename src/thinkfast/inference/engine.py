@@ -550,7 +550,10 @@ def generate(
     """Sample ``params.n`` completions for each prompt.
 
     prompts: texts (needs ``tokenizer``) or token-id lists. ``batch_size`` prompts are prefilled
-    together (default: all); each batch decodes ``batch_size * n`` rows at once.
+    together (default: all); each batch decodes ``batch_size * n`` rows at once. With
+    ``params.continuous`` the call instead decodes ``params.max_batch_rows`` rows at once
+    (default ``batch_size * n``) over all its prompts, refilling finished rows, and every output
+    carries the timing of that one call.
     Returns one GenerationOutput per prompt, in order.
     """
     params = params or SamplingParams()
