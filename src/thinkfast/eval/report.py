@@ -33,6 +33,20 @@ def _save(fig: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _finish(plt: Any, fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, drawn: bool, path: Path) -> bool:
+    """Label and grid a plot, save it (with its legend) when anything was ``drawn``, close it;
+    returns ``drawn``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=7)
+        _save(fig, path)
+    plt.close(fig)
+    return drawn
+
+
 def plot_vs_k(runs: Sequence[dict[str, Any]], methods: Sequence[str], title: str, path: Path) -> bool:
     """One line per (run, method) with its confidence band; False when there is nothing to plot."""
     plt = _pyplot()
@@ -53,15 +67,7 @@ def plot_vs_k(runs: Sequence[dict[str, Any]], methods: Sequence[str], title: str
     ks = sorted({e["k"] for run in runs for es in run["metrics"].values() for e in es})
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.minorticks_off()
-    ax.set_xlabel("k (samples per problem)")
-    ax.set_ylabel("fraction of problems")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if drawn:
-        ax.legend(fontsize=7)
-        _save(fig, path)
-    plt.close(fig)
-    return drawn
+    return _finish(plt, fig, ax, "k (samples per problem)", "fraction of problems", title, drawn, path)
 
 
 def plot_vs_seconds(runs: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]], task: str, path: Path) -> bool:
@@ -86,15 +92,8 @@ def plot_vs_seconds(runs: Sequence[dict[str, Any]], front: Sequence[dict[str, An
     ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-    ax.set_xlabel("seconds per problem (measured engine timings)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"{task}: accuracy vs time budget")
-    ax.grid(alpha=0.3)
-    if drawn:
-        ax.legend(fontsize=7)
-        _save(fig, path)
-    plt.close(fig)
-    return drawn
+    return _finish(plt, fig, ax, "seconds per problem (measured engine timings)", "accuracy",
+                   f"{task}: accuracy vs time budget", drawn, path)
 
 
 def _fmt(e: dict[str, Any] | None) -> str:
