@@ -130,14 +130,21 @@ def _prepare(out: Path, overwrite: bool) -> Path:
 
 
 def _publish(partial: Path, out: Path) -> None:
-    """Rename the finished ``partial`` to ``out`` (an existing store is replaced, then deleted)."""
+    """Rename the finished ``partial`` to ``out``. An existing store is moved aside first, put
+    back if the rename fails, and deleted once the new one is in place."""
     old = None
     if out.exists() and any(out.iterdir()):
         old = out.parent / f".{out.name}.replaced-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)  # left by a process of the same id that died here
         os.replace(out, old)
     elif out.exists():
         out.rmdir()
-    os.replace(partial, out)
+    try:
+        os.replace(partial, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
     if old is not None:
         shutil.rmtree(old)
 
