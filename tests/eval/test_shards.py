@@ -150,7 +150,8 @@ def test_merge_refuses_missing_overlapping_mismatched_and_unfinished_shards(setu
     # another run's shard: other settings
     other = tmp / "hot.jsonl"
     assert main(base + ["--out", str(other), "--shard", "1", "--num-shards", "3", "--temperature", "0.5"]) == 0
-    with pytest.raises(UserError, match=r"hot.jsonl is not a shard of the same run .* identity \(settings.temperature: 1.0 vs 0.5"):
+    with pytest.raises(UserError, match=r"hot.jsonl is not a shard of the same run .* "
+                                        r"identity \(settings.temperature: 1.0 vs 0.5"):
         merge_shards([paths[0], other, paths[2]], out)
     # a row copied into another shard's file
     moved = tmp / "moved.jsonl"

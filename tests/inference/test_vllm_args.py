@@ -34,8 +34,9 @@ class FakeLLM:
             seed = getattr(sp, "seed", None)
             if seed is None:
                 seed, self.draws = self.kwargs["seed"] * 1000 + self.draws, self.draws + 1
-            comps = [SimpleNamespace(index=j, text=f"r{seed}.{j}", token_ids=[10 + (seed + j) % 7] * min(2, sp.max_tokens),
-                                     finish_reason="length", stop_reason=None, logprobs=None) for j in range(sp.n)]
+            comps = [SimpleNamespace(index=j, text=f"r{seed}.{j}", finish_reason="length", stop_reason=None,
+                                     token_ids=[10 + (seed + j) % 7] * min(2, sp.max_tokens), logprobs=None)
+                     for j in range(sp.n)]
             outs.append(SimpleNamespace(prompt_token_ids=inp["prompt_token_ids"], outputs=comps, metrics=None))
         return outs
 

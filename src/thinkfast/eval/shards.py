@@ -372,7 +372,8 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike,
                 raise UserError(f"{p}:{lineno}: problem {pid!r} is not one of the run's problems")
             belongs = (position[pid] // block) % count
             if belongs != i:
-                raise UserError(f"{p}:{lineno}: problem {pid!r} belongs to shard {belongs}, not {i}: the shards overlap")
+                raise UserError(f"{p}:{lineno}: problem {pid!r} belongs to shard {belongs}, not {i}: "
+                                "the shards overlap")
             if pid in owner and owner[pid] != p:
                 raise UserError(f"{p}:{lineno}: problem {pid!r} is also in {owner[pid]}: the shards overlap")
             if pid in rows_of and last != pid:

@@ -293,7 +293,8 @@ def vllm_generate_fn(llm: Any, tokenizer: Any, settings: Any, stop: Sequence[str
             raise ValueError(f"prompt of {len(p)} tokens leaves no room for new tokens in the context")
         kw: dict[str, Any] = dict(n=1 if greedy else n, temperature=0.0 if greedy else settings.temperature,
                                   top_p=1.0 if greedy else settings.top_p,
-                                  top_k=-1 if greedy or not settings.top_k else settings.top_k,  # -1 = off in all versions
+                                  # top_k -1 = off in all versions
+                                  top_k=-1 if greedy or not settings.top_k else settings.top_k,
                                   max_tokens=max_tokens, stop=stops or None, logprobs=0)
         if per_request:
             kw["seed"] = derive_seed(seed, p)
