@@ -220,21 +220,31 @@ def atomic_directory(out: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         yield tmp
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            shutil.rmtree(old, ignore_errors=True)  # left by a process of the same id that died here
-            os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except BaseException:
-            if old is not None:
-                os.replace(old, out)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        install_directory(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # our own; gone already when it became ``out``
+
+
+def install_directory(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Rename the finished directory ``tmp`` to ``out`` (on the same file system). An existing
+    ``out`` is moved aside first, put back if the rename fails, and removed once the new one is in
+    place (``atomic_directory``'s last step)."""
+    import shutil
+
+    tmp, out = Path(tmp), Path(out)
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)  # left by a process of the same id that died here
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
