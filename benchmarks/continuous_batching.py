@@ -85,8 +85,8 @@ class _StepCounter:
 
 
 def run_pair(model, prompts, n, max_new, mean_len, slots, temperature=1.0, seed=0, repeat=1) -> dict:
-    """Reference and continuous, in the order R C C R (repeated): each figure is the mean of its
-    runs, so a load that drifts during the run weighs on both alike."""
+    """Reference and continuous, ``repeat`` rounds alternating R C, C R, ...: each figure is the
+    mean of its runs, so with an even ``repeat`` a load that drifts weighs on both alike."""
     model.eval()
     vocab = model.config.vocab_size
     base = dict(n=n, temperature=temperature, max_new_tokens=max_new, seed=seed, eos_token_ids=_eos(vocab, mean_len))
@@ -94,7 +94,8 @@ def run_pair(model, prompts, n, max_new, mean_len, slots, temperature=1.0, seed=
     modes = {"reference": ({}, per_batch), "continuous": (dict(continuous=True, max_batch_rows=slots), None)}
     walls: dict = {k: [] for k in modes}
     out, toks = {}, {}
-    for name in ["reference", "continuous", "continuous", "reference"] * repeat:
+    order = [["reference", "continuous"], ["continuous", "reference"]]
+    for name in [m for r in range(repeat) for m in order[r % 2]]:
         kw, bs = modes[name]
         counter = _StepCounter(model)
         t0 = _sync_clock(model.device)
@@ -103,12 +104,12 @@ def run_pair(model, prompts, n, max_new, mean_len, slots, temperature=1.0, seed=
         counter.handle.remove()
         walls[name].append(wall)
         new = sum(len(s.token_ids) for o in outs for s in o.samples)
-        calls = {id(o.timing): o.timing for o in outs}.values()
         wall = sum(walls[name]) / len(walls[name])
         out[name] = dict(wall_s=wall, walls_s=walls[name], new_tokens=new, tokens_per_s=new / wall,
                          seconds_per_problem=wall / len(prompts),
-                         engine_prefill_s=sum(t["prefill_s"] for t in calls),
-                         engine_decode_s=sum(t["decode_s"] for t in calls),
+                         # each output repeats its call's timing: 1 / batch_prompts of it per output
+                         engine_prefill_s=sum(o.timing["prefill_s"] / o.timing["batch_prompts"] for o in outs),
+                         engine_decode_s=sum(o.timing["decode_s"] / o.timing["batch_prompts"] for o in outs),
                          decode_steps=counter.steps, mean_rows_per_decode_step=counter.rows / max(1, counter.steps))
         toks[name] = [[s.token_ids for s in o.samples] for o in outs]
     lens = [len(t) for o in toks["reference"] for t in o]
@@ -183,7 +184,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--smollm-problems", type=int, default=6)
     ap.add_argument("--quick", action="store_true", help="a small run to check the script")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeat", type=int, default=1, help="rounds of R C C R")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of R C, C R, ...")
     ap.add_argument("--json")
     ap.add_argument("--prompt-len", type=int, default=1024, help="shared workload")
     ap.add_argument("--n", type=int, default=64, help="shared workload: samples of the one prompt")

@@ -75,10 +75,11 @@ def run_mode(model, prompts, base: dict, mode: str, slots: int, n: int) -> tuple
     outs = generate(model, prompts, SamplingParams(n=n, **base, **kw), batch_size=max(1, slots // n))
     wall = _clock(dev) - t0
     counter.handle.remove()
-    calls = list({id(o.timing): o.timing for o in outs}.values())
     new = sum(len(s.token_ids) for o in outs for s in o.samples)
+    per_out = [o.timing for o in outs]  # each output repeats its call's timing: 1 / batch_prompts each
     rec = dict(wall_s=wall, new_tokens=new, tokens_per_s=new / wall,
-               prefill_s=sum(t["prefill_s"] for t in calls), decode_s=sum(t["decode_s"] for t in calls),
+               prefill_s=sum(t["prefill_s"] / t["batch_prompts"] for t in per_out),
+               decode_s=sum(t["decode_s"] / t["batch_prompts"] for t in per_out),
                decode_steps=counter.steps, mean_rows_per_step=counter.rows / max(1, counter.steps),
                peak_gib=torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None)
     return rec, [[s.token_ids for s in o.samples] for o in outs]
