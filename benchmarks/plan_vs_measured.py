@@ -152,10 +152,22 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", action="append", choices=sorted(SETTINGS), help="run only these settings")
     p.add_argument("--json", help="write the figures to this file")
+    p.add_argument("--reestimate", metavar="JSON",
+                   help="print the current plan's estimates against the measurements stored in JSON "
+                        "(written by --json) instead of measuring again")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(args.child)))
+        return 0
+    if args.reestimate:
+        data = json.loads(Path(args.reestimate).read_text())
+        print(f"measurements from {args.reestimate} (baseline {data['baseline_rss'] / GiB:.2f} GiB); estimates now")
+        print(f"{'setting':26s} {'T':>5s} {'estimate':>9s} {'measured':>9s} {'ratio':>6s}")
+        for row in data["rows"]:
+            est = estimate(row["setting"])
+            print(f"{row['setting']:26s} {SETTINGS[row['setting']][5]:5d} {est['peak'] / GiB:9.2f} "
+                  f"{row['measured'] / GiB:9.2f} {row['measured'] / est['peak']:6.2f}")
         return 0
     base = _run_child("baseline")["peak_rss"]
     print(f"baseline (idle child with torch and thinkfast imported): {base / GiB:.2f} GiB peak RSS")

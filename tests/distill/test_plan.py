@@ -88,9 +88,14 @@ def test_stage_memory_single_ddp_fsdp():
     assert m.peak_forward_backward == m.weights + m.teacher + m.optimizer + m.activations + m.loss_buffers \
         + m.gradients
     assert m.peak_step == m.weights + m.teacher + m.gradients + m.optimizer + m.step_temporary
+    # the end of backward, every gradient present and the tied embedding's two parts summed, is lower here
+    assert m.peak_forward_backward > m.weights + m.teacher + m.optimizer + m.gradients + 4 * 32 * 8
     assert hidden.trainable_params == 366 and matrix.seq_len == 8 and matrix.tokens_per_step == 32
-    # matrix: one (student) Mamba layer x 2 heads x 4 fp32 (8, 8) tensors, + 3 teacher hidden states
-    assert matrix.memory.activations == 1 * 2 * 8 * 8 * 4 * 4 + 3 * 8 * 8 * 4
+    # matrix: one (student) Mamba layer x 2 heads x 4 fp32 (8, 8) tensors, 6 more for the layer in
+    # flight, + 3 teacher hidden states
+    assert matrix.memory.activations == (4 + 6) * 2 * 8 * 8 * 4 + 3 * 8 * 8 * 4
+    # full logits at the KL's peak: 5 student (B, T, V) tensors (logits + 4 fp32), 3 teacher ones
+    assert m.loss_buffers_full_logits == 16 * 32 * (4 + 4 * 4) + 16 * 32 * (4 + 4 * 2)
 
     ckpt = plan_recipe(_recipe(activation_checkpointing=True), TEACHER).stages[1].memory
     assert ckpt.activations == ckpt.activations_checkpointed < ckpt.activations_full
@@ -113,7 +118,8 @@ def test_bf16_halves_the_teacher_and_adds_autocast_casts():
     assert m.teacher == 2 * 1448  # auto: bf16 on an accelerator
     assert m.weights == 4 * 1622 + 2 * 1622  # fp32 master + the bf16 casts kept for backward
     cpu = plan_recipe(_recipe(bf16=True), TEACHER, accelerator=False).stages[1].memory
-    assert cpu.teacher == 4 * 1448 and cpu.step_temporary == 0
+    # on a CPU AdamW steps one tensor at a time: a sqrt and a quotient of the largest (the embedding)
+    assert cpu.teacher == 4 * 1448 and cpu.step_temporary == 2 * 4 * 32 * 8
 
 
 def test_shapes_from_config_files():
@@ -145,3 +151,15 @@ def test_plan_command(tmp_path, capsys):
     assert "stage kd (kd), pattern MA" in text and "teacher/config.json" in text and "peak" in text
     assert main(["distill", "--plan", str(path), "train.stepz=1"]) == 2  # strict, like a run
     assert "unknown config key" in capsys.readouterr().err
+
+
+def test_end_of_backward_and_cpu_step_with_a_tied_embedding():
+    cfg = build_config({"student": {"init": "new", "model": TEACHER.to_dict()}, "data": {"train": "d.jsonl",
+                        "seq_len": 4}, "train": {"batch_size": 1}, "stages": [{"name": "sft", "objective": "lm"}]})
+    m = plan_recipe(cfg, None, accelerator=False).stages[0].memory
+    assert m.teacher == 0 and m.gradients == 4 * 1448
+    # at the end of backward the embedding's and the head's (V, D) gradients are summed: one more copy
+    assert m.peak_forward_backward >= m.weights + m.optimizer + m.gradients + 4 * 32 * 8
+    assert m.step_temporary == 2 * 4 * 32 * 8
+    hidden = plan_recipe(_recipe(), TEACHER, accelerator=False).stages[0].memory
+    assert hidden.step_temporary == 2 * 4 * 208  # mixers only: the largest is the in_proj (8 x 26)

@@ -21,7 +21,7 @@ Memory per device, for one stage:
                with activation checkpointing only each Block's input plus one Block recomputed
   loss         the logit loss: the chunked KD loss (``loss.chunk_size`` > 0) keeps the gathered
                final hidden states and about four fp32 (chunk, V) tensors; the reference path
-               keeps several fp32 (B, T, V) tensors
+               holds eight (B, T, V) tensors at its peak (five of the student, three of the teacher)
 
 The peak is the larger of the forward/backward phase (weights, teacher, optimizer state, the
 activations and the loss buffers, the gradients too when micro-batches accumulate, only the
@@ -181,11 +181,15 @@ def block_activations(cfg: ModelConfig, kind: str, micro_batch: int, seq_len: in
 def matrix_stage_activations(cfg: ModelConfig, micro_batch: int, seq_len: int) -> int:
     """MOHAWK stage 1 keeps every Mamba layer's graph until one backward: per layer and head
     about four fp32 (T, T) tensors of the student's materialised matrix (the decay, C B^T, their
-    product, the difference with the target), plus the teacher's hidden states (no grad)."""
+    product, the difference with the target); the layer in flight holds six more per head (the
+    teacher's scores, masked scores and softmax; segsum's masked, summed and masked tensors);
+    plus the teacher's hidden states (no grad)."""
     H = cfg.mamba.n_heads
     n_m = cfg.layer_pattern.count("M")
-    per_layer = micro_batch * H * seq_len * seq_len * 4 * 4
-    return n_m * per_layer + (cfg.n_layers + 1) * micro_batch * seq_len * cfg.d_model * 4
+    tt = micro_batch * H * seq_len * seq_len * 4  # one fp32 (T, T) per head
+    # + the layer in flight: the teacher's scores, masked scores and softmax, and segsum's three
+    in_flight = 6 * tt if n_m else 0
+    return n_m * 4 * tt + in_flight + (cfg.n_layers + 1) * micro_batch * seq_len * cfg.d_model * 4
 
 
 # --- the plan -------------------------------------------------------------------------------------
@@ -306,7 +310,11 @@ def plan_stage(cfg: DistillConfig, index: int, student: ModelConfig, teacher: Op
     if mode == "ddp":
         grads += 4 * ptrain  # DDP's flat all-reduce buckets
     optim = 8 * ptrain // shard
-    step_tmp = (4 * ptrain // shard) if accelerator else 0
+    embed_trains = _embedding_trains(stage.objective, stage.trainable)
+    if accelerator:  # foreach AdamW: one fp32 copy of the second moments (sqrt), then in place
+        step_tmp = 4 * ptrain // shard
+    else:  # the per-tensor CPU step: sqrt and a division of the largest tensor at a time
+        step_tmp = 2 * 4 * _largest_trainable(s_cfg, stage.objective, stage.trainable, embed_trains) // shard
 
     t_act = teacher_bytes_per_param(tc, accelerator)
 
@@ -340,17 +348,46 @@ def plan_stage(cfg: DistillConfig, index: int, student: ModelConfig, teacher: Op
     if stage.objective in ("kd", "lm"):
         c = min(chunk or 1024, bt)
         chunked = bt * D * (resid_b + (t_act if two else 0)) + (4 if two else 2) * c * V * 4 + bt * D * resid_b
-        full_logits = bt * V * (act_b + 4 * (5 if two else 3)) + (bt * V * (t_act + 4 * 2) if two else 0) \
-            + 2 * bt * V * 4
+        # reference path, at the forward's peak (inside the KL): the student's logits, tempered
+        # logits, log-probabilities, the log-ratio and its product with p; the teacher's logits,
+        # log-probabilities and p. CE alone: the logits, their fp32 copy and log-softmax.
+        full_logits = (bt * V * (act_b + 4 * 4) + bt * V * (t_act + 4 * 2)) if two else bt * V * (act_b + 4 * 2)
     loss_b = (chunked if chunk else full_logits)
 
     head_grad = 4 * head  # the first gradient backward makes: the LM head's
     base = weights + teacher_b + optim
     fwd = base + acts + loss_b + (grads if accum > 1 else min(grads, head_grad))
+    # the end of backward: every gradient is there, and a tied embedding sums its two (V, D) parts
+    tied_sum = 4 * head // shard if (s_cfg.tie_embeddings and embed_trains) else 0
+    fwd = max(fwd, base + grads + tied_sum)
     step = weights + teacher_b + grads + optim + step_tmp
     mem = Memory(weights, teacher_b, grads, optim, full, ckpt, acts, chunked, full_logits, step_tmp, fwd, step)
     return StagePlan(stage.name, stage.objective, s_cfg.layer_pattern, T, tc.steps, tc.batch_size, micro, accum,
                      tc.batch_size * T, ps, pt, ptrain, blocks, mem, tuple(notes))
+
+
+def _mode(objective: str, trainable: str) -> str:
+    if objective == "matrix":
+        return "matrix"
+    if trainable == "auto":
+        return {"lm": "all", "kd": "all", "hidden": "mixers"}[objective]
+    return trainable
+
+
+def _embedding_trains(objective: str, trainable: str) -> bool:
+    return _mode(objective, trainable) in ("all", "no_mlp")
+
+
+def _largest_trainable(cfg: ModelConfig, objective: str, trainable: str, embed_trains: bool) -> int:
+    """Elements of the largest trainable tensor (the per-tensor optimizer step's temporaries)."""
+    if embed_trains:
+        return cfg.vocab_size * cfg.d_model
+    m = mamba_params(cfg) if "M" in cfg.layer_pattern else {}
+    mode = _mode(objective, trainable)
+    if mode == "matrix":
+        return m.get("in_proj", 0)
+    mixer = max(m.get("in_proj", 0), m.get("out_proj", 0))
+    return max(mixer, cfg.d_model * cfg.d_ff) if mode == "mamba_layers" else mixer
 
 
 def initial_student(cfg: DistillConfig, teacher: Optional[ModelConfig],
