@@ -71,3 +71,18 @@ def test_distill_check_exits_non_zero_on_parity_failure(tmp_path):
                     "--inject-parity-error", "0.01"]) == 1
     report = json.loads(bad.read_text())
     assert report["status"] == 1 and "parity failed" in report["errors"][0]
+
+
+def test_time_guards_nest():
+    import time
+
+    dc = _load("distill_check")
+    with pytest.raises(dc.TimeGuard, match="outer"):
+        with dc.time_guard(0.3, "outer"):
+            with dc.time_guard(10, "inner"):
+                pass  # leaving the inner guard must not disarm the outer one
+            time.sleep(5)
+    with pytest.raises(dc.TimeGuard, match="inner"):
+        with dc.time_guard(10, "outer"):
+            with dc.time_guard(0.2, "inner"):
+                time.sleep(5)

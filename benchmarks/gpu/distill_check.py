@@ -45,19 +45,38 @@ class TimeGuard(Exception):
     """A piece (or the whole run) ran past its time budget."""
 
 
+_deadlines: list[tuple[float, str]] = []  # the guards in force, outermost first
+
+
+def _arm() -> None:
+    """Point SIGALRM at the nearest deadline of the guards in force (none: disarmed)."""
+    if not _deadlines:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        return
+    when, _ = min(_deadlines)
+    signal.setitimer(signal.ITIMER_REAL, max(when - time.monotonic(), 0.001))
+
+
+def _fire(signum, frame):
+    when, what = min(_deadlines)
+    raise TimeGuard(what)
+
+
 @contextmanager
 def time_guard(seconds: float, what: str):
-    """Raise TimeGuard in the main thread if the block runs longer than ``seconds``."""
-    def fire(signum, frame):
-        raise TimeGuard(f"{what} ran past its {seconds:.0f} s guard")
-
-    old = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+    """Raise TimeGuard in the main thread if the block runs longer than ``seconds``, or when an
+    enclosing guard's time runs out first (guards nest)."""
+    entry = (time.monotonic() + seconds, f"{what} ran past its {seconds:.0f} s guard")
+    old = signal.signal(signal.SIGALRM, _fire)
+    _deadlines.append(entry)
+    _arm()
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+        _deadlines.remove(entry)
+        _arm()
+        if not _deadlines:
+            signal.signal(signal.SIGALRM, old)
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
