@@ -24,37 +24,22 @@ from thinkfast.distill import distributed as D
 sys.path.insert(0, str(Path(__file__).parent))
 from dist_worker import trainer  # noqa: E402
 
-def _launch(root: Path, mode: str) -> Path:
-    """One torchrun launch (2 CPU processes) doing every multi-process run of ``mode``."""
+@pytest.fixture(scope="module")
+def gloo_runs(tmp_path_factory) -> Path:
+    """One torchrun launch (2 CPU processes) doing every multi-process run of this file."""
     import token_data
 
+    root = tmp_path_factory.mktemp("gloo")
     data = token_data.write_token_data(root / "data.jsonl", 48)
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(Path(__file__).parent / "dist_worker.py"), str(root / "out"), str(data), mode]
+           str(Path(__file__).parent / "dist_worker.py"), str(root / "out"), str(data), *MODES]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root
 
 
-@pytest.fixture(scope="module")
-def fsdp_runs(tmp_path_factory) -> Path:
-    return _launch(tmp_path_factory.mktemp("fsdp"), "fsdp")
-
-
-@pytest.fixture(scope="module")
-def ddp_runs(tmp_path_factory) -> Path:
-    return _launch(tmp_path_factory.mktemp("ddp"), "ddp")
-
-
-# FSDP2 is the demanding case (each rank holds and writes only its shards; one process reads
-# them all back), so it runs by default; DDP (replicated state, written once) is slow-marked.
-MODES = ["fsdp", pytest.param("ddp", marks=pytest.mark.slow)]
-
-
-@pytest.fixture
-def gloo_runs(request, mode) -> Path:
-    return request.getfixturevalue(f"{mode}_runs")
+MODES = ["ddp", "fsdp"]
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -98,8 +83,8 @@ def test_two_processes_stopped_then_resumed_on_one_match_the_uninterrupted_run(g
     assert _losses(run) == pytest.approx(_losses(out / "full"), rel=1e-5)
 
 
-def test_fsdp_bf16_gathers_bf16_parameters_over_fp32_master_weights(fsdp_runs):
-    report = json.loads((fsdp_runs / "out" / "mp.json").read_text())
+def test_fsdp_bf16_gathers_bf16_parameters_over_fp32_master_weights(gloo_runs):
+    report = json.loads((gloo_runs / "out" / "mp.json").read_text())
     bf16, fp32 = report["bf16"], report["fp32"]
     assert bf16["forward_param_dtypes"] == ["torch.bfloat16"]  # what a block computes with
     assert bf16["optimizer_param_dtypes"] == ["torch.float32"] and bf16["sharded"] == "DTensor"
