@@ -21,8 +21,10 @@ from thinkfast.checkpoint import CheckpointError
 from thinkfast.data.dataset import DataConfig, load_data
 from thinkfast.distill import distributed as D
 
-sys.path.insert(0, str(Path(__file__).parent))
-from dist_worker import trainer  # noqa: E402
+from dist_worker import trainer
+
+MODES = ["ddp", "fsdp"]
+
 
 @pytest.fixture(scope="module")
 def gloo_runs(tmp_path_factory) -> Path:
@@ -37,9 +39,6 @@ def gloo_runs(tmp_path_factory) -> Path:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root
-
-
-MODES = ["ddp", "fsdp"]
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:

@@ -13,7 +13,6 @@ import torch
 from distill_helpers import tiny_config, tiny_teacher
 
 from thinkfast.data.dataset import DataConfig, load_data
-from thinkfast.distill import distributed as D
 from thinkfast.distill.config import LossConfig, TrainConfig
 from thinkfast.distill.metrics import TrainClock, peak_tflops, throughput
 from thinkfast.distill.stages import KDObjective, LMObjective, matmul_params
