@@ -35,7 +35,7 @@ def test_refilling_gives_the_reference_samples(pattern, kind, temperature):
     sp = dict(n=3, seed=7, temperature=temperature, top_p=0.9, top_k=40, max_new_tokens=14,
               eos_token_ids=list(range(0, 256, 13)))
     ref, ref_outs = _run(model, PROMPTS, batch_size=2, **sp)
-    for slots in (2, 7):
+    for slots in ((2, 7) if pattern == "AMAM" else (5,)):  # fewer than n, a prompt's samples split, ...
         got, outs = _run(model, PROMPTS, continuous=True, max_batch_rows=slots, **sp)
         assert got == ref, slots
         for o, r in zip(outs, ref_outs):

@@ -50,7 +50,7 @@ def test_shared_prompt_samples_equal_the_repeated_cache(pattern, temperature):
     model = _model(pattern)
     sp = dict(n=3, seed=2, temperature=temperature, max_new_tokens=12, eos_token_ids=list(range(0, 256, 11)))
     ref = generate(model, PROMPTS, SamplingParams(**sp), batch_size=2)
-    for slots in (2, 7):  # a prompt's samples split over refills; prompt-table entries reused
+    for slots in ((2, 7) if pattern == "AMAM" else (5,)):  # a prompt's samples split; entries reused
         got = generate(model, PROMPTS, SamplingParams(continuous=True, shared_prompt=True, max_batch_rows=slots, **sp))
         for o, r in zip(got, ref):
             for a, b in zip(o.samples, r.samples):
