@@ -135,3 +135,19 @@ def test_on_a_gpu_bf16_holds_the_teacher_in_bf16_and_trains_with_checkpointed_bl
     assert {p.dtype for p in obj.student.parameters()} == {torch.float32}
     recs = [h for h in result["history"] if "loss" in h]
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in recs)
+
+
+def test_every_stage_objective_implements_the_trainer_interface():
+    from thinkfast.compress.config import CompressLoss
+    from thinkfast.compress.projected import ProjectedLM
+    from thinkfast.compress.recipe import CompressObjective
+    from thinkfast.distill.stages import MatrixObjective, StageObjective
+
+    teacher = tiny_teacher()
+    objectives = [obj for _, obj in _objectives()]
+    objectives.append(MatrixObjective(LanguageModel(tiny_config(layer_pattern="MM")), teacher))
+    objectives.append(CompressObjective(ProjectedLM(teacher, 16, "gaussian"), teacher, CompressLoss()))
+    for obj in objectives:
+        assert isinstance(obj, StageObjective), type(obj).__name__
+        assert obj.trainable_parameters() and obj.flops_per_token() > 0
+    assert not isinstance(torch.nn.Linear(2, 2), StageObjective)
