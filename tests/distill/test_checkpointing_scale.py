@@ -151,3 +151,22 @@ def test_every_stage_objective_implements_the_trainer_interface():
         assert isinstance(obj, StageObjective), type(obj).__name__
         assert obj.trainable_parameters() and obj.flops_per_token() > 0
     assert not isinstance(torch.nn.Linear(2, 2), StageObjective)
+
+
+def test_checkpointing_may_be_switched_on_when_resuming(tmp_path, token_data):
+    from safetensors.torch import load_file
+
+    bundle = load_data(DataConfig(train=str(token_data), seq_len=16, eval_fraction=0.1))
+
+    def run(out, **train):
+        torch.manual_seed(0)
+        cfg = TrainConfig(**{"steps": 4, "batch_size": 4, "lr": 3e-3, "progress": False, "save_every": 2, **train})
+        return Trainer(LMObjective(LanguageModel(tiny_config(layer_pattern="MA")), chunk_size=8), bundle, cfg,
+                       tmp_path / out).fit()
+
+    run("full")
+    assert run("resumed", stop_after=3)["interrupted"]
+    run("resumed", activation_checkpointing=True)
+    a, b = (load_file(str(tmp_path / d / "model/model.safetensors")) for d in ("full", "resumed"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-7, msg=k)
