@@ -33,7 +33,8 @@ with finish_reason 'length' and ``hit_context_limit`` set, and ``generate`` warn
 by length, because a left-padded batch shares one length: one long prompt would otherwise cut
 every prompt beside it short, and a sample would depend on its batch.
 
-Glossary: P prompts in a batch, R = P * n rows, V vocab, Lp padded prompt length.
+Glossary: P prompts in a batch, R = P * n rows, V vocab, Lp padded prompt length, S slots (rows
+decoded at once with continuous batching).
 """
 
 from __future__ import annotations
@@ -446,7 +447,8 @@ def _generate_continuous(model: LanguageModel, prompt_ids: list[list[int]], para
         need = sorted({r // n for r in rows} - set(pool.where))
         if need:
             pool.prefill(need)
-        by_cache: dict[int, tuple[Any, list[int], list[int]]] = {}
+        # id(prefill cache) -> (the cache, slots, its rows, output rows)
+        by_cache: dict[int, tuple[Any, list[int], list[int], list[int]]] = {}
         for s_, r in zip(take, rows):
             c, b = pool.where[r // n]
             by_cache.setdefault(id(c), (c, [], [], []))
@@ -473,7 +475,7 @@ def _generate_continuous(model: LanguageModel, prompt_ids: list[list[int]], para
         active[idx] = True
         for s_, r in zip(take, rows):
             slot_row[s_] = r
-            if r % n == n - 1 or r == R - 1:
+            if r % n == n - 1:  # the prompt's last sample has a slot: its prefill is no longer needed
                 pool.release(r // n)
 
     refill(list(range(S)))

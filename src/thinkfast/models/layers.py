@@ -110,8 +110,9 @@ def shared_prompt_decode_attention(q, k_prompt, v_prompt, prompt_mask, flat, n: 
                                    mask: Optional[torch.Tensor]) -> torch.Tensor:
     """One query per row against its prompt's one shared KV copy plus its own tokens:
     q (B, H, 1, hd); k_prompt, v_prompt (Q, G, Lp, hd) and prompt_mask (Q, Lp) bool (None: every
-    position real), one entry per prompt; flat (B,) long, row b is query n_b of entry e_b at ``e_b * n + n_b`` (Q * n: no
-    prompt); k, v (B, G, S, hd) each row's own tokens, mask (B, 1, 1, S) bool -> (B, H, 1, hd).
+    position real), one entry per prompt; flat (B,) long: row b, sample j_b of entry e_b, is at
+    ``e_b * n + j_b`` (Q * n: no prompt); k, v (B, G, S, hd) each row's own tokens, mask
+    (B, 1, 1, S) bool -> (B, H, 1, hd).
 
     Each entry's queries meet its keys in one matmul (the prompt is read once per entry, not
     once per row); the prompt part and the own-tokens part are merged by log-sum-exp. The same
