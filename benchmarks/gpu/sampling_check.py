@@ -139,9 +139,10 @@ def main(argv=None) -> dict:
             model = LanguageModel(cfg).to(dtype).eval()
         V = cfg.vocab_size
         gen = torch.Generator().manual_seed(1)
-        prompts = [torch.randint(0, V - V // 256 - 1, (plen,), generator=gen).tolist() for _ in range(P)]
-        base = dict(temperature=1.0, max_new_tokens=max_new, seed=0,
-                    eos_token_ids=list(range(V - max(1, V // 256), V)))
+        mean_len = 6 if args.tiny else 256  # EOS ids: about 1 / mean_len of the (near-uniform) mass
+        n_eos = max(1, V // mean_len)
+        prompts = [torch.randint(0, V - n_eos, (plen,), generator=gen).tolist() for _ in range(P)]
+        base = dict(temperature=1.0, max_new_tokens=max_new, seed=0, eos_token_ids=list(range(V - n_eos, V)))
         modes = ["reference", "continuous"] + (["continuous+shared"] if "A" in cfg.layer_pattern else [])
         rec, ref_tokens = {}, None
         for mode in modes:
