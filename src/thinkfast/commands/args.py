@@ -14,6 +14,8 @@ Pairs:    key_value: "KEY=VALUE" -> (key, value), the value read as a bool, None
           JSON where it looks like one, else kept as text (``--vllm-arg``).
 Sharding: add_shard_arguments(parser) adds ``--shard`` / ``--num-shards``; shard_spec(args)
           reads them (and torchrun's ranks) into an ``eval.shards.ShardSpec`` or None.
+Engine:   add_engine_arguments(parser) adds the thinkfast engine's --sampler and its speed-only
+          batching flags; engine_options(args) reads the latter.
 Configs:  add_dataclass_arguments(parser, Cls, fields) adds one flag per field of a config
           dataclass (its default, type and attribute docstring); dataclass_from_args builds it back.
 """
@@ -25,9 +27,11 @@ import math
 import os
 from typing import Any, Callable, Optional
 
+from ..runtime import UserError
+
 __all__ = ["positive_int", "non_negative_int", "positive_float", "non_negative_float", "probability",
            "fraction", "existing_file", "existing_dir", "data_source", "output_file", "output_dir", "comma_list",
-           "key_value", "add_shard_arguments", "shard_spec"]
+           "key_value", "add_shard_arguments", "shard_spec", "add_engine_arguments", "engine_options"]
 
 
 def _int(text: str, what: str) -> int:
@@ -279,3 +283,34 @@ def _help_text(text: str, default: Any) -> str:
     if default is not None and default is not False:
         said = f"{said} (default {default})" if said else f"default {default}"
     return said.replace("%", "%%")
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The thinkfast engine's options: the sampler (changes which tokens a seed draws) and the
+    speed-only batching options (``inference.backends.ENGINE_OPTIONS``: never change a sample)."""
+    g = parser.add_argument_group("thinkfast engine")
+    g.add_argument("--sampler", choices=("gumbel", "cdf"), default="gumbel",
+                   help="gumbel: Gumbel-max over the whole vocabulary (the reference); cdf: one uniform per "
+                        "row over the top-k / nucleus candidates, cheaper at large vocabularies. Both are "
+                        "exact and independent of batching, but draw different tokens for one seed")
+    g.add_argument("--continuous", action="store_true",
+                   help="continuous batching: a finished row's slot goes to the next waiting sample "
+                        "(same samples, token for token)")
+    g.add_argument("--max-batch-rows", type=positive_int, default=None,
+                   help="rows decoded at once with --continuous (default: problems per call x n)")
+    g.add_argument("--shared-prompt", action="store_true",
+                   help="with --continuous: a prompt's n samples read one copy of its attention cache")
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The speed-only engine options given on the command line (empty when none was)."""
+    opts: dict[str, Any] = {}
+    if args.continuous:
+        opts["continuous"] = True
+    if args.max_batch_rows is not None:
+        opts["max_batch_rows"] = args.max_batch_rows
+    if args.shared_prompt:
+        opts["shared_prompt"] = True
+    if ("max_batch_rows" in opts or "shared_prompt" in opts) and not args.continuous:
+        raise UserError("--max-batch-rows and --shared-prompt apply with --continuous only")
+    return opts

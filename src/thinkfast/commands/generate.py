@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .args import add_threads, non_negative_float, non_negative_int, positive_int, probability
+from .args import add_engine_arguments, add_threads, engine_options, non_negative_float, non_negative_int, positive_int, probability
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--stop", action="append", default=[])
     p.add_argument("--json", action="store_true", help="print one JSON object per sample")
+    add_engine_arguments(p)
     add_threads(p)
 
 
@@ -27,11 +28,13 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.engine import SamplingParams, generate
     from ..runtime import UserError
 
+    options = engine_options(args)
     model, tok = load_pretrained(args.model)
     if tok is None:
         raise UserError(f"{args.model} has no tokenizer: text prompts need one")
     sp = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                        max_new_tokens=args.max_new_tokens, seed=args.seed, stop=args.stop)
+                        max_new_tokens=args.max_new_tokens, seed=args.seed, stop=args.stop,
+                        sampler=args.sampler, **options)
     try:
         outs = generate(model, args.prompts, sp, tokenizer=tok)
     except ValueError as e:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from ..runtime import UserError
 from ..eval.sampling import SampleSettings
-from .args import (add_dataclass_arguments, add_shard_arguments, add_threads, key_value, non_negative_float,
-                   non_negative_int, output_file, positive_int, probability, shard_spec)
+from .args import (add_dataclass_arguments, add_engine_arguments, add_shard_arguments, add_threads, engine_options,
+                   key_value, non_negative_float, non_negative_int, output_file, positive_int, probability,
+                   shard_spec)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model dtype (default: thinkfast fp32; hf / vllm the checkpoint's)")
     parser.add_argument("--device", default=None,
                         help="default: cuda when available (under torchrun each rank its own GPU), else cpu")
+    add_engine_arguments(parser)
     add_shard_arguments(parser, in_blocks=True)
     add_threads(parser)
     v = parser.add_argument_group("vLLM (--backend vllm; passed to vllm.LLM)")
@@ -89,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
         print(msg, file=sys.stderr)
 
     vllm_kw = vllm_kwargs(args)
+    engine_kw = engine_options(args)
+    if args.backend != "thinkfast" and args.sampler != "gumbel":
+        raise UserError(f"--sampler {args.sampler} is the thinkfast engine's, not --backend {args.backend}'s")
     spec = shard_spec(args, log)
     out = output_for(args.out, spec)
     task = task_by_name(args.task)
@@ -104,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         device = rank_device(args.device)
     backend = open_backend(args.backend, args.model, device=device, dtype=args.dtype, seed=args.seed,
-                           vllm_kwargs=vllm_kw)
+                           vllm_kwargs=vllm_kw, engine_options=engine_kw)
     tok = backend.tokenizer
     if tok is None:
         raise UserError(f"{args.model}: no tokenizer beside the model")
@@ -115,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     seeding = "call" if args.backend == "vllm" and not args.vllm_seed_per_request else None
     settings = SampleSettings(task=task.name, model=str(args.model), n=args.n, temperature=args.temperature,
                               top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
-                              seed=args.seed, prompt_style=style, backend=args.backend, seeding=seeding)
+                              seed=args.seed, prompt_style=style, backend=args.backend, seeding=seeding,
+                              sampler=args.sampler)
     everything = examples
     if spec is None:
         refuse_shard_file(out, "sample")

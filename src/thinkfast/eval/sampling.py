@@ -65,6 +65,9 @@ class SampleSettings:
     """None: randomness keyed on (seed, prompt), the engine's rule (hf: on the batch's prompts).
     "call": vLLM seeded once per engine (``inference.backends``: no per-request seeds), so samples
     depend on the order of requests; a file is never resumed with the other rule."""
+    sampler: str = "gumbel"
+    """The thinkfast engine's sampler (``inference.engine.SamplingParams.sampler``): 'gumbel' or
+    'cdf' draw different tokens for the same seed, so a file is never resumed with the other."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -72,6 +75,8 @@ class SampleSettings:
             del d["backend"]
         if d["seeding"] is None:  # and so do files written before vLLM could seed per call
             del d["seeding"]
+        if d["sampler"] == "gumbel":  # and before the engine had a second sampler
+            del d["sampler"]
         return d
 
 

@@ -368,8 +368,13 @@ def _hf_context(path: str) -> Optional[int]:
 
 
 def open_backend(name: str, model_path: str, device: Optional[str] = None, dtype: Optional[str] = None,
-                 seed: int = 0, vllm_kwargs: Optional[dict[str, Any]] = None) -> Backend:
-    """Load ``model_path`` for backend ``name`` (thinkfast, hf or vllm)."""
+                 seed: int = 0, vllm_kwargs: Optional[dict[str, Any]] = None,
+                 engine_options: Optional[dict[str, Any]] = None) -> Backend:
+    """Load ``model_path`` for backend ``name`` (thinkfast, hf or vllm).
+
+    ``engine_options`` (thinkfast only) are the engine's speed-only ``SamplingParams`` fields
+    (``ENGINE_OPTIONS``: continuous batching, its slots, shared prompt state): they never change
+    a sample."""
     from ..checkpoint import is_thinkfast_dir, load_tokenizer
 
     if name not in BACKENDS:
@@ -382,7 +387,10 @@ def open_backend(name: str, model_path: str, device: Optional[str] = None, dtype
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, tok = load_pretrained(model_path, device=dev, dtype=getattr(torch, dtype) if dtype else None)
         return Backend(name, tok, context_length(model), dev,
-                       lambda settings, stop: engine_generate_fn(model, tok, settings, stop))
+                       lambda settings, stop: engine_generate_fn(model, tok, settings, stop, engine_options))
+    if engine_options:
+        raise UserError(f"{', '.join(sorted(engine_options))}: options of the thinkfast engine, "
+                        f"not of --backend {name}")
     if is_thinkfast_dir(model_path):
         raise UserError(f"{model_path} is a thinkfast model directory; --backend {name} reads transformers "
                         f"checkpoints: run `thinkfast export {model_path} OUT_DIR` and pass --model OUT_DIR")
@@ -413,16 +421,27 @@ def open_backend(name: str, model_path: str, device: Optional[str] = None, dtype
                    lambda settings, stop: vllm_generate_fn(llm, tok, settings, stop, context_len=ctx))
 
 
-def engine_generate_fn(model: Any, tokenizer: Any, settings: Any, stop: Sequence[str]):
+ENGINE_OPTIONS = ("continuous", "max_batch_rows", "shared_prompt")
+"""``SamplingParams`` fields that change the engine's speed and memory, never its samples."""
+
+
+def engine_generate_fn(model: Any, tokenizer: Any, settings: Any, stop: Sequence[str],
+                       engine_options: Optional[dict[str, Any]] = None):
     """A ``GenerateFn`` of ``eval.sampling`` (``(prompts, seed) -> outputs``) over thinkfast's
     engine, with ``settings`` (an ``eval.sampling.SampleSettings``: n, temperature, top_p, top_k,
-    max_new_tokens)."""
+    max_new_tokens, sampler) and ``engine_options`` (``ENGINE_OPTIONS``)."""
     from .engine import ContextLimitWarning, SamplingParams, generate
+
+    options = dict(engine_options or {})
+    unknown = sorted(set(options) - set(ENGINE_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown engine options {unknown}; choose from {ENGINE_OPTIONS}")
 
     def gen(prompts: list[list[int]], seed: int) -> list[GenerationOutput]:
         params = SamplingParams(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
                                 top_k=settings.top_k, max_new_tokens=settings.max_new_tokens,
-                                stop=tuple(stop), seed=seed)  # EOS: the tokenizer's
+                                stop=tuple(stop), seed=seed, sampler=settings.sampler,
+                                **options)  # EOS: the tokenizer's
         with warnings.catch_warnings():
             # run_sampling says it once per run, for every backend; the engine would say it per call
             warnings.simplefilter("ignore", ContextLimitWarning)
