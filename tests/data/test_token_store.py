@@ -341,3 +341,36 @@ def test_the_batch_order_is_unchanged_by_holding_permutations_as_tensors(n, G):
     held = held_out_indices(50, 0.1, seed=2)
     first = set(torch.randperm(50, generator=torch.Generator().manual_seed(2)).tolist()[:5])
     assert held.tolist() == sorted(first)
+
+
+def test_a_run_is_not_resumed_on_a_store_rewritten_in_place(tmp_path):
+    """The resume fingerprint holds the store's manifest digest: the same ``store:DIR`` written
+    again (here from the same rows) is another store, and a run begun on the first refuses it."""
+    from thinkfast.checkpoint import save_model
+    from thinkfast.config import ModelConfig
+    from thinkfast.distill.config import build_config
+    from thinkfast.distill.recipe import run_recipe
+    from thinkfast.models.lm import LanguageModel
+    from thinkfast.runtime import UserError
+
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=VOCAB, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32,
+                                      max_seq_len=32))
+    teacher = save_model(model.eval(), tmp_path / "teacher")
+    src = write_token_data(tmp_path / "data.jsonl", VOCAB, n=20)
+    store = _store(src, tmp_path / "store")
+    cfg = build_config({
+        "out_dir": str(tmp_path / "run"), "teacher": str(teacher),
+        "student": {"init": "teacher", "keep": 0.0, "kind": "discrete"},
+        "data": {"train": f"store:{store}", "seq_len": 16, "eval_fraction": 0.0},
+        "train": {"steps": 3, "batch_size": 2, "progress": False, "save_every": 1, "stop_after": 1},
+        "stages": [{"name": "kd", "objective": "kd"}]})
+    assert run_recipe(cfg).get("interrupted")
+    _store(src, tmp_path / "again")
+    import shutil
+
+    shutil.rmtree(store)
+    (tmp_path / "again").rename(store)
+    cfg.train.stop_after = None
+    with pytest.raises(UserError, match="stores"):
+        run_recipe(cfg)

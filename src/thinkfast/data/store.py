@@ -34,6 +34,7 @@ import mmap
 import os
 import shutil
 import stat
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
@@ -268,12 +269,21 @@ class TokenStoreWriter:
             raise DataError(f"{info.get('source') or self.out} has no rows")
         manifest = {"kind": KIND, "version": VERSION, "dtype": self.dtype.name, "n_examples": self.n_examples,
                     "n_tokens": self.n_tokens, "n_response_tokens": self.n_loss, "max_token_id": self.max_id,
-                    "shards": self.shards, **info}
+                    "shards": self.shards, "store_id": uuid.uuid4().hex, **info}
         atomic_write_text(self.dir / MANIFEST, json.dumps(manifest, indent=1) + "\n")
         # the temporary file behind atomic_write_text is private (0600): readable like the shards instead
         os.chmod(self.dir / MANIFEST, stat.S_IMODE((self.dir / _INDEX_FILES[0]).stat().st_mode))
         _publish(self.dir, self.out)
         return manifest
+
+
+def store_digest(source: str) -> str:
+    """SHA-256 of the manifest of the store ``store:DIR`` names. Each write gets a fresh
+    ``store_id``, so a store rewritten in place (same name, maybe other data) digests differently:
+    a training run records it and refuses to resume on another store."""
+    directory = source[len(STORE_PREFIX):] if source.startswith(STORE_PREFIX) else source
+    read_manifest(directory)  # a clear error when it is not a store
+    return hashlib.sha256((Path(directory) / MANIFEST).read_bytes()).hexdigest()
 
 
 def write_store(rows: Iterable[tuple[str, dict[str, Any]]], out: str | os.PathLike, formatter: Formatter, *,
@@ -609,5 +619,5 @@ class StoreBlocks:
         return self.counts()["loss_tokens"]
 
 
-__all__ = ["IGNORE", "KIND", "STORE_PREFIX", "Examples", "StoreBlocks", "TokenStore", "TokenStoreWriter",
+__all__ = ["IGNORE", "KIND", "STORE_PREFIX", "store_digest", "Examples", "StoreBlocks", "TokenStore", "TokenStoreWriter",
            "formatter_for", "read_manifest", "stream_rows", "token_dtype", "tokenizer_identity", "write_store"]

@@ -21,6 +21,7 @@ from ..checkpoint import load_model, load_tokenizer
 from ..config import ConfigError, ModelConfig, atomic_directory, atomic_write_text, to_dict
 from ..convert.from_attention import student_from_teacher
 from ..data.dataset import DataBundle, DataConfig, load_data
+from ..data.store import STORE_PREFIX, store_digest
 from ..models.lm import LanguageModel
 from ..runtime import UserError
 from . import distributed as D
@@ -101,10 +102,15 @@ def _fingerprint(cfg: DistillConfig, i: int, seq_len: int) -> dict[str, Any]:
               if key not in VOLATILE_TRAIN_KEYS or (k < i and key == "steps")}
         return {**_non_default(st, to_dict(StageConfig())), "train": _non_default(tc, to_dict(TrainConfig()))}
 
-    return {"teacher": cfg.teacher, "tokenizer": cfg.tokenizer,
-            "student": _non_default(full["student"], to_dict(StudentConfig())),
-            "data": _non_default(dict(full["data"], seq_len=seq_len), to_dict(DataConfig())),
-            "earlier_stages": [stage_fp(k) for k in range(i)], "stage": stage_fp(i)}
+    fp = {"teacher": cfg.teacher, "tokenizer": cfg.tokenizer,
+          "student": _non_default(full["student"], to_dict(StudentConfig())),
+          "data": _non_default(dict(full["data"], seq_len=seq_len), to_dict(DataConfig())),
+          "earlier_stages": [stage_fp(k) for k in range(i)], "stage": stage_fp(i)}
+    stores = {key: store_digest(src) for key, src in (("train", cfg.data.train), ("eval", cfg.data.eval))
+              if isinstance(src, str) and src.startswith(STORE_PREFIX)}
+    if stores:  # a store rewritten in place under the same name is other data
+        fp["stores"] = stores
+    return fp
 
 
 def run_recipe(cfg: DistillConfig, env: Optional[D.DistEnv] = None) -> dict[str, Any]:
