@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from ..config import json_error_detail
 from ..runtime import UserError
@@ -79,18 +79,27 @@ def read_jsonl(path: str | os.PathLike, limit: Optional[int] = None) -> list[tup
     return out
 
 
-def read_hf(spec: str, split: str, limit: Optional[int] = None) -> list[tuple[str, dict[str, Any]]]:
-    """Rows of a Hugging Face dataset named ``hf:NAME[:CONFIG]`` (local or hub; needs ``datasets``)."""
-    try:
-        import datasets  # optional dependency
-    except ImportError:
-        raise DataError(f"{spec} needs the 'datasets' package: pip install 'thinkfast[datasets]'") from None
+def open_hf(spec: str, split: str, streaming: bool = False,
+            load_dataset: Optional[Callable[..., Any]] = None) -> Any:
+    """The Hugging Face dataset named ``hf:NAME[:CONFIG]`` (local or hub; needs ``datasets``),
+    loaded by ``load_dataset`` (default: ``datasets.load_dataset``); a DataError naming it when it
+    cannot be loaded."""
+    if load_dataset is None:
+        try:
+            from datasets import load_dataset  # optional dependency
+        except ImportError:
+            raise DataError(f"{spec} needs the 'datasets' package: pip install 'thinkfast[datasets]'") from None
     parts = spec[len("hf:"):].split(":")
     name, config = parts[0], (parts[1] if len(parts) > 1 else None)
     try:
-        ds = datasets.load_dataset(name, config, split=split)
+        return load_dataset(name, config, split=split, **({"streaming": True} if streaming else {}))
     except Exception as e:  # datasets raises many types (network, missing split, ...)
         raise DataError(f"cannot load {spec} (split {split!r}): {e}") from None
+
+
+def read_hf(spec: str, split: str, limit: Optional[int] = None) -> list[tuple[str, dict[str, Any]]]:
+    """Rows of a Hugging Face dataset named ``hf:NAME[:CONFIG]`` (local or hub; needs ``datasets``)."""
+    ds = open_hf(spec, split)
     n = len(ds) if limit is None else min(limit, len(ds))
     return [(f"{spec}[{split}][{i}]", dict(ds[i])) for i in range(n)]
 

@@ -42,9 +42,9 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import numpy as np
 import torch
 
-from ..config import atomic_write_text
+from ..config import atomic_write_text, install_directory
 from .formatting import Formatted, Formatter
-from .jsonl import DataError, iter_jsonl
+from .jsonl import DataError, iter_jsonl, open_hf
 from .packing import IGNORE, TokenBlocks, windows_to_blocks
 
 KIND = "thinkfast-token-store"
@@ -128,26 +128,6 @@ def _prepare(out: Path, overwrite: bool) -> Path:
         shutil.rmtree(partial)  # left by an interrupted run: start again
     partial.mkdir(parents=True)
     return partial
-
-
-def _publish(partial: Path, out: Path) -> None:
-    """Rename the finished ``partial`` to ``out``. An existing store is moved aside first, put
-    back if the rename fails, and deleted once the new one is in place."""
-    old = None
-    if out.exists() and any(out.iterdir()):
-        old = out.parent / f".{out.name}.replaced-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)  # left by a process of the same id that died here
-        os.replace(out, old)
-    elif out.exists():
-        out.rmdir()
-    try:
-        os.replace(partial, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old)
 
 
 class TokenStoreWriter:
@@ -273,7 +253,7 @@ class TokenStoreWriter:
         atomic_write_text(self.dir / MANIFEST, json.dumps(manifest, indent=1) + "\n")
         # the temporary file behind atomic_write_text is private (0600): readable like the shards instead
         os.chmod(self.dir / MANIFEST, stat.S_IMODE((self.dir / _INDEX_FILES[0]).stat().st_mode))
-        _publish(self.dir, self.out)
+        install_directory(self.dir, self.out)  # an existing store moved aside, then removed
         return manifest
 
 
@@ -332,17 +312,7 @@ def stream_rows(source: str, split: str = "train", limit: Optional[int] = None,
 
 
 def _hf_stream(spec: str, split: str, load_dataset: Optional[Callable[..., Iterable[dict[str, Any]]]]):
-    if load_dataset is None:
-        try:
-            from datasets import load_dataset  # optional dependency
-        except ImportError:
-            raise DataError(f"{spec} needs the 'datasets' package: pip install 'thinkfast[datasets]'") from None
-    parts = spec[len("hf:"):].split(":")
-    name, config = parts[0], (parts[1] if len(parts) > 1 else None)
-    try:
-        ds = load_dataset(name, config, split=split, streaming=True)
-    except Exception as e:  # datasets raises many types (network, missing split, ...)
-        raise DataError(f"cannot load {spec} (split {split!r}): {e}") from None
+    ds = open_hf(spec, split, streaming=True, load_dataset=load_dataset)
     for i, row in enumerate(ds):
         if not isinstance(row, dict):
             raise DataError(f"{spec}[{split}][{i}]: expected a row of named fields, got {type(row).__name__}")
