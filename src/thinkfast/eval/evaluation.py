@@ -13,12 +13,15 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..runtime import UserError
 from . import metrics as M
-from .budget import Point, pareto_front, timing_from_rows
+from .adaptive import AdaptiveRule
+from .budget import Point, RunTiming, pareto_front, timing_from_rows
 from .grading import answer_key, grade_rows, summarize
 from .io import read_jsonl
 
 METHODS = ("coverage", "majority", "best_of_n", "weighted_best_of_n")
 SELECTION_METHODS = ("majority", "best_of_n", "weighted_best_of_n")
+ADAPTIVE_METHODS = ("adaptive-esc", "adaptive-beta")
+"""Adaptive majority (``eval.adaptive``): one point per run and rule, in ``run["adaptive"]``."""
 
 
 @dataclass
@@ -75,13 +78,19 @@ def problem_values(p: ProblemSamples, n: int, ks: Sequence[int], same: Callable[
 
 
 def evaluate_run(rows: list[dict[str, Any]], task: Any, name: str, source: str,
-                 settings: EvalSettings, extra_ks: Sequence[int] = ()) -> dict[str, Any]:
+                 settings: EvalSettings, extra_ks: Sequence[int] = (),
+                 adaptive: Sequence[AdaptiveRule] = ()) -> dict[str, Any]:
     """Every metric of one samples file, as a JSON-ready dict, at k = 1, 2, 4, ..., n and at
     ``extra_ks`` (those in 1..n; e.g. the k that fits another model's time budget).
 
     Besides the summaries in ``metrics``, ``per_problem[method][j][i]`` is the value of problem
     ``problem_ids[i]`` at k = ``ks[j]`` (the numbers every mean and interval is computed from),
-    so two runs on the same problems can be compared pairwise (``per_problem_values``)."""
+    so two runs on the same problems can be compared pairwise (``per_problem_values``).
+
+    ``adaptive`` rules (their ``max_n`` capped at n) add ``run["adaptive"][rule.method]``: the
+    rule simulated on each problem's samples in index order (``simulate_adaptive``). A file made
+    by adaptive sampling (its settings name an ``adaptive`` rule) gets that entry from the samples
+    it holds instead, whatever ``adaptive`` says (``adaptive_from_stops``)."""
     if rows and any("correct" not in r for r in rows):
         rows = grade_rows(task, rows, source)
     problems = group_by_problem(rows, settings.reward_key, source)
@@ -103,7 +112,20 @@ def evaluate_run(rows: list[dict[str, Any]], task: Any, name: str, source: str,
             seconds = timing.seconds_per_problem(k) if timing else None
             result[method].append({"k": k, **stats, "seconds": seconds})
     first = rows[0]
-    return {
+    made = (first.get("settings") or {}).get("adaptive")
+    groups = [M.group_answers(p.preds, key=answer_key, same=task.same_answer) for p in problems]
+    adaptive_out: dict[str, Any] = {}
+    if isinstance(made, dict):
+        rule = AdaptiveRule(**made)
+        fixed = fixed_majority_curve(problems, groups, n, settings)
+        adaptive_out[rule.method] = adaptive_from_stops(problems, groups, [len(p.preds) for p in problems],
+                                                        rule, timing, fixed, settings, simulated=False)
+    elif adaptive:
+        fixed = fixed_majority_curve(problems, groups, n, settings)
+        for rule in adaptive:
+            rule = AdaptiveRule(rule.rule, rule.window, min(rule.max_n, n), rule.threshold)
+            adaptive_out[rule.method] = simulate_adaptive(problems, groups, rule, timing, fixed, settings)
+    out = {
         "name": name, "path": source, "model": first.get("model"), "task": getattr(task, "name", None),
         "settings": first.get("settings"), "n": n, "n_max": max(sizes), "problems": len(problems), "ks": ks,
         "has_rewards": problems[0].rewards is not None, "grading": summarize(rows).to_dict(),
@@ -113,6 +135,67 @@ def evaluate_run(rows: list[dict[str, Any]], task: Any, name: str, source: str,
         "per_problem": {method: [[v[method][j] for v in per_problem] for j in range(len(ks))]
                         for method in result},
     }
+    if adaptive_out:
+        out["adaptive"] = adaptive_out
+    return out
+
+
+# --- adaptive majority ---------------------------------------------------------------------------
+
+
+def fixed_majority_curve(problems: Sequence[ProblemSamples], groups: Sequence[Sequence[Optional[int]]], n: int,
+                         settings: EvalSettings) -> list[float]:
+    """Mean majority@k over problems at every k = 1..n (index k - 1), each problem's value as
+    ``problem_values`` computes it (its first n samples, the same subset seeds), so the values at
+    ``run["ks"]`` are the ``majority`` means."""
+    curve = []
+    for k in range(1, n + 1):
+        vals = [M.majority_at_k(g[:n], p.correct[:n], k, settings.max_subsets, settings.seed * 1_000_003 + i)
+                for i, (p, g) in enumerate(zip(problems, groups))]
+        curve.append(sum(vals) / len(vals))
+    return curve
+
+
+def smallest_k_reaching(curve: Sequence[float], accuracy: float, tol: float = 1e-12) -> Optional[int]:
+    """The smallest k whose ``curve[k - 1]`` is at least ``accuracy`` (None when none is)."""
+    return next((k for k, v in enumerate(curve, start=1) if v >= accuracy - tol), None)
+
+
+def majority_of_prefix(groups: Sequence[Optional[int]], correct: Sequence[bool], m: int) -> float:
+    """1.0 when the majority of the first ``m`` samples (ties: the answer seen first) is correct."""
+    i = M.select_majority(groups, range(m))
+    return float(i is not None and correct[i])
+
+
+def adaptive_from_stops(problems: Sequence[ProblemSamples], groups: Sequence[Sequence[Optional[int]]],
+                        stops: Sequence[int], rule: AdaptiveRule, timing: Optional[RunTiming],
+                        fixed: Sequence[float], settings: EvalSettings, simulated: bool) -> dict[str, Any]:
+    """Adaptive majority when problem i stops after ``stops[i]`` samples: accuracy is the majority
+    of each problem's first ``stops[i]`` samples; cost is the run's seconds per problem at the
+    mean samples drawn (``RunTiming.seconds_per_problem``, the fixed-k cost model). Against
+    fixed-k majority (``fixed[k - 1]``): the smallest k reaching the same accuracy and the samples
+    per problem adaptive saves against it (negative: it drew more)."""
+    values = [majority_of_prefix(g, p.correct, m) for p, g, m in zip(problems, groups, stops)]
+    mean_samples = sum(stops) / len(stops)
+    stats = M.mean_ci(values, settings.n_boot, settings.seed)
+    k_same = smallest_k_reaching(fixed, stats["mean"])
+    return {"rule": rule.to_dict(), "simulated": simulated, **stats,
+            "seconds": timing.seconds_per_problem(mean_samples) if timing else None,
+            "mean_samples": mean_samples, "max_samples": max(stops),
+            "stopped_early": sum(m < rule.max_n for m in stops),
+            "fixed_k_same_accuracy": k_same,
+            "samples_saved": None if k_same is None else k_same - mean_samples,
+            "samples": list(stops), "per_problem": values}
+
+
+def simulate_adaptive(problems: Sequence[ProblemSamples], groups: Sequence[Sequence[Optional[int]]],
+                      rule: AdaptiveRule, timing: Optional[RunTiming], fixed: Sequence[float],
+                      settings: EvalSettings) -> dict[str, Any]:
+    """``adaptive_from_stops`` with each problem stopping where ``rule`` stops on its samples in
+    index order: what adaptive sampling with the same seed would have drawn, since its samples are
+    a prefix of the fixed run's."""
+    stops = [rule.stop_after(g[:rule.max_n]) for g in groups]
+    return adaptive_from_stops(problems, groups, stops, rule, timing, fixed, settings, simulated=True)
 
 
 def per_problem_values(run: dict[str, Any], method: str, k: int) -> Optional[dict[str, float]]:
@@ -126,8 +209,12 @@ def per_problem_values(run: dict[str, Any], method: str, k: int) -> Optional[dic
 
 
 def run_points(run: dict[str, Any], methods: Sequence[str]) -> list[Point]:
+    """A run's points of ``methods``; an adaptive method's one point has k = its max_n."""
     pts = []
     for method in methods:
+        a = (run.get("adaptive") or {}).get(method)
+        if a is not None and a.get("seconds") is not None:
+            pts.append(Point(run["name"], method, a["rule"]["max_n"], a["seconds"], a["mean"], a["lo"], a["hi"]))
         for e in run["metrics"].get(method, []):
             if e.get("seconds") is not None:
                 pts.append(Point(run["name"], method, e["k"], e["seconds"], e["mean"], e["lo"], e["hi"]))
@@ -140,6 +227,10 @@ def pareto_by_task(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[d
     for task in sorted({str(r["task"]) for r in runs}):
         same_task = [r for r in runs if str(r["task"]) == task]
         acc = [p for r in same_task for p in run_points(r, SELECTION_METHODS)]
+        # an adaptive point joins only where no fixed-k point is as cheap and as good, so where
+        # adaptive stopping gains nothing (e.g. every problem drew all n) the front is the fixed one
+        acc += [a for r in same_task for a in run_points(r, ADAPTIVE_METHODS)
+                if not any(p.seconds <= a.seconds and p.value >= a.value for p in acc)]
         cov = [p for r in same_task for p in run_points(r, ("coverage",))]
         out[task] = {"accuracy": [p.to_dict() for p in pareto_front(acc)],
                      "coverage": [p.to_dict() for p in pareto_front(cov)]}
@@ -153,7 +244,8 @@ def unique_names(paths: Sequence[str]) -> list[str]:
 
 
 def evaluate_files(paths: Sequence[str], task_name: Optional[str], settings: EvalSettings,
-                   log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+                   log: Callable[[str], None] = lambda s: None,
+                   adaptive: Sequence[AdaptiveRule] = ()) -> dict[str, Any]:
     from .tasks.base import get_task
 
     runs = []
@@ -166,6 +258,6 @@ def evaluate_files(paths: Sequence[str], task_name: Optional[str], settings: Eva
             task = get_task(tname)
         except KeyError as e:
             raise UserError(str(e.args[0])) from None
-        runs.append(evaluate_run(rows, task, name, str(path), settings))
+        runs.append(evaluate_run(rows, task, name, str(path), settings, adaptive=adaptive))
         log(f"{path}: {runs[-1]['problems']} problems x {runs[-1]['n']} samples")
     return {"version": 1, "settings": asdict(settings), "runs": runs, "pareto": pareto_by_task(runs)}

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import atomic_write_text
-from .evaluation import SELECTION_METHODS, pareto_by_task
+from .evaluation import ADAPTIVE_METHODS, SELECTION_METHODS, pareto_by_task
 
 LABELS = {"coverage": "coverage (pass@k)", "majority": "majority@k", "best_of_n": "Best-of-N@k",
-          "weighted_best_of_n": "weighted Best-of-N@k"}
-MARKERS = {"coverage": "o", "majority": "s", "best_of_n": "^", "weighted_best_of_n": "D"}
+          "weighted_best_of_n": "weighted Best-of-N@k", "adaptive-esc": "adaptive majority (ESC)",
+          "adaptive-beta": "adaptive majority (Beta)"}
+MARKERS = {"coverage": "o", "majority": "s", "best_of_n": "^", "weighted_best_of_n": "D", "adaptive-esc": "*",
+           "adaptive-beta": "P"}
 
 
 def _pyplot():
@@ -81,6 +83,12 @@ def plot_vs_seconds(runs: Sequence[dict[str, Any]], front: Sequence[dict[str, An
                 ax.plot([e["seconds"] for e in es], [e["mean"] for e in es], marker=MARKERS[method],
                         color=f"C{i}", alpha=0.8, label=f"{run['name']}: {LABELS[method]}")
                 drawn = True
+        for method in ADAPTIVE_METHODS:  # one point each: its mean samples drawn, at their seconds
+            a = (run.get("adaptive") or {}).get(method)
+            if a is not None and a.get("seconds") is not None:
+                ax.scatter([a["seconds"]], [a["mean"]], marker=MARKERS[method], s=70, color=f"C{i}", zorder=4,
+                           label=f"{run['name']}: {LABELS[method]}, {a['mean_samples']:.3g} samples")
+                drawn = True
     if front:
         ax.step([p["seconds"] for p in front], [p["value"] for p in front], where="post", color="black",
                 linewidth=1.5, label="Pareto front")
@@ -114,9 +122,27 @@ def run_table(run: dict[str, Any]) -> list[str]:
 def front_table(front: Sequence[dict[str, Any]]) -> list[str]:
     lines = ["| budget (s/problem) | best model | method | k | accuracy |", "|---|---|---|---|---|"]
     for p in front:
-        lines.append(f"| {p['seconds']:.3g} | {p['model']} | {LABELS[p['method']]} | {p['k']} | "
+        k = f"<= {p['k']}" if p["method"] in ADAPTIVE_METHODS else p["k"]  # adaptive: its max_n
+        lines.append(f"| {p['seconds']:.3g} | {p['model']} | {LABELS[p['method']]} | {k} | "
                      f"{p['value']:.3f} [{p['lo']:.3f}, {p['hi']:.3f}] |")
     return lines
+
+
+def adaptive_table(run: dict[str, Any]) -> list[str]:
+    """Adaptive majority against fixed-k majority; no lines when the run has none."""
+    entries = [(m, a) for m, a in (run.get("adaptive") or {}).items() if m in ADAPTIVE_METHODS]
+    if not entries:
+        return []
+    lines = ["| method | rule | accuracy | mean samples | s/problem | fixed k, same accuracy | samples saved |",
+             "|---|---|---|---|---|---|---|"]
+    for m, a in entries:
+        rule = ", ".join(f"{k}={v}" for k, v in a["rule"].items() if k != "rule")
+        sec = "" if a.get("seconds") is None else f"{a['seconds']:.3g}"
+        k = "" if a["fixed_k_same_accuracy"] is None else a["fixed_k_same_accuracy"]
+        saved = "" if a["samples_saved"] is None else f"{a['samples_saved']:.3g}"
+        how = "simulated" if a["simulated"] else "sampled"
+        lines.append(f"| {LABELS[m]} ({how}) | {rule} | {_fmt(a)} | {a['mean_samples']:.3g} | {sec} | {k} | {saved} |")
+    return lines + [""]
 
 
 def write_report(metrics: Sequence[dict[str, Any]], out_dir: str | os.PathLike) -> Path:
@@ -143,6 +169,7 @@ def write_report(metrics: Sequence[dict[str, Any]], out_dir: str | os.PathLike) 
                    f"{r['n']} samples{hw}; grading: {r['grading']['timeouts']} timeouts, "
                    f"{r['grading']['no_answer']} samples without an answer.", ""]
             md += run_table(r) + [""]
+            md += adaptive_table(r)
     md += ["Figures are means over problems with 95% percentile-bootstrap intervals; voting metrics at "
            "k < n average over random k-subsets.", ""]
     path = out / "report.md"
