@@ -188,3 +188,69 @@ def test_resume_with_other_rule_settings_or_a_broken_row_is_refused(tmp_path):
         run_adaptive_sampling(examples, prompts, ScriptedGenerate(SCRIPT).make, tmp_path / "b.jsonl",
                               SampleSettings(task="toy", model="fake", n=6), AdaptiveRule("esc", max_n=7),
                               FirstWordTask())
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+PER_CALL = {"prefill_s", "decode_s", "batch_problems", "batch_rows", "new_tokens", "prompt_tokens", "hardware",
+            "settings", "round", "logprob_sum"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    import json
+
+    from thinkfast.checkpoint import save_model
+
+    tmp = tmp_path_factory.mktemp("adaptive_cli")
+    save_model(make_model(), tmp / "tiny", tokenizer=make_tokenizer(chat=True))
+    data = tmp / "gsm8k_test.jsonl"
+    data.write_text("".join(json.dumps({"question": f"question {i} ?", "answer": f"#### {i}"}) + "\n"
+                            for i in range(3)))
+    argv = ["sample", "--model", str(tmp / "tiny"), "--task", "gsm8k", "--data", str(data), "--temperature", "1.0",
+            "--max-new-tokens", "6", "--seed", "3", "--batch-problems", "2", "--threads", "1", "--device", "cpu"]
+    return tmp, argv
+
+
+def test_sample_adaptive_writes_the_fixed_runs_samples_by_rounds(tiny, capsys):
+    from thinkfast.cli import main
+
+    tmp, argv = tiny
+    assert main(argv + ["--n", "4", "--out", str(tmp / "fixed.jsonl")]) == 0
+    assert main(argv + ["--adaptive", "beta", "--window", "2", "--n", "4", "--threshold", "0.9",
+                        "--out", str(tmp / "adaptive.jsonl")]) == 0
+    assert '"closed_at_max_n"' in capsys.readouterr().err
+    fixed = {(r["problem_id"], r["sample_index"]): r for r in read_jsonl(tmp / "fixed.jsonl")}
+    rows = read_jsonl(tmp / "adaptive.jsonl")
+    assert rows
+    for r in rows:
+        f = fixed[(r["problem_id"], r["sample_index"])]
+        assert {k: v for k, v in r.items() if k not in PER_CALL} == {k: v for k, v in f.items() if k not in PER_CALL}
+        assert r["settings"]["adaptive"] == {"rule": "beta", "window": 2, "max_n": 4, "threshold": 0.9}
+        assert r["settings"]["n"] == 4 and r["round"] == r["sample_index"] // 2
+    # resuming with another rule is refused, naming the file
+    assert main(argv + ["--adaptive", "esc", "--window", "2", "--n", "4", "--out", str(tmp / "adaptive.jsonl")]) == 2
+    assert "adaptive.jsonl:1: made with other settings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--window", "2"], "--window apply to --adaptive"),
+    (["--adaptive", "esc", "--threshold", "0.9"], "--threshold is the beta rule's"),
+    (["--adaptive", "esc", "--backend", "hf"], "not --backend hf"),
+])
+def test_sample_adaptive_flags_out_of_place_are_refused(tiny, capsys, extra, says):
+    from thinkfast.cli import main
+
+    tmp, argv = tiny
+    assert main(argv + ["--out", str(tmp / "never.jsonl")] + extra) == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp / "never.jsonl").exists()
+
+
+def test_a_threshold_out_of_range_is_a_usage_error(tiny, capsys):
+    from thinkfast.cli import main
+
+    tmp, argv = tiny
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--out", str(tmp / "never.jsonl"), "--adaptive", "beta", "--threshold", "1.5"])
+    assert e.value.code == 2 and "must be a number in [0.5, 1)" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""``thinkfast sample``: n completions per problem of a task to JSONL (resumable)."""
+"""``thinkfast sample``: n completions per problem of a task to JSONL (resumable); with
+``--adaptive``, by rounds until each problem's vote is settled (``eval.adaptive_sampling``)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..runtime import UserError
 from ..eval.sampling import SampleSettings
-from .args import (add_dataclass_arguments, add_engine_arguments, add_shard_arguments, add_threads, engine_options,
-                   key_value, non_negative_float, non_negative_int, output_file, positive_int, probability,
-                   shard_spec)
+from .args import (_bounded, _float, add_dataclass_arguments, add_engine_arguments, add_shard_arguments, add_threads,
+                   engine_options, key_value, non_negative_float, non_negative_int, output_file, positive_int,
+                   probability, shard_spec)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model dtype (default: thinkfast fp32; hf / vllm the checkpoint's)")
     parser.add_argument("--device", default=None,
                         help="default: cuda when available (under torchrun each rank its own GPU), else cpu")
+    a = parser.add_argument_group("adaptive sampling (docs/adaptive-sampling.md)")
+    a.add_argument("--adaptive", choices=("esc", "beta"), default=None,
+                   help="draw --window samples per open problem per round and stop a problem when this rule "
+                        "says its vote is settled: esc (a whole window agrees) or beta (the leading answer "
+                        "beats the runner-up with posterior probability > --threshold); off by default")
+    a.add_argument("--window", type=positive_int, default=None, help="samples per round (default 8)")
+    a.add_argument("--max-n", type=positive_int, default=None,
+                   help="at most this many samples per problem (default: --n); with --adaptive, --n is this cap")
+    a.add_argument("--threshold", type=_confidence, default=None,
+                   help="the beta rule's confidence, in [0.5, 1) (default 0.95)")
     add_engine_arguments(parser)
     add_shard_arguments(parser, in_blocks=True)
     add_threads(parser)
@@ -55,6 +67,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     v.add_argument("--vllm-seed-per-request", action="store_true",
                    help="seed every request from (seed, its prompt), as our engine does: a problem's samples "
                         "do not depend on batching, resuming or sharding, but vLLM samples more slowly")
+
+
+_confidence = _bounded(_float, "a number in [0.5, 1)", lambda v: 0.5 <= v < 1, "confidence")
+
+
+def adaptive_rule(args: argparse.Namespace):
+    """The ``AdaptiveRule`` of ``--adaptive`` (None without it); its flags without it are refused."""
+    from ..eval.adaptive import AdaptiveRule
+
+    given = [f"--{k.replace('_', '-')}" for k in ("window", "max_n", "threshold")
+             if getattr(args, k, None) is not None]
+    rule = getattr(args, "adaptive", None)
+    if rule is None:
+        if given:
+            raise UserError(f"{', '.join(given)} apply to --adaptive esc|beta only")
+        return None
+    if rule == "esc" and args.threshold is not None:
+        raise UserError("--threshold is the beta rule's; --adaptive esc stops when a whole window agrees")
+    if args.backend == "hf" or (args.backend == "vllm" and not args.vllm_seed_per_request):
+        raise UserError(f"--adaptive needs samples keyed on (seed, prompt), so that a round continues a "
+                        f"problem's samples: --backend thinkfast, or vllm with --vllm-seed-per-request, "
+                        f"not --backend {args.backend}")
+    return AdaptiveRule(rule, window=args.window or 8, max_n=args.max_n or args.n,
+                        threshold=0.95 if args.threshold is None else args.threshold)
 
 
 VLLM_FLAGS = ("tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization", "max_model_len")
@@ -95,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
     if args.backend != "thinkfast" and args.sampler != "gumbel":
         raise UserError(f"--sampler {args.sampler} is the thinkfast engine's, not --backend {args.backend}'s")
     spec = shard_spec(args, log)
+    rule = adaptive_rule(args)
+    if rule is not None and spec is not None:
+        raise UserError("--adaptive runs unsharded: drop --shard (or run one --out per shard of the data)")
     out = output_for(args.out, spec)
     task = task_by_name(args.task)
     try:
@@ -118,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
         chat = getattr(tok, "chat_template", None) and "chat" in task.prompt_styles
         style = "chat" if chat else task.prompt_styles[0]
     seeding = "call" if args.backend == "vllm" and not args.vllm_seed_per_request else None
-    settings = SampleSettings(task=task.name, model=str(args.model), n=args.n, temperature=args.temperature,
+    settings = SampleSettings(task=task.name, model=str(args.model), n=rule.max_n if rule else args.n,
+                              temperature=args.temperature,
                               top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
                               seed=args.seed, prompt_style=style, backend=args.backend, seeding=seeding,
                               sampler=args.sampler)
@@ -132,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
         examples = [everything[p] for p in spec.positions(len(everything))]
         log(f"{spec}: {len(examples)} of {len(everything)} problems -> {out}")
     prompts = encode_prompts(task, examples, tok, style)
+    if rule is not None:
+        return _run_adaptive(args, rule, task, examples, prompts, backend, settings, out, log)
     report = run_sampling(examples, prompts, backend.make_generate_fn(settings, task.stop), out,
                           settings, batch_problems=args.batch_problems, context_len=backend.context_len,
                           hardware=hardware_string(backend.device), log=log)
@@ -143,4 +185,26 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({"written": report.written, "skipped": report.skipped, "failed": len(report.failed),
                       "context_limited": len(report.context_limited),
                       "dropped_rows": report.dropped_rows, "out": out}), file=sys.stderr)
+    return 0
+
+
+def _run_adaptive(args: argparse.Namespace, rule: Any, task: Any, examples: list, prompts: list, backend: Any,
+                  settings: SampleSettings, out: str, log: Any) -> int:
+    from ..eval.adaptive_sampling import run_adaptive_sampling
+    from ..eval.budget import hardware_string
+    from ..eval.io import write_jsonl_atomic
+
+    report = run_adaptive_sampling(examples, prompts, lambda s: backend.make_generate_fn(s, task.stop), out,
+                                   settings, rule, task, batch_problems=args.batch_problems,
+                                   context_len=backend.context_len, hardware=hardware_string(backend.device),
+                                   log=log)
+    errors = Path(f"{out}.errors.jsonl")
+    if report.failed:
+        write_jsonl_atomic(errors, [{"problem_id": pid, "error": why} for pid, why in report.failed])
+    elif errors.exists():
+        errors.unlink()
+    print(json.dumps({"samples": report.samples, "rounds": report.rounds, "closed_by_rule": report.closed_by_rule,
+                      "closed_at_max_n": report.closed_at_max_n, "skipped": report.skipped,
+                      "failed": len(report.failed), "dropped_rows": report.dropped_rows, "out": out}),
+          file=sys.stderr)
     return 0
