@@ -174,3 +174,16 @@ def test_a_file_made_adaptively_is_scored_on_all_its_samples():
     # measured cost: every call's seconds over problems (2 calls: 1 + 2 s, and 1 + 2 s)
     assert a["seconds"] == pytest.approx(6.0 / 2)
     json.dumps(run)
+
+
+def test_the_report_plots_and_tabulates_adaptive_majority(tmp_path):
+    from thinkfast.eval.report import write_report
+
+    probs = {"p0": [("x", True)] * 4, "p1": [("y", False), ("z", False), ("x", True), ("x", True)]}
+    run = evaluate_run(rows_of(probs, seconds=(0.0, 4.0)), Task(), "a", "a.jsonl",
+                       EvalSettings(n_boot=10, max_subsets=100), adaptive=[AdaptiveRule("esc", window=2, max_n=4)])
+    run["task"] = "toy"
+    md = write_report([{"runs": [run]}], tmp_path).read_text()
+    assert "| adaptive majority (ESC) (simulated) | window=2, max_n=4 | 1.000 [1.000, 1.000] | 3 | 3 | 4 | 1 |" in md
+    assert "| adaptive majority (ESC) | <= 4 | 1.000" in md  # on the front, its k the cap
+    assert (tmp_path / "accuracy_vs_seconds_toy.png").is_file()
