@@ -187,3 +187,28 @@ def test_the_report_plots_and_tabulates_adaptive_majority(tmp_path):
     assert "| adaptive majority (ESC) (simulated) | window=2, max_n=4 | 1.000 [1.000, 1.000] | 3 | 3 | 4 | 1 |" in md
     assert "| adaptive majority (ESC) | <= 4 | 1.000" in md  # on the front, its k the cap
     assert (tmp_path / "accuracy_vs_seconds_toy.png").is_file()
+
+
+def test_a_broken_rule_in_a_files_settings_is_a_user_error_naming_the_file():
+    from thinkfast.runtime import UserError
+
+    rows = rows_of(PROBLEMS)
+    for r in rows:
+        r["settings"] = {"n": 4, "adaptive": {"rule": "vote", "window": 2, "max_n": 4}}
+    with pytest.raises(UserError, match=r"toy\.jsonl: row 1 has settings.adaptive .*unknown adaptive rule 'vote'"):
+        evaluate_run(rows, Task(), "toy", "toy.jsonl", EvalSettings(n_boot=10))
+
+
+def test_the_fixed_curve_is_the_runs_majority_at_its_ks():
+    from thinkfast.eval.evaluation import fixed_majority_curve, group_by_problem
+    from thinkfast.eval.grading import answer_key
+
+    settings = EvalSettings(n_boot=10, max_subsets=3)  # sampled subsets: the seeds must match too
+    rows = rows_of(PROBLEMS)
+    run = evaluate_run(rows, Task(), "toy", "toy.jsonl", settings)
+    problems = group_by_problem(rows, "reward", "toy.jsonl")
+    groups = [M.group_answers(p.preds, key=answer_key, same=Task.same_answer) for p in problems]
+    curve = fixed_majority_curve(problems, groups, 4, settings)
+    assert len(curve) == 4
+    for e in run["metrics"]["majority"]:
+        assert curve[e["k"] - 1] == pytest.approx(e["mean"])

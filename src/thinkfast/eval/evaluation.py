@@ -115,8 +115,11 @@ def evaluate_run(rows: list[dict[str, Any]], task: Any, name: str, source: str,
     made = (first.get("settings") or {}).get("adaptive")
     groups = [M.group_answers(p.preds, key=answer_key, same=task.same_answer) for p in problems]
     adaptive_out: dict[str, Any] = {}
-    if isinstance(made, dict):
-        rule = AdaptiveRule(**made)
+    if made is not None:
+        try:
+            rule = AdaptiveRule(**made)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"{source}: row 1 has settings.adaptive {made!r}, not a stopping rule ({e})") from None
         fixed = fixed_majority_curve(problems, groups, n, settings)
         adaptive_out[rule.method] = adaptive_from_stops(problems, groups, [len(p.preds) for p in problems],
                                                         rule, timing, fixed, settings, simulated=False)
@@ -143,22 +146,40 @@ def evaluate_run(rows: list[dict[str, Any]], task: Any, name: str, source: str,
 # --- adaptive majority ---------------------------------------------------------------------------
 
 
+class FixedMajorityCurve:
+    """Mean majority@k over problems at k = 1..n, as a sequence (``curve[k - 1]``) computed on
+    first access and kept: each problem's value as ``problem_values`` computes it (its first n
+    samples, the same subset seeds), so the values at ``run["ks"]`` are the ``majority`` means.
+    Lazy because the comparison with adaptive majority usually needs only the first few k."""
+
+    def __init__(self, problems: Sequence[ProblemSamples], groups: Sequence[Sequence[Optional[int]]], n: int,
+                 settings: EvalSettings):
+        self.problems, self.groups, self.n, self.settings = problems, groups, n, settings
+        self._values: dict[int, float] = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, j: int) -> float:
+        if not 0 <= j < self.n:
+            raise IndexError(j)
+        if j not in self._values:
+            s, n = self.settings, self.n
+            vals = [M.majority_at_k(g[:n], p.correct[:n], j + 1, s.max_subsets, s.seed * 1_000_003 + i)
+                    for i, (p, g) in enumerate(zip(self.problems, self.groups))]
+            self._values[j] = sum(vals) / len(vals)
+        return self._values[j]
+
+
 def fixed_majority_curve(problems: Sequence[ProblemSamples], groups: Sequence[Sequence[Optional[int]]], n: int,
-                         settings: EvalSettings) -> list[float]:
-    """Mean majority@k over problems at every k = 1..n (index k - 1), each problem's value as
-    ``problem_values`` computes it (its first n samples, the same subset seeds), so the values at
-    ``run["ks"]`` are the ``majority`` means."""
-    curve = []
-    for k in range(1, n + 1):
-        vals = [M.majority_at_k(g[:n], p.correct[:n], k, settings.max_subsets, settings.seed * 1_000_003 + i)
-                for i, (p, g) in enumerate(zip(problems, groups))]
-        curve.append(sum(vals) / len(vals))
-    return curve
+                         settings: EvalSettings) -> FixedMajorityCurve:
+    """``FixedMajorityCurve`` of these problems."""
+    return FixedMajorityCurve(problems, groups, n, settings)
 
 
 def smallest_k_reaching(curve: Sequence[float], accuracy: float, tol: float = 1e-12) -> Optional[int]:
     """The smallest k whose ``curve[k - 1]`` is at least ``accuracy`` (None when none is)."""
-    return next((k for k, v in enumerate(curve, start=1) if v >= accuracy - tol), None)
+    return next((k for k in range(1, len(curve) + 1) if curve[k - 1] >= accuracy - tol), None)
 
 
 def majority_of_prefix(groups: Sequence[Optional[int]], correct: Sequence[bool], m: int) -> float:
