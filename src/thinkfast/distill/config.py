@@ -48,6 +48,15 @@ class TrainConfig:
     activation_checkpointing: bool = False
     """Recompute each Block's activations in backward (torch.utils.checkpoint, non-reentrant)
     instead of keeping them: less activation memory for about one extra forward pass."""
+    compile: bool = False
+    """Compile the stage's training forward (student, teacher and loss) and its backward with
+    ``torch.compile`` (inductor; on a CPU its C++ backend, which needs a C++ compiler). The same
+    losses to float rounding, not bit for bit; evaluation stays eager. The first step pays the
+    compilation (minutes on a small CPU), and inductor caches its output under its own cache
+    directory (TORCHINDUCTOR_CACHE_DIR, default a folder in the system temp dir). A backend that
+    fails to compile falls back to the eager step with a logged warning. Measured on the demo's
+    stages on one CPU thread it gave no speed-up (docs/performance.md, "Training speed on CPU"),
+    so the demo leaves it off."""
     teacher_dtype: str = "auto"
     """auto (bf16 on an accelerator when bf16 is on, else fp32) | fp32 | bf16: the dtype the
     frozen teacher is held in."""

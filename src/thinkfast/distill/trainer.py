@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -63,6 +64,7 @@ checkpointing recomputes the same values)."""
 CHECKPOINT_FORMAT = 2
 """trainer_state.json "format": 2 = sharded state/ (DCP); absent = optimizer.pt (read only)."""
 _STEP_DIR = re.compile(r"step_\d{8}")
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(UserError):
@@ -170,6 +172,7 @@ class Trainer:
         self.step, self.tokens, self.prev_wall = 0, 0, 0.0
         self.history: list[dict[str, Any]] = []
         self.model: Any = None
+        self._compiled: Any = None  # train.compile: torch.compile of self.model (training steps only)
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self._writers: list[Any] = []
         self._closers: list[Any] = []
@@ -202,6 +205,7 @@ class Trainer:
         if self.cfg.activation_checkpointing:
             D.checkpoint_activations(self.obj.checkpoint_units())
         self.model = D.wrap(self.obj, self.env, self.cfg.distributed, self.obj.fsdp_units(), bf16=self.cfg.bf16)
+        self._compiled = torch.compile(self.model, dynamic=False) if self.cfg.compile else None
         params = self.obj.trainable_parameters()  # after wrapping: FSDP2 replaced them by DTensors
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
@@ -429,7 +433,7 @@ class Trainer:
             sync = j == len(batches) - 1
             ctx = D.no_sync(self.model, sync) if train else torch.no_grad()
             with ctx, self._autocast():
-                loss, metrics = self.model(b)
+                loss, metrics = self._train_forward(b) if train else self.model(b)
             if train:
                 # DDP/FSDP average gradients over W processes; the factor W makes it a sum.
                 (loss * (n / max(total_units, 1)) * self.env.world_size).backward()
@@ -441,6 +445,22 @@ class Trainer:
         sums = torch.stack([loss_sum] + [metric_sums[k] for k in keys])
         sums = D.all_reduce_tensor(sums, self.env)
         return sums, keys, max(total_units, 1), int(tokens)
+
+    def _train_forward(self, batch: dict[str, torch.Tensor]):
+        """The objective's training forward: compiled under train.compile, else eager. A backend
+        that fails to compile (inductor raises BackendCompilerFailed before anything of the step
+        has run: no gradient is accumulated yet) is given up for the eager forward, with a warning."""
+        if self._compiled is None:
+            return self.model(batch)
+        from torch._dynamo.exc import BackendCompilerFailed
+
+        try:
+            return self._compiled(batch)
+        except BackendCompilerFailed as e:
+            log.warning("%s: train.compile failed (%s); training on without compiling",
+                        self.name, str(e).strip().splitlines()[0][:500])
+            self._compiled = None
+            return self.model(batch)
 
     def _forward_weighted(self, blocks: TokenBlocks, micro: list[list[int]], train: bool):
         """(mean loss, mean metrics, tokens) over the micro-batches (one host sync)."""
