@@ -205,7 +205,9 @@ class Trainer:
         if self.cfg.activation_checkpointing:
             D.checkpoint_activations(self.obj.checkpoint_units())
         self.model = D.wrap(self.obj, self.env, self.cfg.distributed, self.obj.fsdp_units(), bf16=self.cfg.bf16)
-        self._compiled = torch.compile(self.model, dynamic=False) if self.cfg.compile else None
+        # dynamic=None: a shape that changes between steps (the chunked losses' count of loss
+        # positions) is made symbolic after its first recompile, not recompiled at every value.
+        self._compiled = torch.compile(self.model, dynamic=None) if self.cfg.compile else None
         params = self.obj.trainable_parameters()  # after wrapping: FSDP2 replaced them by DTensors
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
