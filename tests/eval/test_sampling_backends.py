@@ -18,8 +18,6 @@ from thinkfast.runtime import UserError
 
 from .conftest import make_model, make_tokenizer
 
-pytest.importorskip("transformers")
-
 
 # --- a fake vllm -----------------------------------------------------------------------------------
 
