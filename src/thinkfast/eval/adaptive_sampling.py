@@ -37,7 +37,7 @@ from .adaptive import AdaptiveRule
 from .grading import answer_key
 from .io import dumps_row, write_jsonl_atomic
 from .metrics import group_answers
-from .sampling import GenerateFn, SampleSettings, _generate_isolating, _read_rows, sample_rows
+from .sampling import GenerateFn, SampleSettings, _generate_isolating, _read_rows, prompt_does_not_fit, sample_rows
 from .tasks.base import Example
 
 MakeGenerateFn = Callable[[SampleSettings], GenerateFn]
@@ -177,10 +177,9 @@ def run_adaptive_sampling(examples: Sequence[Example], prompts: Sequence[list[in
     for ex, p in zip(examples, prompts):
         if not rule.is_open(answers.groups(ex.id)):
             report.skipped += 1
-        elif context_len is not None and len(p) >= context_len:
-            report.failed.append((ex.id, f"prompt of {len(p)} tokens does not fit the model's "
-                                         f"context of {context_len}"))
-            log(f"skipped {ex.id}: {report.failed[-1][1]}")
+        elif (why := prompt_does_not_fit(p, context_len)) is not None:
+            report.failed.append((ex.id, why))
+            log(f"skipped {ex.id}: {why}")
         else:
             todo.append((ex, p))
     failed: set[str] = set()

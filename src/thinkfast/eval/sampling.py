@@ -249,6 +249,14 @@ def _generate_isolating(generate_fn: GenerateFn, prompts: list[list[int]], seed:
     return outs
 
 
+def prompt_does_not_fit(prompt: Sequence[int], context_len: Optional[int]) -> Optional[str]:
+    """Why ``prompt`` cannot be sampled in a ``context_len``-token context, or None when it can
+    (it leaves at least one position for a new token)."""
+    if context_len is not None and len(prompt) >= context_len:
+        return f"prompt of {len(prompt)} tokens does not fit the model's context of {context_len}"
+    return None
+
+
 def run_sampling(examples: Sequence[Example], prompts: Sequence[list[int]], generate_fn: GenerateFn,
                  out_path: str | os.PathLike, settings: SampleSettings, batch_problems: int = 1,
                  context_len: Optional[int] = None, hardware: str = "unknown",
@@ -274,10 +282,9 @@ def run_sampling(examples: Sequence[Example], prompts: Sequence[list[int]], gene
     for pos, (ex, p) in enumerate(zip(examples, prompts)):
         if ex.id in done:
             report.skipped += 1
-        elif context_len is not None and len(p) >= context_len:
-            report.failed.append((ex.id, f"prompt of {len(p)} tokens does not fit the model's "
-                                         f"context of {context_len}"))
-            log(f"skipped {ex.id}: {report.failed[-1][1]}")
+        elif (why := prompt_does_not_fit(p, context_len)) is not None:
+            report.failed.append((ex.id, why))
+            log(f"skipped {ex.id}: {why}")
         else:
             todo.append((pos, ex, p))
             if context_len is not None and len(p) + settings.max_new_tokens > context_len:
