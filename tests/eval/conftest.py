@@ -57,3 +57,26 @@ def make_model(seed: int = 0, pattern: str = "AM"):
     cfg = ModelConfig(vocab_size=len(WORDS), d_model=32, n_layers=len(pattern), n_heads=2, n_kv_heads=1,
                       d_ff=64, max_seq_len=256, layer_pattern=pattern, init_std=0.5)
     return LanguageModel(cfg).eval()
+
+
+def _per_call_fields() -> set[str]:
+    from thinkfast.eval.sampling import ROW_TIMING_KEYS
+
+    return set(ROW_TIMING_KEYS.values()) | {"hardware"}
+
+
+PER_CALL = _per_call_fields()
+"""Sample-row fields that describe the engine call and the machine, not the sample."""
+
+
+def save_tiny_gsm8k(tmp: Path, rows: list[dict]) -> tuple[Path, Path]:
+    """A tiny model directory (``tmp/tiny``, with the chat tokenizer) and a GSM8K-format JSONL of
+    ``rows`` (``tmp/gsm8k_test.jsonl``) for tests that run ``thinkfast sample`` end to end."""
+    import json
+
+    from thinkfast.checkpoint import save_model
+
+    save_model(make_model(), tmp / "tiny", tokenizer=make_tokenizer(chat=True))
+    data = tmp / "gsm8k_test.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp / "tiny", data

@@ -13,7 +13,7 @@ from thinkfast.eval.sampling import SampleSettings, run_sampling
 from thinkfast.eval.tasks.base import Example
 from thinkfast.runtime import UserError
 
-from .conftest import make_model, make_tokenizer
+from .conftest import make_model, make_tokenizer, save_tiny_gsm8k
 
 
 class FirstWordTask:
@@ -198,16 +198,9 @@ PER_CALL = {"prefill_s", "decode_s", "batch_problems", "batch_rows", "new_tokens
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    import json
-
-    from thinkfast.checkpoint import save_model
-
     tmp = tmp_path_factory.mktemp("adaptive_cli")
-    save_model(make_model(), tmp / "tiny", tokenizer=make_tokenizer(chat=True))
-    data = tmp / "gsm8k_test.jsonl"
-    data.write_text("".join(json.dumps({"question": f"question {i} ?", "answer": f"#### {i}"}) + "\n"
-                            for i in range(3)))
-    argv = ["sample", "--model", str(tmp / "tiny"), "--task", "gsm8k", "--data", str(data), "--temperature", "1.0",
+    model, data = save_tiny_gsm8k(tmp, [{"question": f"question {i} ?", "answer": f"#### {i}"} for i in range(3)])
+    argv = ["sample", "--model", str(model), "--task", "gsm8k", "--data", str(data), "--temperature", "1.0",
             "--max-new-tokens", "6", "--seed", "3", "--batch-problems", "2", "--threads", "1", "--device", "cpu"]
     return tmp, argv
 

@@ -3,29 +3,20 @@ the sampler is part of a file's settings, so a file is never resumed with the ot
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from thinkfast.cli import main
 from thinkfast.eval.io import read_jsonl
-from thinkfast.eval.sampling import ROW_TIMING_KEYS
 
-from .conftest import make_model, make_tokenizer
-
-PER_CALL = set(ROW_TIMING_KEYS.values()) | {"hardware"}
+from .conftest import PER_CALL, make_model, make_tokenizer, save_tiny_gsm8k
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    from thinkfast.checkpoint import save_model
-
     tmp = tmp_path_factory.mktemp("engine_flags")
-    save_model(make_model(), tmp / "tiny", tokenizer=make_tokenizer(chat=True))
-    data = tmp / "gsm8k_test.jsonl"
-    data.write_text("".join(json.dumps({"question": f"question {i} " + "word " * i + "?", "answer": f"#### {i}"})
-                            + "\n" for i in range(5)))
-    argv = ["sample", "--model", str(tmp / "tiny"), "--task", "gsm8k", "--n", "3", "--data", str(data),
+    model, data = save_tiny_gsm8k(tmp, [{"question": f"question {i} " + "word " * i + "?", "answer": f"#### {i}"}
+                                        for i in range(5)])
+    argv = ["sample", "--model", str(model), "--task", "gsm8k", "--n", "3", "--data", str(data),
             "--temperature", "1.0", "--max-new-tokens", "12", "--seed", "3", "--batch-problems", "5",
             "--threads", "1", "--device", "cpu"]
     return tmp, argv

@@ -3,23 +3,19 @@ run; merge refuses shards that are missing, overlap, come from other settings or
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
 
 from thinkfast.cli import main
 from thinkfast.eval.io import dumps_row, read_jsonl
-from thinkfast.eval.sampling import ROW_TIMING_KEYS
 from thinkfast.eval.shards import (ShardSpec, default_workers, manifest_path, merge_shards, pin_visible_devices,
                                    rank_device, resolve_shard, shard_path, torchrun_env)
 from thinkfast.runtime import UserError
 
-from .conftest import make_model, make_tokenizer
+from .conftest import PER_CALL, make_model, make_tokenizer, save_tiny_gsm8k
 
 PROBLEMS = 7
-PER_CALL = set(ROW_TIMING_KEYS.values()) | {"hardware"}
-"""Row fields that describe the engine call and the machine, not the sample."""
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
@@ -32,14 +28,10 @@ def _no_launcher(monkeypatch):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from thinkfast.checkpoint import save_model
-
     tmp = tmp_path_factory.mktemp("shards")
-    save_model(make_model(), tmp / "tiny", tokenizer=make_tokenizer(chat=True))
-    data = tmp / "gsm8k_test.jsonl"
-    data.write_text("".join(json.dumps({"question": f"question {i} + 1 ?", "answer": f"so\n#### {i + 1}"}) + "\n"
-                            for i in range(PROBLEMS)))
-    base = ["sample", "--model", str(tmp / "tiny"), "--task", "gsm8k", "--n", "2", "--data", str(data),
+    model, data = save_tiny_gsm8k(tmp, [{"question": f"question {i} + 1 ?", "answer": f"so\n#### {i + 1}"}
+                                        for i in range(PROBLEMS)])
+    base = ["sample", "--model", str(model), "--task", "gsm8k", "--n", "2", "--data", str(data),
             "--max-new-tokens", "4", "--seed", "7", "--batch-problems", "2", "--threads", "1", "--device", "cpu"]
     whole = tmp / "whole.jsonl"
     assert main(base + ["--out", str(whole)]) == 0
