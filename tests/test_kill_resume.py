@@ -191,13 +191,11 @@ batches: a batch of other problems would change the logprobs in their last bits.
 
 
 def _sample_setup(tmp_path: Path) -> list[str]:
-    from eval.conftest import make_model, make_tokenizer  # the eval tests' tiny model and tokenizer
+    from eval.conftest import save_tiny_gsm8k  # the eval tests' tiny model and tokenizer
 
-    save_model(make_model(), tmp_path / "tiny", tokenizer=make_tokenizer(chat=True))
-    data = tmp_path / "gsm8k_test.jsonl"
-    data.write_text("".join(json.dumps({"question": f"question {i} + {i % 3} ?", "answer": f"so\n#### {i}"}) + "\n"
-                            for i in range(PROBLEMS)))
-    return ["sample", "--model", str(tmp_path / "tiny"), "--task", "gsm8k", "--n", str(N), "--data", str(data),
+    model, data = save_tiny_gsm8k(tmp_path, [{"question": f"question {i} + {i % 3} ?", "answer": f"so\n#### {i}"}
+                                             for i in range(PROBLEMS)])
+    return ["sample", "--model", str(model), "--task", "gsm8k", "--n", str(N), "--data", str(data),
             "--max-new-tokens", "6", "--temperature", "1.0", "--seed", "3", "--batch-problems", str(BATCH),
             "--device", "cpu"]
 
