@@ -25,7 +25,8 @@ from ..config import ModelConfig
 from .cache import MambaState
 from .layers import repeat_heads
 from .ssd import (
-    causal_conv1d_kernel, chunk_scan, conv_backend, discrete_chunk_scan, note_conv_backend, ssd_matrix,
+    causal_conv1d_kernel, causal_depthwise_conv, chunk_scan, conv_backend, discrete_chunk_scan, note_conv_backend,
+    ssd_matrix,
 )
 
 
@@ -59,6 +60,10 @@ class MambaMixerBase(nn.Module):
         K = self.conv1d.kernel_size[0]
         if mask is not None:
             xbc = xbc * mask[..., None].to(xbc.dtype)  # padded tokens feed zeros, like a shorter row
+        if state is None and conv_backend(xbc.device) == "torch":  # training: no state to continue
+            note_conv_backend("torch", xbc.device)
+            out = causal_depthwise_conv(xbc, self.conv1d.weight, self.conv1d.bias)  # (B, T, Cd)
+            return F.silu(out) if self.conv_activation == "silu" else out
         xt = xbc.transpose(1, 2)  # (B, Cd, T)
         prev = state.conv.transpose(1, 2).to(xt.dtype) if state is not None else xt.new_zeros(Bsz, Cd, K - 1)
         full = torch.cat([prev, xt], dim=-1)  # (B, Cd, K-1+T)

@@ -12,7 +12,9 @@ are reduced to (x, log_a, B, C) by the mixers before calling here.
 Glossary: b batch, L sequence length, h heads, P head dim, N state size, c chunks, l chunk length.
 
 - ``ssd_sequential``: the plain recurrence, the readable reference and test oracle.
-- ``ssd_chunked``: the chunked scan (Mamba-2 paper, listing 1) for training and prefill.
+- ``ssd_chunked``: the chunked scan (Mamba-2 paper, listing 1), readable, under autograd.
+- ``ssd_chunked_fast``: the same algorithm for training and prefill on CPU, its (l, l) part an
+  autograd.Function (``ChunkDiag``) with a hand-written backward.
 - ``ssd_matrix``: materialises each head's (L, L) mixing matrix M, so y = M x. MOHAWK stage 1
   fits M to the teacher's attention matrix.
 
@@ -24,12 +26,15 @@ The mixers call the scan through two entry points, which pick a backend per call
   the kernel it is rewritten in the continuous form by ``discrete_as_continuous`` (A = -1,
   dt = -log_a, x / dt), as the Llamba and phi-mamba releases do.
 
-Backends: ``"mamba_ssm"`` (the CUDA kernel), ``"torch"`` (``ssd_chunked``), ``"reference"``
+Backends: ``"mamba_ssm"`` (the CUDA kernel), ``"torch"`` (``ssd_chunked_fast``: the chunked
+scan with a hand-written backward for its quadratic part), ``"torch_reference"`` (the readable
+``ssd_chunked`` under autograd, the reference the fast path is tested against), ``"reference"``
 (``ssd_sequential``, slow). By default a CUDA tensor uses mamba_ssm when it can be imported and
 every other tensor uses torch; the environment variable ``THINKFAST_SCAN_BACKEND`` (``auto``,
-``mamba_ssm``, ``torch`` or ``reference``) or the entry points' ``backend`` argument forces one.
-The causal conv before the scan follows the same choice with causal_conv1d's
-``causal_conv1d_fn`` (see ``conv_backend``). Each backend is logged once per process (INFO, this
+``mamba_ssm``, ``torch``, ``torch_reference`` or ``reference``) or the entry points' ``backend``
+argument forces one. The causal conv before the scan follows the same choice: causal_conv1d's
+``causal_conv1d_fn`` with mamba_ssm, ``causal_depthwise_conv`` (hand-written backward) with
+torch, F.conv1d with torch_reference and reference (see ``conv_backend``). Each backend is logged once per process (INFO, this
 module's logger) the first time it runs, and ``backends_used()`` lists those that ran.
 """
 
@@ -158,10 +163,169 @@ def ssd_chunked(
     return y, final_state.transpose(-1, -2).contiguous()
 
 
+_UPPER: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _strict_upper(l: int, device: torch.device) -> torch.Tensor:
+    """(l, l) bool, True above the diagonal (j > i); cached per size and device."""
+    key = (l, str(device))
+    m = _UPPER.get(key)
+    if m is None:
+        m = _UPPER[key] = torch.ones(l, l, dtype=torch.bool, device=device).triu(1)
+    return m
+
+
+def decay_matrix(A_cum: torch.Tensor) -> torch.Tensor:
+    """exp(segsum) from cumulative sums: A_cum (..., l) -> (..., l, l) with
+    out[i, j] = exp(A_cum[i] - A_cum[j]) for j <= i and 0 above the diagonal.
+
+    Equal to ``segsum(A).exp()`` for A_cum = A.cumsum(-1), to float rounding (the difference of
+    two sums instead of one sum; mamba_ssm's kernels compute it the same way). One subtract, one
+    masked fill and one exp over (l, l), in place; the fill comes before the exp so the entries
+    above the diagonal (positive exponents) never overflow."""
+    out = A_cum[..., :, None] - A_cum[..., None, :]  # (..., l, l)
+    out.masked_fill_(_strict_upper(A_cum.shape[-1], A_cum.device), float("-inf"))
+    return out.exp_()
+
+
+class ChunkDiag(torch.autograd.Function):
+    """The chunked scan's quadratic part with a hand-written backward:
+
+        y = ((C B^T) * decay_matrix(A_cum)) @ x          per chunk
+
+    x (..., l, P), A_cum (..., l), B, C (..., l, N) -> y (..., l, P). The forward keeps the
+    masked (l, l) scores S and the decay matrix for the backward, which is four batched
+    matmuls, two products and two row/column sums over (l, l):
+
+        dS = dy x^T, dx = S^T dy, dG = dS * decay, dC = dG B, dB = dG^T C,
+        dA_cum[i] = sum_j (dS * S)[i, j] - sum_j (dS * S)[j, i]
+
+    (d exp(A_cum[i] - A_cum[j]) / dA_cum is +-exp(...)). Autograd of the same forward runs
+    about twice as many (l, l) passes (the expand, masked fills, the cumsum and its flips)."""
+
+    @staticmethod
+    def forward(ctx, x, A_cum, B, C):
+        decay = decay_matrix(A_cum)  # (..., l, l)
+        S = (C @ B.transpose(-1, -2)).mul_(decay)  # (..., l, l)
+        ctx.save_for_backward(x, B, C, decay, S)
+        return S @ x  # (..., l, P)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, B, C, decay, S = ctx.saved_tensors
+        need_x, need_a, need_b, need_c = ctx.needs_input_grad
+        dS = dy @ x.transpose(-1, -2)  # (..., l, l)
+        dx = S.transpose(-1, -2) @ dy if need_x else None
+        dA = None
+        if need_a:
+            dseg = dS * S
+            dA = dseg.sum(-1) - dseg.sum(-2)  # (..., l)
+        dG = dS.mul_(decay)
+        dB = dG.transpose(-1, -2) @ C if need_b else None
+        dC = dG @ B if need_c else None
+        return dx, dA, dB, dC
+
+
+def ssd_chunked_fast(
+    x: torch.Tensor, log_a: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    chunk_size: int = 64, initial_state: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ssd_chunked`` for training: the same chunked algorithm and results (to float rounding),
+    with the within-chunk part as ``ChunkDiag`` (decay from cumulative-sum differences,
+    hand-written backward) and every operand laid out contiguously once, so the batched matmuls
+    and their backward do not copy. Same arguments and results as ``ssd_chunked``; float64
+    inputs stay float64 (for gradient checks), anything else runs in fp32."""
+    b, L, h, P = x.shape
+    N = B.shape[-1]
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    pad = (-L) % chunk_size
+    x, log_a, B, C = x.to(dt), log_a.to(dt), B.to(dt), C.to(dt)
+    if pad:
+        x = F.pad(x, (0, 0, 0, 0, 0, pad))
+        B = F.pad(B, (0, 0, 0, 0, 0, pad))
+        C = F.pad(C, (0, 0, 0, 0, 0, pad))
+        log_a = F.pad(log_a, (0, 0, 0, pad))
+    c, l = x.shape[1] // chunk_size, chunk_size
+    x = x.view(b, c, l, h, P).permute(0, 3, 1, 2, 4).contiguous()  # (b, h, c, l, P)
+    B = B.view(b, c, l, h, N).permute(0, 3, 1, 2, 4).contiguous()  # (b, h, c, l, N)
+    C = C.view(b, c, l, h, N).permute(0, 3, 1, 2, 4).contiguous()  # (b, h, c, l, N)
+    A_cum = log_a.view(b, c, l, h).permute(0, 3, 1, 2).cumsum(-1)  # (b, h, c, l)
+
+    y_diag = ChunkDiag.apply(x, A_cum, B, C)  # (b, h, c, l, P)
+
+    decay_states = (A_cum[..., -1:] - A_cum).exp()  # (b, h, c, l)
+    states = (B * decay_states[..., None]).transpose(-1, -2) @ x  # (b, h, c, N, P)
+
+    h0 = (torch.zeros(b, h, N, P, device=x.device, dtype=dt)
+          if initial_state is None else initial_state.to(dt).transpose(-1, -2))
+    states = torch.cat([h0[:, :, None], states], dim=2)  # (b, h, c+1, N, P)
+    decay_chunk = decay_matrix(F.pad(A_cum[..., -1], (1, 0)).cumsum(-1))  # (b, h, c+1, c+1)
+    new_states = (decay_chunk @ states.flatten(-2)).view(b, h, c + 1, N, P)
+    states, final_state = new_states[:, :, :-1], new_states[:, :, -1]
+
+    y_off = (C @ states) * A_cum.exp()[..., None]  # (b, h, c, l, P)
+    y = (y_diag + y_off).permute(0, 2, 3, 1, 4).reshape(b, c * l, h, P)[:, :L]
+    return y, final_state.transpose(-1, -2).contiguous()
+
+
+class CausalDepthwiseConv(torch.autograd.Function):
+    """The causal depthwise conv of the Mamba mixers on the (B, T, Cd) layout, with a
+    hand-written backward: out[t] = bias + sum_k w[k] x[t - (K-1) + k] (zeros before t = 0),
+    the same sum as F.conv1d over K-1 zeros and x. Each tap is one multiply-add over a shifted
+    (B, T, Cd) slice, channels contiguous; the backward is K shifted multiply-adds for dx and K
+    products summed over (B, T) for dw. At the Llamba mixer's training shape (4 x 512 x 384,
+    K = 4) aten's depthwise convolution_backward costs about twice as much, and F.conv1d also
+    needs the input transposed to (B, Cd, T) and padded."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        # x (B, T, Cd), weight (Cd, 1, K), bias (Cd,) or None -> (B, T, Cd)
+        T, K = x.shape[1], weight.shape[-1]
+        w = weight[:, 0].t().to(x.dtype).contiguous()  # (K, Cd)
+        out = x * w[K - 1]
+        if bias is not None:
+            out += bias.to(x.dtype)
+        for k in range(K - 1):
+            s = K - 1 - k  # tap k reads s tokens back
+            if s < T:
+                out[:, s:].addcmul_(x[:, :T - s], w[k])
+        ctx.save_for_backward(x, w)
+        ctx.has_bias, ctx.w_dtype = bias is not None, weight.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, w = ctx.saved_tensors
+        T, K = x.shape[1], w.shape[0]
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = dout * w[K - 1]
+            for k in range(K - 1):
+                s = K - 1 - k
+                if s < T:
+                    dx[:, :T - s].addcmul_(dout[:, s:], w[k])
+        if ctx.needs_input_grad[1]:
+            taps = [(dout[:, K - 1 - k:] * x[:, :T - (K - 1 - k)]).sum((0, 1)) if K - 1 - k < T
+                    else w.new_zeros(w.shape[1]) for k in range(K)]
+            dw = torch.stack(taps, 1)[:, None].to(ctx.w_dtype)  # (Cd, 1, K)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dout.sum((0, 1)).to(ctx.w_dtype)
+        return dx, dw, db
+
+
+def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """x (B, T, Cd), weight (Cd, 1, K) (an nn.Conv1d's with groups=Cd), bias (Cd,) or None ->
+    (B, T, Cd): the causal conv of x from a zero state; see ``CausalDepthwiseConv``."""
+    if weight.dim() != 3 or weight.shape[1] != 1 or weight.shape[0] != x.shape[-1]:
+        raise ValueError(f"depthwise weight must be ({x.shape[-1]}, 1, K) for {x.shape[-1]} channels, "
+                         f"got {tuple(weight.shape)}")
+    return CausalDepthwiseConv.apply(x, weight, bias)
+
+
 # --- backends -------------------------------------------------------------------------------
 
 BACKEND_ENV = "THINKFAST_SCAN_BACKEND"
-BACKEND_CHOICES = ("auto", "mamba_ssm", "torch", "reference")
+BACKEND_CHOICES = ("auto", "mamba_ssm", "torch", "torch_reference", "reference")
 DT_FLOOR = 1e-9
 """Smallest dt that ``discrete_as_continuous`` passes to the kernel (dt -> 0 is alpha -> 1). A head
 whose decay is closer to 1 than exp(-DT_FLOOR) gets exactly exp(-DT_FLOOR) per token, an error in
@@ -217,7 +381,8 @@ def _note(kind: str, name: str, why: str) -> None:
 
 
 def scan_backend(device: Union[str, torch.device] = "cpu", backend: Optional[str] = None) -> str:
-    """The scan backend that runs for tensors on ``device``: "mamba_ssm", "torch" or "reference".
+    """The scan backend that runs for tensors on ``device``: "mamba_ssm", "torch",
+    "torch_reference" or "reference".
 
     ``backend`` (else ``$THINKFAST_SCAN_BACKEND``, else "auto") is one of ``BACKEND_CHOICES``;
     "auto" is mamba_ssm on CUDA when importable, else torch. Forcing "mamba_ssm" where it cannot
@@ -233,11 +398,13 @@ def scan_backend(device: Union[str, torch.device] = "cpu", backend: Optional[str
 def conv_backend(device: Union[str, torch.device] = "cpu", backend: Optional[str] = None) -> str:
     """The causal-conv backend for ``device``: "causal_conv1d" when the scan choice (as in
     ``scan_backend``) is "auto" or "mamba_ssm", the tensors are on CUDA and causal_conv1d imports;
-    else "torch" (F.conv1d). Forcing the torch or reference scan forces the torch conv too."""
+    "torch_reference" (F.conv1d) when the scan choice is "torch_reference" or "reference"; else
+    "torch" (``causal_depthwise_conv`` from a zero state, F.conv1d when continuing a decode
+    state). Forcing a PyTorch scan forces a PyTorch conv too."""
     choice, device = _choice(backend), torch.device(device)
     if choice in ("auto", "mamba_ssm") and device.type == "cuda" and _load("causal_conv1d") is not None:
         return "causal_conv1d"
-    return "torch"
+    return "torch_reference" if choice in ("torch_reference", "reference") else "torch"
 
 
 def causal_conv1d_kernel() -> Callable:
@@ -253,7 +420,7 @@ def note_conv_backend(name: str, device: Union[str, torch.device], backend: Opti
     device = torch.device(device)
     if name == "causal_conv1d":
         why = "CUDA kernel"
-    elif _choice(backend) in ("torch", "reference"):
+    elif _choice(backend) in ("torch", "torch_reference", "reference"):
         why = f"forced by {BACKEND_ENV if backend is None else 'argument'}={_choice(backend)}"
     else:
         why = _why_not("causal_conv1d", device)
@@ -285,8 +452,9 @@ def chunk_scan(
 
     x (b, L, h, P), dt (b, L, h) > 0 (softplus and bias already applied), A (h,) <= 0,
     B, C (b, L, h, N), initial_state (b, h, P, N) or None  ->  y (b, L, h, P) fp32, final state
-    (b, h, P, N) fp32. torch / reference run ``ssd_chunked`` / ``ssd_sequential`` on
-    (x * dt, dt * A); mamba_ssm runs the fused kernel on the same arguments.
+    (b, h, P, N) fp32. torch / torch_reference / reference run ``ssd_chunked_fast`` /
+    ``ssd_chunked`` / ``ssd_sequential`` on (x * dt, dt * A); mamba_ssm runs the fused kernel on
+    the same arguments.
     """
     name = scan_backend(x.device, backend)
     _run_note(name, x.device, backend)
@@ -298,6 +466,8 @@ def chunk_scan(
     dt = dt.float()
     x_scan, log_a = x.float() * dt[..., None], dt * A.float()
     if name == "torch":
+        return ssd_chunked_fast(x_scan, log_a, B, C, chunk_size=chunk_size, initial_state=initial_state)
+    if name == "torch_reference":
         return ssd_chunked(x_scan, log_a, B, C, chunk_size=chunk_size, initial_state=initial_state)
     return ssd_sequential(x_scan, log_a, B, C, initial_state)
 
@@ -323,13 +493,15 @@ def discrete_chunk_scan(
     chunk_size: int = 64, initial_state: Optional[torch.Tensor] = None, backend: Optional[str] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The discrete form h_t = exp(log_a_t) h_{t-1} + x_t B_t^T, y_t = h_t C_t; shapes as in
-    ``ssd_sequential``. torch / reference run ``ssd_chunked`` / ``ssd_sequential`` on it as it
-    is; mamba_ssm runs the kernel through ``discrete_as_continuous`` (B and C in fp32, like x)."""
+    ``ssd_sequential``. torch / torch_reference / reference run ``ssd_chunked_fast`` /
+    ``ssd_chunked`` / ``ssd_sequential`` on it as it is; mamba_ssm runs the kernel through ``discrete_as_continuous`` (B and C in fp32, like x)."""
     name = scan_backend(x.device, backend)
     if name == "mamba_ssm":
         x_in, dt, A = discrete_as_continuous(x, log_a)
         return chunk_scan(x_in, dt, A, B.float(), C.float(), chunk_size, initial_state, backend="mamba_ssm")
     _run_note(name, x.device, backend)
     if name == "torch":
+        return ssd_chunked_fast(x, log_a, B, C, chunk_size=chunk_size, initial_state=initial_state)
+    if name == "torch_reference":
         return ssd_chunked(x, log_a, B, C, chunk_size=chunk_size, initial_state=initial_state)
     return ssd_sequential(x, log_a, B, C, initial_state)
