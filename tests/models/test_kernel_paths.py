@@ -27,7 +27,7 @@ from thinkfast.models.cache import MambaState
 from thinkfast.models.mamba2 import build_mixer
 from thinkfast.models.ssd import (
     BACKEND_ENV, DT_FLOOR, backends_used, chunk_scan, conv_backend, discrete_as_continuous, discrete_chunk_scan,
-    scan_backend, ssd_chunked, ssd_sequential,
+    scan_backend, ssd_chunked, ssd_chunked_fast, ssd_sequential,
 )
 
 CUDA_KERNELS = (torch.cuda.is_available() and importlib.util.find_spec("mamba_ssm") is not None)
@@ -146,8 +146,8 @@ def test_discrete_chunk_scan_matches_chunked_and_sequential(backend):
     y, s = discrete_chunk_scan(x, log_a, B, C, 8, h0, backend=backend)
     y_ref, s_ref = ssd_sequential(x, log_a, B, C, h0)
     _close([y, s], [y_ref, s_ref])
-    if backend == "torch":  # the default CPU path is ssd_chunked itself, bit for bit
-        y_chk, s_chk = ssd_chunked(x, log_a, B, C, chunk_size=8, initial_state=h0)
+    if backend == "torch":  # the default CPU path is ssd_chunked_fast itself, bit for bit
+        y_chk, s_chk = ssd_chunked_fast(x, log_a, B, C, chunk_size=8, initial_state=h0)
         assert torch.equal(y, y_chk) and torch.equal(s, s_chk)
 
 
