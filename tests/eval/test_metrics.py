@@ -196,3 +196,14 @@ def test_problems_for_margin_by_simulation():
         d = rng.normal(margin, sd, size=n)
         hits += abs(d.mean()) / (d.std(ddof=1) / math.sqrt(n)) > 1.959964
     assert 0.74 < hits / 400 < 0.86
+
+
+def test_margin_for_problems_inverts_problems_for_margin():
+    """The margin detectable on the problems ``problems_for_margin`` asks for is (at most) the one
+    asked for, and on a quarter as many problems it is twice as large."""
+    for sd, margin in ((0.3, 0.03), (0.45, 0.05), (0.2, 0.1)):
+        n = M.problems_for_margin(sd, margin)
+        assert margin - 1e-3 < M.margin_for_problems(sd, n) <= margin
+        assert M.margin_for_problems(sd, 4 * n) == pytest.approx(M.margin_for_problems(sd, n) / 2)
+    with pytest.raises(ValueError):
+        M.margin_for_problems(0.3, 0)

@@ -257,3 +257,15 @@ def problems_for_margin(sd_diff: float, margin: float, alpha: float = 0.05, powe
 
     z = NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
     return math.ceil((z * sd_diff / margin) ** 2)
+
+
+def margin_for_problems(sd_diff: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The mean difference a paired two-sided test at level ``alpha`` detects with probability
+    ``power`` on ``n`` problems whose differences have standard deviation ``sd_diff``: the inverse
+    of ``problems_for_margin``, (z_{1-alpha/2} + z_power) * sd_diff / sqrt(n)."""
+    from statistics import NormalDist
+
+    if n < 1:
+        raise ValueError(f"need at least one problem, got {n}")
+    z = NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
+    return z * sd_diff / math.sqrt(n)
