@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("thinkfast.commands.score", "add reward-model scores to a samples file"),
     "merge": ("thinkfast.commands.merge", "merge the shard files of a sharded sample / grade / score run"),
     "train-rm": ("thinkfast.commands.train_rm", "train an outcome reward model on graded samples"),
+    "train-prm": ("thinkfast.commands.train_prm", "train a process reward model, step labels from rollouts"),
     "evaluate": ("thinkfast.commands.evaluate", "metrics, budgets and the Pareto front to JSON"),
     "report": ("thinkfast.commands.report", "Markdown report with plots from evaluated runs"),
     "select-layers": ("thinkfast.commands.select_layers", "score the teacher's layers and choose the attention "

@@ -14,11 +14,13 @@ GPU_BATCH, CPU_BATCH = 32, 8
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=existing_file, help="samples JSONL (rows need 'question' and 'completion')")
-    parser.add_argument("--rm", required=True, help="ORM directory (thinkfast train-rm) or a causal LM used as a PRM")
-    parser.add_argument("--kind", choices=("auto", "orm", "prm"), default="auto",
-                        help="auto = orm when the directory has orm.json, else prm")
+    parser.add_argument("--rm", required=True, help="ORM directory (thinkfast train-rm), PRM directory "
+                        "(thinkfast train-prm) or a causal LM used as an RLHFlow-style PRM")
+    parser.add_argument("--kind", choices=("auto", "orm", "thinkfast-prm", "prm"), default="auto",
+                        help="auto = orm when the directory has orm.json, thinkfast-prm when it has prm.json, "
+                             "else prm")
     parser.add_argument("--aggregate", choices=("last", "min", "mean", "prod"), default="min",
-                        help="PRM step-score aggregation (default min)")
+                        help="PRM step-score aggregation (default min; a thinkfast PRM takes min or last)")
     parser.add_argument("--backbone-kind", choices=("thinkfast", "hf"), default="thinkfast",
                         help="how a PRM is loaded: thinkfast (its dirs and HF Llamas) or any HF causal LM")
     parser.add_argument("--key", default="reward", help="row field to write (default reward)")

@@ -268,11 +268,36 @@ def train_orm(orm: OutcomeRewardModel, data: Sequence[tuple[str, str, int]], cfg
 # --- process reward model ------------------------------------------------------------------------
 
 
-def split_steps(completion: str) -> list[str]:
-    """Reasoning steps: paragraphs separated by blank lines (empty ones dropped)."""
+STEP_SPLITS = ("blank", "line", "sentence")
+
+
+def step_spans(completion: str, how: str = "blank") -> list[tuple[int, int]]:
+    """(start, end) character spans of the reasoning steps, each stripped of surrounding
+    whitespace, empty ones dropped: ``blank`` paragraphs separated by blank lines (RLHFlow's
+    PRM layout), ``line`` lines (the synthetic task: one step a line), ``sentence`` sentences
+    (a '.', '!' or '?' followed by whitespace, or a line break, ends one)."""
     import re
 
-    return [s.strip() for s in re.split(r"\n\s*\n", completion) if s.strip()]
+    seps = {"blank": r"\n\s*\n", "line": r"\n", "sentence": r"(?<=[.!?])\s+|\n"}
+    if how not in seps:
+        raise ValueError(f"step split must be one of {STEP_SPLITS}, got {how!r}")
+    bounds, start = [], 0
+    for m in re.finditer(seps[how], completion):
+        bounds.append((start, m.start()))
+        start = m.end()
+    bounds.append((start, len(completion)))
+    out = []
+    for a, b in bounds:
+        piece = completion[a:b]
+        if piece.strip():
+            lead = len(piece) - len(piece.lstrip())
+            out.append((a + lead, a + len(piece.rstrip())))
+    return out
+
+
+def split_steps(completion: str, how: str = "blank") -> list[str]:
+    """Reasoning steps (``step_spans``): by default paragraphs separated by blank lines."""
+    return [completion[a:b] for a, b in step_spans(completion, how)]
 
 
 def aggregate_steps(scores: Sequence[float], how: str) -> float:
@@ -364,18 +389,26 @@ class ProcessRewardModel:
 
 def load_scorer(path: str, kind: str = "auto", aggregate: str = "min", device: str = "auto",
                 backbone_kind: str = "thinkfast") -> Scorer:
-    """An ORM directory (has orm.json) or any causal LM used as an RLHFlow-style PRM, on
-    ``device`` (auto: cuda when available, else cpu)."""
+    """An ORM directory (has orm.json), a thinkfast PRM directory (has prm.json; ``thinkfast
+    train-prm``, aggregated by ``aggregate``: min or last) or any causal LM used as an
+    RLHFlow-style PRM, on ``device`` (auto: cuda when available, else cpu)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "auto":
-        kind = "orm" if (Path(path) / "orm.json").exists() else "prm"
+        kind = "orm" if (Path(path) / "orm.json").exists() else \
+            "thinkfast-prm" if (Path(path) / "prm.json").exists() else "prm"
     if kind == "orm":
         return OutcomeRewardModel.load(path, device)
+    if kind == "thinkfast-prm":
+        from .prm import PRM_AGGREGATIONS, StepRewardModel
+
+        if aggregate not in PRM_AGGREGATIONS:
+            raise UserError(f"a thinkfast PRM aggregates by {' or '.join(PRM_AGGREGATIONS)}, not {aggregate!r}")
+        return StepRewardModel.load(path, device, aggregate)
     if kind == "prm":
         model, tok = load_backbone(path, backbone_kind, device)
         return ProcessRewardModel(model.eval(), tok, aggregate)
-    raise UserError(f"unknown reward model kind {kind!r} (auto, orm, prm)")
+    raise UserError(f"unknown reward model kind {kind!r} (auto, orm, thinkfast-prm, prm)")
 
 
 def score_rows(scorer: Scorer, rows: Sequence[dict[str, Any]], key: str = "reward", batch_size: int = 8,
@@ -386,7 +419,12 @@ def score_rows(scorer: Scorer, rows: Sequence[dict[str, Any]], key: str = "rewar
     failed = 0
     for start in range(0, len(rows), batch_size):
         batch = rows[start:start + batch_size]
-        if isinstance(scorer, ProcessRewardModel):
+        if hasattr(scorer, "step_scores_batch"):  # a thinkfast PRM (eval.prm): one forward per batch
+            steps_of = scorer.step_scores_batch([r["question"] for r in batch], [r["completion"] for r in batch],
+                                                batch_size=batch_size)
+            out += [{**r, key: aggregate_steps(st, scorer.aggregate), f"{key}_steps": st}
+                    for r, st in zip(batch, steps_of)]
+        elif isinstance(scorer, ProcessRewardModel):
             for r in batch:
                 try:
                     steps, err = scorer.step_scores(r["question"], r["completion"]), None
