@@ -8,15 +8,18 @@ trainer of each long stage -- llamba kd, llamba sft, hybrid kd, hybrid sft -- on
 shape (batch 4, seq_len 512, response-only loss), and for each variant runs the same optimizer
 steps from the same start. Variants:
 
-  eager      the recipe as the demo runs it (the reference)
+  reference  THINKFAST_SCAN_BACKEND=torch_reference: the readable chunked scan (``ssd_chunked``)
+             and F.conv1d under autograd, the training path before ``ssd_chunked_fast``
+  eager      the recipe as the demo runs it (the default backend: ``ssd_chunked_fast`` and
+             ``causal_depthwise_conv``, hand-written backwards)
   chunk0     loss.chunk_size 0: the logit losses on full logits (the demo's vocabulary is 217)
   compile    train.compile: the objective's forward + backward compiled by inductor
   compile+chunk0
 
 Prints tokens/s per variant, the ratio to eager (each variant's median over alternated rounds
 divided by eager's), and the largest loss difference from eager over the steps. ``--profile``
-instead prints torch.profiler's top ops of one step of each stage (eager; ``--variant`` to pick
-another). ``--json PATH`` writes every figure.
+instead prints torch.profiler's top ops of one step of each stage and their shares by kind
+(matmul, attention, aten's conv, other) (eager; ``--variant`` to pick another). ``--json PATH`` writes every figure.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import torch  # noqa: E402
 
 STAGES = ("llamba-kd", "llamba-sft", "hybrid-kd", "hybrid-sft")
 VARIANTS = {
+    "reference": {"scan_backend": "torch_reference"},
     "eager": {},
     "chunk0": {"loss": {"chunk_size": 0}},
     "compile": {"train": {"compile": True}},
@@ -91,15 +95,43 @@ def build_trainer(stage: str, variant: dict, work: Path, train_path: Path, steps
     return trainer
 
 
-def _timed_steps(trainer, n: int) -> tuple[float, int, list[float]]:
-    """Run ``n`` optimizer steps: (seconds, the trainer's token count after them, their losses)."""
-    losses = []
-    t0 = time.perf_counter()
-    for _ in range(n):
-        rec = trainer.train_step()
-        losses.append(rec["loss"])
-    wall = time.perf_counter() - t0
+def _timed_steps(trainer, n: int, scan_backend: str = "") -> tuple[float, int, list[float]]:
+    """Run ``n`` optimizer steps with ``$THINKFAST_SCAN_BACKEND`` set to ``scan_backend`` ("" is
+    the default): (seconds, the trainer's token count after them, their losses)."""
+    from thinkfast.models.ssd import BACKEND_ENV
+
+    before = os.environ.get(BACKEND_ENV)
+    os.environ[BACKEND_ENV] = scan_backend
+    try:
+        losses = []
+        t0 = time.perf_counter()
+        for _ in range(n):
+            rec = trainer.train_step()
+            losses.append(rec["loss"])
+        wall = time.perf_counter() - t0
+    finally:
+        if before is None:
+            os.environ.pop(BACKEND_ENV)
+        else:
+            os.environ[BACKEND_ENV] = before
     return wall, trainer.tokens, losses
+
+
+CATEGORIES = (  # (name, op-name prefixes) for the profile's shares; the first match wins
+    ("matmul", ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm")),
+    ("attention", ("aten::_scaled_dot_product", "aten::_flash_attention")),
+    ("conv", ("aten::convolution_backward", "aten::mkldnn_convolution", "aten::_convolution",
+              "aten::convolution")),
+)
+
+
+def category(op: str) -> str:
+    """matmul / attention / conv (aten's depthwise conv kernels) / other: everything else, the
+    elementwise passes, copies, reductions and the hand-written conv and scan backwards."""
+    for name, prefixes in CATEGORIES:
+        if op.startswith(prefixes):
+            return name
+    return "other"
 
 
 def benchmark(stages, variants, steps: int, rounds: int, warmup: int, work: Path) -> dict:
@@ -110,7 +142,8 @@ def benchmark(stages, variants, steps: int, rounds: int, warmup: int, work: Path
         for t in trainers.values():  # the same starting weights in every variant
             t.obj.student.load_state_dict(trainers[variants[0]].obj.student.state_dict())
         # warm-up (compilation) steps, the same for every variant, so they stay in step
-        warm_losses = {v: _timed_steps(t, warmup)[2] for v, t in trainers.items()}
+        scan = {v: VARIANTS[v].get("scan_backend", "") for v in variants}
+        warm_losses = {v: _timed_steps(t, warmup, scan[v])[2] for v, t in trainers.items()}
         rates: dict[str, list[float]] = {v: [] for v in variants}
         losses: dict[str, list[float]] = {v: list(warm_losses[v]) for v in variants}
         for r in range(rounds):
@@ -118,7 +151,7 @@ def benchmark(stages, variants, steps: int, rounds: int, warmup: int, work: Path
             for v in order:
                 t = trainers[v]
                 before = t.tokens
-                wall, after, ls = _timed_steps(t, steps)
+                wall, after, ls = _timed_steps(t, steps, scan[v])
                 rates[v].append((after - before) / wall)
                 losses[v] += ls
         ref = losses[variants[0]]
@@ -148,24 +181,30 @@ def profile(stages, variant: str, work: Path, row_limit: int) -> dict:
     out = {}
     for stage in stages:
         t = build_trainer(stage, VARIANTS[variant], work, train_path)
-        _timed_steps(t, 3)  # warm-up
-        wall = _timed_steps(t, 3)[0] / 3
+        scan = VARIANTS[variant].get("scan_backend", "")
+        _timed_steps(t, 3, scan)  # warm-up
+        wall = _timed_steps(t, 3, scan)[0] / 3
         with tprofile(activities=[ProfilerActivity.CPU]) as prof:
-            _timed_steps(t, 1)
+            _timed_steps(t, 1, scan)
         events = prof.key_averages()
         # "ops per step": aten ops called (nested ones included: what the dispatcher runs)
         aten_calls = sum(e.count for e in events if e.key.startswith("aten::"))
         total_self = sum(e.self_cpu_time_total for e in events)
+        shares = {name: 0.0 for name, _ in CATEGORIES} | {"other": 0.0}
+        for e in events:
+            shares[category(e.key)] += e.self_cpu_time_total / total_self
         top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:row_limit]
         print(f"\n=== {stage} ({variant}): {wall * 1e3:.0f} ms/step unprofiled, {aten_calls} aten calls/step, "
               f"{len(events)} distinct ops")
+        print("  shares of self time: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items())
+              + f" (matmul {shares['matmul'] * wall * 1e3:.0f} ms of the unprofiled step)")
         print(f"  {'op':46s} {'self ms':>8s} {'share':>6s} {'calls':>6s}")
         rows = []
         for e in top:
             share = e.self_cpu_time_total / total_self
             print(f"  {e.key[:46]:46s} {e.self_cpu_time_total / 1e3:8.1f} {share:6.1%} {e.count:6d}")
             rows.append({"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "share": share, "calls": e.count})
-        out[stage] = {"ms_per_step": wall * 1e3, "aten_calls": aten_calls, "top": rows}
+        out[stage] = {"ms_per_step": wall * 1e3, "aten_calls": aten_calls, "shares": shares, "top": rows}
         sys.stdout.flush()
     return out
 
