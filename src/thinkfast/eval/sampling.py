@@ -68,6 +68,9 @@ class SampleSettings:
     sampler: str = "gumbel"
     """The thinkfast engine's sampler (``inference.engine.SamplingParams.sampler``): 'gumbel' or
     'cdf' draw different tokens for the same seed, so a file is never resumed with the other."""
+    dtype: Optional[str] = None
+    """The weights' precision when not the default (``--dtype``: float32, bfloat16, float16, or
+    int8 weight-only, ``inference.quant``): a file is never resumed at another precision."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -77,6 +80,8 @@ class SampleSettings:
             del d["seeding"]
         if d["sampler"] == "gumbel":  # and before the engine had a second sampler
             del d["sampler"]
+        if d["dtype"] is None:  # and before --dtype was recorded
+            del d["dtype"]
         return d
 
 
