@@ -42,7 +42,7 @@ class BenchCase:
     gen: int
     threads: int
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "float32"  # float32 | bfloat16 | int8 (thinkfast only: int8 weight-only linears)
     seed: int = 0
     repeats: int = 1
 
@@ -110,13 +110,15 @@ def matmul_floor_ms(model: torch.nn.Module, batch: int, repeats: int = 5) -> flo
     """Milliseconds for one pass of the model's Linear products at ``batch`` rows (best of
     ``repeats``). The pass streams every weight once, as a decode step does, so the weights do not
     sit in cache between products (a model of this size is far larger than the CPU's caches)."""
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    from ..inference.quant import Int8Linear
+
+    linears = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, Int8Linear))]
     p = next(model.parameters())
     xs = {m.in_features: torch.randn(batch, m.in_features, device=p.device, dtype=p.dtype) for m in linears}
 
     def one_pass():
         for m in linears:
-            torch.nn.functional.linear(xs[m.in_features], m.weight, m.bias)
+            m(xs[m.in_features])
         if p.device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -129,18 +131,24 @@ def measure(case: BenchCase) -> dict[str, Any]:
     """Run one case in this process; returns its figures."""
     torch.set_num_threads(case.threads)
     dev = torch.device(case.device)
-    dtype = getattr(torch, case.dtype)
+    from ..inference.quant import inference_dtype, quantize_for_inference
+
+    dtype = inference_dtype(case.dtype)
     g = torch.Generator().manual_seed(case.seed + 1)
     if case.engine == "thinkfast":
         from ..inference.engine import SamplingParams, generate
 
         model = _build_thinkfast(case).to(dev, dtype)
+        if case.dtype == "int8":
+            quantize_for_inference(model, "int8")
         vocab = model.config.vocab_size
         prompts = torch.randint(0, vocab, (case.batch, case.prompt), generator=g).tolist()
 
         def run(n):
             generate(model, prompts, SamplingParams(temperature=0, max_new_tokens=n, eos_token_ids=[]))
     else:
+        if case.dtype == "int8":
+            raise ValueError("int8 weight-only linears are thinkfast's; transformers runs float32 / bfloat16")
         model = _build_hf(case).to(dev)
         vocab = model.config.vocab_size
         ids = torch.randint(0, vocab, (case.batch, case.prompt), generator=g).to(dev)

@@ -23,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engines", type=comma_list("thinkfast", "hf"), default="thinkfast,hf", help="thinkfast and/or hf (transformers generate)")
     add_threads(p)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"],
+                   help="int8: int8 weight-only linears (thinkfast engine only; hf cases are skipped)")
     p.add_argument("--repeats", type=positive_int, default=1, help="best of N timings")
     p.add_argument("--json", dest="json_out", type=output_file, default=None, help="write every figure and the ratios here")
 
@@ -36,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for kind in args.kinds:
         for engine in args.engines:
-            if engine == "hf" and kind == "hybrid":
-                continue  # transformers has no architecture for our hybrid
+            if engine == "hf" and (kind == "hybrid" or args.dtype == "int8"):
+                continue  # transformers has no architecture for our hybrid, nor our int8 linears
             case = BenchCase(engine=engine, kind=kind, preset=args.preset, batch=args.batch, prompt=args.prompt,
                              gen=args.gen, threads=threads, device=args.device, dtype=args.dtype,
                              repeats=args.repeats)
