@@ -165,10 +165,10 @@ def benchmark(stages, variants, steps: int, rounds: int, warmup: int, work: Path
         results[stage] = row
         print(f"\n{stage}: {rounds} rounds x {steps} steps (after {warmup} warm-up steps), "
               f"batch {trainers[variants[0]].cfg.batch_size}")
-        print(f"  {'variant':16s} {'tok/s':>9s} {'x eager':>8s} {'max |dloss|':>12s}")
+        print(f"  {'variant':16s} {'tok/s':>9s} {'x ' + variants[0]:>10s} {'max |dloss|':>12s}")
         for v in variants:
             x = row[v]
-            print(f"  {v:16s} {x['tokens_per_s']:9.0f} {x['ratio']:8.2f} {x['max_loss_diff']:12.3g}")
+            print(f"  {v:16s} {x['tokens_per_s']:9.0f} {x['ratio']:10.2f} {x['max_loss_diff']:12.3g}")
         sys.stdout.flush()
     return results
 

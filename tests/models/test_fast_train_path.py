@@ -1,6 +1,6 @@
 """The fast CPU training path of the Mamba mixers against its references.
 
-``ssd_chunked_fast`` (its quadratic part ``ChunkDiag``, a hand-written backward) against the
+``ssd_chunked_fast`` (the autograd.Function ``ChunkScan``, a hand-written backward) against the
 readable ``ssd_chunked`` under autograd and the sequential recurrence; ``causal_depthwise_conv``
 against F.conv1d; the hand-written backwards against finite differences (float64 gradcheck);
 both mixers' outputs and parameter gradients on the default backend against
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from thinkfast.config import ModelConfig
 from thinkfast.models.mamba2 import build_mixer
 from thinkfast.models.ssd import (
-    BACKEND_ENV, ChunkDiag, causal_depthwise_conv, conv_backend, decay_matrix, scan_backend, segsum, ssd_chunked,
+    BACKEND_ENV, ChunkScan, causal_depthwise_conv, conv_backend, decay_matrix, scan_backend, segsum, ssd_chunked,
     ssd_chunked_fast, ssd_sequential,
 )
 
@@ -61,13 +61,15 @@ def test_decay_matrix_does_not_overflow_above_the_diagonal():
     assert torch.isfinite(out).all() and torch.isfinite(A.grad).all()
 
 
-def test_chunk_diag_backward_gradcheck_float64():
+@pytest.mark.parametrize("with_state", [False, True])
+def test_chunk_scan_backward_gradcheck_float64(with_state):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 3, 8, 4, generator=g, dtype=torch.float64, requires_grad=True)  # (b, c, l, P)
-    A_cum = (-torch.rand(2, 3, 8, generator=g, dtype=torch.float64)).cumsum(-1).requires_grad_()
-    B = torch.randn(2, 3, 8, 5, generator=g, dtype=torch.float64, requires_grad=True)
-    C = torch.randn(2, 3, 8, 5, generator=g, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(ChunkDiag.apply, (x, A_cum, B, C))
+    x = torch.randn(2, 2, 3, 8, 4, generator=g, dtype=torch.float64, requires_grad=True)  # (b, h, c, l, P)
+    A_cum = (-torch.rand(2, 2, 3, 8, generator=g, dtype=torch.float64)).cumsum(-1).requires_grad_()
+    B = torch.randn(2, 2, 3, 8, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    C = torch.randn(2, 2, 3, 8, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 2, 5, 4, generator=g, dtype=torch.float64, requires_grad=True) if with_state else None
+    assert torch.autograd.gradcheck(ChunkScan.apply, (x, A_cum, B, C, h0))
 
 
 @pytest.mark.parametrize("with_state", [False, True])
