@@ -19,6 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--stop", action="append", default=[])
     p.add_argument("--json", action="store_true", help="print one JSON object per sample")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16", "int8"),
+                   help="weights' precision (default: as stored, fp32 for HF Llamas); int8: int8 weight-only "
+                        "linears with per-channel scales (docs/performance.md)")
     add_engine_arguments(p)
     add_threads(p)
 
@@ -28,8 +31,12 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.engine import SamplingParams, generate
     from ..runtime import UserError
 
+    from ..inference.quant import inference_dtype, quantize_for_inference
+
     options = engine_options(args)
-    model, tok = load_pretrained(args.model)
+    model, tok = load_pretrained(args.model, dtype=inference_dtype(args.dtype))
+    if args.dtype == "int8":
+        quantize_for_inference(model, "int8")
     if tok is None:
         raise UserError(f"{args.model} has no tokenizer: text prompts need one")
     sp = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,

@@ -36,8 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("thinkfast", "hf", "vllm"), default="thinkfast",
                         help="thinkfast: our engine (default); hf: transformers generate(), a reference; "
                              "vllm: vLLM's offline LLM.generate (pip install 'thinkfast[vllm]', GPU)")
-    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
-                        help="model dtype (default: thinkfast fp32; hf / vllm the checkpoint's)")
+    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16", "int8"),
+                        help="model dtype (default: thinkfast fp32; hf / vllm the checkpoint's); int8: "
+                             "int8 weight-only linears with per-channel scales, thinkfast backend only")
     parser.add_argument("--device", default=None,
                         help="default: cuda when available (under torchrun each rank its own GPU), else cpu")
     a = parser.add_argument_group("adaptive sampling (docs/adaptive-sampling.md)")
@@ -161,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
                               temperature=args.temperature,
                               top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
                               seed=args.seed, prompt_style=style, backend=args.backend, seeding=seeding,
-                              sampler=args.sampler)
+                              sampler=args.sampler, dtype=args.dtype)
     everything = examples
     if spec is None:
         refuse_shard_file(out, "sample")

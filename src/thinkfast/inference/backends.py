@@ -11,7 +11,8 @@ All three return the engine's own ``GenerationOutput`` / ``Sample`` (``thinkfast
 built by ``outputs.batch_outputs``; seeds come from ``seeding.derive_seed`` and the hf backend pads
 with ``padding.left_pad``, as the engine does.
 
-* ``thinkfast``: ``thinkfast.inference.engine``; reads thinkfast directories and HF Llamas.
+* ``thinkfast``: ``thinkfast.inference.engine``; reads thinkfast directories and HF Llamas; with
+  ``dtype="int8"``, int8 weight-only linears (``thinkfast.inference.quant``).
 * ``hf``: transformers ``generate()``, a reference. Reads any transformers checkpoint without
   remote code (an export of ``thinkfast export``, a HF Llama). Same settings (greedy at
   temperature 0; top-k 0 = off; the tokenizer's EOS; stop strings checked per row with the
@@ -58,7 +59,7 @@ from ..runtime import UserError
 from .outputs import GenerationOutput, Sample, batch_outputs, cut_by_context
 from .seeding import derive_seed
 
-__all__ = ["BACKENDS", "Backend", "GenerateFn", "LazyLLM", "VLLM_DEFAULTS", "derive_seed", "engine_generate_fn",
+__all__ = ["BACKENDS", "Backend", "FLOAT_DTYPES", "GenerateFn", "check_dtype", "LazyLLM", "VLLM_DEFAULTS", "derive_seed", "engine_generate_fn",
            "hf_generate_fn", "load_vllm", "open_backend", "vllm_generate_fn"]
 
 BACKENDS = ("thinkfast", "hf", "vllm")
@@ -374,18 +375,26 @@ def open_backend(name: str, model_path: str, device: Optional[str] = None, dtype
 
     ``engine_options`` (thinkfast only) are the engine's speed-only ``SamplingParams`` fields
     (``ENGINE_OPTIONS``: continuous batching, its slots, shared prompt state): they never change
-    a sample."""
+    a sample.
+
+    ``dtype``: float32 / bfloat16 / float16 for every backend; "int8" (thinkfast only) loads the
+    model in float32, then makes every Linear int8 weight-only (``inference.quant``)."""
     from ..checkpoint import is_thinkfast_dir, load_tokenizer
 
     if name not in BACKENDS:
         raise UserError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    check_dtype(name, dtype)
     if name == "thinkfast":
         import torch
 
         from ..checkpoint import load_pretrained
+        from .quant import inference_dtype, quantize_for_inference
 
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model, tok = load_pretrained(model_path, device=dev, dtype=getattr(torch, dtype) if dtype else None)
+        model, tok = load_pretrained(model_path, device=dev, dtype=inference_dtype(dtype))
+        model.prepare_for_inference()  # q|k|v and gate|up packed once, for the fast decode step
+        if dtype == "int8":
+            quantize_for_inference(model, "int8")
         return Backend(name, tok, context_length(model), dev,
                        lambda settings, stop: engine_generate_fn(model, tok, settings, stop, engine_options))
     if engine_options:
@@ -421,7 +430,23 @@ def open_backend(name: str, model_path: str, device: Optional[str] = None, dtype
                    lambda settings, stop: vllm_generate_fn(llm, tok, settings, stop, context_len=ctx))
 
 
-ENGINE_OPTIONS = ("continuous", "max_batch_rows", "shared_prompt")
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_dtype(backend: str, dtype: Optional[str]) -> None:
+    """A UserError unless ``backend`` can load weights at ``dtype`` (None: the default)."""
+    from .quant import INFERENCE_DTYPES
+
+    allowed = INFERENCE_DTYPES if backend == "thinkfast" else FLOAT_DTYPES
+    if dtype is None or dtype in allowed:
+        return
+    if dtype in INFERENCE_DTYPES:
+        raise UserError(f"--dtype {dtype} (int8 weight-only linears) is the thinkfast engine's; --backend {backend} "
+                        f"takes {', '.join(allowed)} (or run --backend thinkfast)")
+    raise UserError(f"unknown --dtype {dtype!r}; choose from {', '.join(INFERENCE_DTYPES)}")
+
+
+ENGINE_OPTIONS = ("continuous", "max_batch_rows", "shared_prompt", "fast")
 """``SamplingParams`` fields that change the engine's speed and memory, never its samples."""
 
 
