@@ -16,14 +16,33 @@ from thinkfast.runtime import UserError
 
 RESULT_KEYS = {"config", "task", "teacher", "temperatures", "greedy", "runs", "pareto", "throughput", "claim",
                "stage_seconds", "models", "hybrid_layers", "samples_per_problem", "train_decode_s_per_sample",
-               "decisions"}
+               "decisions", "decode_speed"}
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
+    import contextlib
+    import io
+
     out = tmp_path_factory.mktemp("demo") / "out"
-    assert main(["demo", "--quick", "--out", str(out), "--threads", "1"]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["demo", "--quick", "--out", str(out), "--threads", "1"]) == 0
+    (out.parent / "printed.txt").write_text(printed.getvalue())
     return out
+
+
+def test_quick_demo_prints_its_expected_duration_then_an_eta(quick_run):
+    """The expected duration comes before the first stage; an ETA follows the students' first
+    measured training steps, and is printed again as later stages finish."""
+    lines = (quick_run.parent / "printed.txt").read_text().splitlines()
+    first_stage = next(i for i, line in enumerate(lines) if line.startswith("[data]"))
+    expected = [i for i, line in enumerate(lines) if line.startswith("expected duration:")]
+    assert expected and expected[0] < first_stage
+    etas = [i for i, line in enumerate(lines) if line.startswith("ETA ")]
+    assert any("steps of llamba/" in lines[i] or "steps of hybrid/" in lines[i] for i in etas)
+    finished_after = [i for i in etas if "score-" in lines[i]]
+    assert finished_after, "no ETA after the last stages"
 
 
 def test_models_are_sampled_with_the_prompts_they_were_trained_on(quick_run):
@@ -73,11 +92,20 @@ def test_quick_demo_writes_a_complete_report(quick_run):
     assert llamba["mamba"]["decay_bias"] == results["config"]["llamba_decay_bias"] is not None
     # each model sampled the n the budget rule gave it, at the same rows per engine call
     n_by = results["samples_per_problem"]
-    assert n_by == demo.samples_per_problem(demo.DemoConfig.preset(True), results["train_decode_s_per_sample"])
-    # ... a decision recorded once, with the timings it came from
-    decision = {"value": n_by, "from": results["train_decode_s_per_sample"]}
-    assert results["decisions"] == stages[demo.DECISIONS] == {"samples_per_problem": decision}
+    probed = {name: p["decode_s_per_sample"] for name, p in results["decode_speed"].items()}
+    assert n_by == demo.samples_per_problem(demo.DemoConfig.preset(True), probed)
+    # ... from each model's speed probe at the test sampling's shape: repeated calls, their median
     cfg = results["config"]
+    for name, p in results["decode_speed"].items():
+        assert len(p["calls"]) == cfg["speed_repeats"]
+        assert all(c["rows"] == cfg["batch_problems"] * cfg["n_samples"] for c in p["calls"])
+        per_sample = sorted(c["decode_s_per_sample"] for c in p["calls"])
+        assert p["decode_s_per_sample"] == per_sample[len(per_sample) // 2]
+        assert p["decode_s_per_sample_range"] == [per_sample[0], per_sample[-1]]
+        assert stages[f"speed-{name}"]["result"] == p
+    # ... a decision recorded once, with the timings it came from
+    decision = {"value": n_by, "from": probed}
+    assert results["decisions"] == stages[demo.DECISIONS] == {"samples_per_problem": decision}
     for name, run in results["runs"].items():
         assert run["n"] == n_by[name] and run["ks"][-1] == n_by[name]
         assert run["timing"]["mean_batch_rows"] == cfg["batch_problems"] * cfg["n_samples"]
@@ -107,6 +135,130 @@ def test_quick_demo_writes_a_complete_report(quick_run):
                 assert b[f"{name}_problems"] == results["runs"]["teacher"]["problems"]
                 assert b[f"{name}_diff"] == pytest.approx(b[name] - b["teacher"])  # same problems: means subtract
     assert "paired CI" in report
+    # every model's samples are also voted on adaptively: on the plot, in the front's candidates
+    # and in the claim's second reading
+    for run in results["runs"].values():
+        assert set(run["adaptive"]) == {"adaptive-esc", "adaptive-beta"}
+        assert run["adaptive"]["adaptive-esc"]["rule"]["window"] == cfg["adaptive_window"]
+    for method in ("adaptive-esc", "adaptive-beta"):
+        claim = results["claim"][method]
+        assert claim["budgets_compared"] == results["claim"]["majority"]["budgets_compared"]
+        for b in claim["budgets"]:
+            for name in ("teacher", "llamba", "hybrid"):
+                assert b[f"{name}_max_n"] is None or 1 <= b[f"{name}_samples"] <= b[f"{name}_max_n"]
+            for name in ("llamba", "hybrid"):
+                if b[f"{name}_max_n"] is not None:
+                    assert b[f"{name}_lo"] <= b[f"{name}_diff"] <= b[f"{name}_hi"]
+                    assert b[f"{name}_diff"] == pytest.approx(b[name] - b["teacher"])
+    assert "adaptive majority (ESC" in report and "speed probe" in report
+
+
+def test_adaptive_claim_picks_each_models_best_cap_within_the_budget():
+    def curve(points):  # (max_n, seconds, per-problem values over problems a, b, c, d)
+        return {"problem_ids": ["a", "b", "c", "d"],
+                "points": [{"max_n": m, "mean_samples": m / 2, "seconds": t, "mean": sum(v) / 4, "per_problem": v}
+                           for m, t, v in points]}
+
+    teacher_run = {"metrics": {"majority": [{"k": 1, "seconds": 0.1}, {"k": 2, "seconds": 0.2},
+                                            {"k": 4, "seconds": 0.4}]}}
+    curves = {"teacher": curve([(2, 0.15, [1, 0, 0, 0]), (4, 0.3, [1, 1, 0, 0])]),
+              "llamba": curve([(4, 0.1, [0, 0, 0, 0]), (8, 0.2, [1, 1, 1, 0]), (16, 0.5, [1, 1, 1, 1])]),
+              "hybrid": curve([(4, 0.25, [1, 0, 0, 0])])}
+    claim = demo.adaptive_claim({"teacher": teacher_run}, curves, n_boot=200)
+    rows = {r["budget_k"]: r for r in claim["budgets"]}
+    assert set(rows) == {2, 4}
+    assert (rows[2]["teacher_max_n"], rows[2]["llamba_max_n"], rows[2]["hybrid_max_n"]) == (2, 8, None)
+    assert (rows[4]["teacher_max_n"], rows[4]["llamba_max_n"], rows[4]["hybrid_max_n"]) == (4, 8, 4)
+    assert rows[2]["llamba_diff"] == pytest.approx(0.75 - 0.25) and rows[2]["hybrid_paired_verdict"] is None
+    assert rows[4]["hybrid_diff"] == pytest.approx(0.25 - 0.5)
+    assert claim["student_wins"] == {"llamba": 2, "hybrid": 0}
+
+
+def test_adaptive_curve_matches_evaluate_at_the_full_cap(quick_run):
+    """At the cap of the file's n, the simulated curve's point is ``thinkfast evaluate``'s
+    adaptive entry: the same stops, accuracy and seconds."""
+    from thinkfast.eval.adaptive import AdaptiveRule
+    from thinkfast.eval.evaluation import EvalSettings, evaluate_run
+    from thinkfast.eval.io import read_jsonl
+
+    rows = list(read_jsonl(quick_run / "samples" / "teacher.scored.jsonl"))
+    task = demo.demo_task()
+    rule = AdaptiveRule("esc", window=2, max_n=4)
+    run = evaluate_run(rows, task, "t", "t", EvalSettings(n_boot=10), adaptive=[rule])
+    curve = demo.adaptive_curve(rows, task, rule, [1, 2, 4, 64])
+    assert [p["max_n"] for p in curve["points"]] == [1, 2, 4]
+    last, ref = curve["points"][-1], run["adaptive"]["adaptive-esc"]
+    assert last["per_problem"] == ref["per_problem"] and last["mean_samples"] == ref["mean_samples"]
+    assert last["seconds"] == pytest.approx(ref["seconds"]) and curve["problem_ids"] == run["problem_ids"]
+
+
+def test_cost_model_counts_each_stage_by_its_units():
+    from dataclasses import replace
+
+    cfg = demo.DemoConfig()
+    rates = demo.REFERENCE
+    n_by = {"teacher": 32, "llamba": 64, "hybrid": 32}
+    s = demo.stage_seconds(cfg, rates, n_by)
+    assert list(s)[:4] == ["data", "teacher", "select", "temperature-teacher"] and list(s)[-1] == "report"
+    # samples x tokens / tokens per second, plus the stage's overhead
+    tokens = min(cfg.max_new_tokens, rates.new_tokens_per_sample)
+    assert s["sample-llamba"] == pytest.approx(rates.stage_overhead_s
+                                               + cfg.n_test * 64 * tokens / rates.decode_tokens_per_s["llamba"])
+    # steps x seconds per step
+    m, h, k = cfg.mohawk_steps
+    per = rates.train_s_per_step
+    assert s["llamba"] == pytest.approx(2 * rates.stage_overhead_s + m * per["llamba/matrix"] + h * per["llamba/hidden"]
+                                        + k * per["llamba/kd"] + cfg.llamba_sft_steps * per["llamba/sft"])
+    # twice the test problems: every test stage's variable part doubles, nothing else moves
+    s2 = demo.stage_seconds(replace(cfg, n_test=2 * cfg.n_test), rates, n_by)
+    o = rates.stage_overhead_s
+    for name in ("sample-teacher", "greedy-hybrid", "score-llamba"):
+        assert s2[name] - o == pytest.approx(2 * (s[name] - o))
+    assert s2["llamba"] == s["llamba"] and s2["orm"] == s["orm"]
+    # one worker: every stage after another; two: the parallel groups overlap
+    assert demo.total_seconds(s, 1) == pytest.approx(sum(s.values()))
+    assert demo.total_seconds(s, 2) == pytest.approx(
+        sum(s.values()) - s["hybrid"] - s["orm"] - s["score-teacher"] - s["score-hybrid"]
+        + max(0, s["hybrid"] + s["orm"] - s["llamba"]) + max(0, s["score-teacher"] + s["score-hybrid"] - s["score-llamba"]))
+    assert demo.makespan([3, 2, 2], 2) == 4 and demo.makespan([], 2) == 0
+    # the largest n_test that fits a limit fits it, and one step more does not
+    n = demo.largest_n_test(cfg, 1800)
+    fits = lambda n: demo.total_seconds(demo.stage_seconds(replace(cfg, n_test=n), rates, n_by), 2) <= 1800
+    assert n % 8 == 0 and fits(n) and not fits(n + 8)
+
+
+def test_eta_scales_the_stages_left_by_the_measured_speed():
+    cfg = demo.DemoConfig()
+    printed, now = [], [1000.0]
+    eta = demo.Eta(cfg, workers=2, log=printed.append, clock=lambda: now[0])
+    total = eta.announce()
+    assert total == pytest.approx(demo.total_seconds(demo.stage_seconds(cfg), 2))
+    assert printed[-1].startswith("expected duration:")
+    # a stage before training prints no ETA (too short to tell the speed)
+    eta.stage_finished("data", 50.0, reused=False)
+    assert len(printed) == 1
+    # training twice as slow as the reference: the stages left take twice as long
+    tokens = cfg.batch_size * cfg.seq_len
+    eta.training_steps("llamba/kd", 10, 20 * demo.REFERENCE.train_s_per_step["llamba/kd"], tokens)
+    assert eta.speed == pytest.approx(2.0) and printed[-1].startswith("ETA ")
+    left = demo.stage_seconds(cfg)
+    del left["data"]
+    assert eta.remaining_seconds() == pytest.approx(2 * demo.total_seconds(left, 2))
+    # the probe's decode speeds replace the model for the sampling stages, which the factor no longer scales
+    n_by = {"teacher": 32, "llamba": 64, "hybrid": 32}
+    eta.decode_measured({"teacher": 1000.0, "llamba": 2000.0, "hybrid": 1000.0}, n_by)
+    tokens_per_sample = min(cfg.max_new_tokens, demo.REFERENCE.new_tokens_per_sample)
+    assert eta.expected()["sample-llamba"] == pytest.approx(
+        demo.REFERENCE.stage_overhead_s + cfg.n_test * 64 * tokens_per_sample / 2000.0)
+    before = eta.remaining_seconds()
+    eta.stage_finished("teacher", 1.0, reused=True)  # a reused stage: left out of the speed
+    assert eta.speed == pytest.approx(2.0) and eta.remaining_seconds() < before
+
+
+def test_verifier_is_named_and_checked():
+    assert demo.DemoConfig().verifier == "orm" and "orm" in demo.VERIFIERS
+    with pytest.raises(ValueError, match="unknown verifier"):
+        demo.DemoConfig(verifier="no-such-verifier")
 
 
 def test_claim_scores_teacher_and_students_at_their_best_within_each_budget():
@@ -150,7 +302,7 @@ def test_second_run_reuses_finished_stages(quick_run, capsys):
 
 
 def test_a_resumed_run_keeps_the_recorded_samples_per_problem(quick_run, tmp_path, monkeypatch, capsys):
-    """The students' temperature stages are measured again (as if they had not finished), and this
+    """The students' speed probes are measured again (as if they had not finished), and this
     time their timings call for other sample counts: the resumed run keeps the recorded ones,
     which its sample files were drawn with."""
     out = tmp_path / "out"
@@ -158,23 +310,23 @@ def test_a_resumed_run_keeps_the_recorded_samples_per_problem(quick_run, tmp_pat
     state = json.loads((out / "stages.json").read_text())
     recorded = state[demo.DECISIONS]["samples_per_problem"]
     for name in ("llamba", "hybrid"):
-        del state[f"temperature-{name}"]
+        del state[f"speed-{name}"]
     (out / "stages.json").write_text(json.dumps(state))
     cfg = demo.DemoConfig.preset(True)
     fastest = cfg.n_samples * min(cfg.max_budget_factor, cfg.batch_problems)
     # each student as fast as the teacher where it was faster, else as fast as can be
     scale = {name: 1.0 if recorded["value"][name] > cfg.n_samples else 1e-3 for name in ("llamba", "hybrid")}
-    measure = demo.choose_temperature
+    measure = demo.decode_speed
 
-    def remeasured(model_dir, task, examples, out_dir, name, cfg, log):
-        chosen = measure(model_dir, task, examples, out_dir, name, cfg, log)
-        return {**chosen, "decode_s_per_sample": recorded["from"]["teacher"] * scale[name]}
+    def remeasured(model_dir, task, examples, name, temperature, cfg, log, repeats):
+        probe = measure(model_dir, task, examples, name, temperature, cfg, log, repeats)
+        return {**probe, "decode_s_per_sample": recorded["from"]["teacher"] * scale[name]}
 
-    monkeypatch.setattr(pipeline, "choose_temperature", remeasured)
+    monkeypatch.setattr(pipeline, "decode_speed", remeasured)
     assert main(["demo", "--quick", "--out", str(out), "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
-    new_speeds = results["train_decode_s_per_sample"]
+    new_speeds = {name: p["decode_s_per_sample"] for name, p in results["decode_speed"].items()}
     assert new_speeds != recorded["from"]
     assert demo.samples_per_problem(cfg, new_speeds) == {"teacher": cfg.n_samples, **{
         name: cfg.n_samples if recorded["value"][name] > cfg.n_samples else fastest for name in ("llamba", "hybrid")}}

@@ -16,6 +16,8 @@ ASSETS = Path(__file__).parent.parent / "assets"
 SHIPPED_TEACHER = ASSETS / "demo_teacher"
 TEACHER_RECIPE = ASSETS / "demo_teacher_recipe.yaml"
 MODELS = ("teacher", "llamba", "hybrid")
+VERIFIERS = ("orm",)
+"""The verifiers ``DemoConfig.verifier`` may name."""
 TASK_FORMAT = {"prompt_template": "Question: {question}\nAnswer:", "response_template": " {answer}\n\n",
                "add_bos": False, "add_eos": False, "pack": False}
 """How training rows are laid out: one problem per row, exactly as the (zero-shot) prompt shows it
@@ -32,8 +34,10 @@ class DemoConfig:
     seed: int = 0
     n_train: int = 20000
     """Training problems written for distillation and SFT."""
-    n_test: int = 100
-    """Test problems evaluated."""
+    n_test: int = 200
+    """Test problems evaluated: the most whose run fits about 30 minutes on the reference 2-core
+    machine (``cost.largest_n_test``); what margin they resolve: docs/demo-study.md ("How many
+    test problems")."""
     # students
     mohawk_steps: list[int] = field(default_factory=lambda: [200, 150, 1600])
     """Steps of MOHAWK's matrix, hidden and KD stages (Llamba)."""
@@ -75,6 +79,22 @@ class DemoConfig:
     max_budget_factor: int = 4
     """The most that factor may be."""
     max_new_tokens: int = 400
+    speed_repeats: int = 3
+    """Engine calls of the test sampling's shape in each model's decode speed probe
+    (``sampling.decode_speed``), whose median decides ``samples_per_problem``."""
+    adaptive_window: int = 4
+    """Window of the adaptive-majority rules the report simulates on every model's samples
+    (docs/adaptive-sampling.md)."""
+    adaptive_threshold: float = 0.95
+    """The beta rule's confidence."""
+    verifier: str = "orm"
+    """The verifier whose scores Best-of-N and weighted Best-of-N use (one of ``VERIFIERS``):
+    "orm", an outcome reward model on the frozen teacher, trained on graded teacher samples of
+    train problems."""
+
+    def __post_init__(self) -> None:
+        if self.verifier not in VERIFIERS:
+            raise ValueError(f"unknown verifier {self.verifier!r}; choose from {', '.join(VERIFIERS)}")
 
     @classmethod
     def preset(cls, quick: bool) -> "DemoConfig":

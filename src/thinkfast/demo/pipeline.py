@@ -5,26 +5,32 @@ and why, is in docs/demo-study.md ("The stages in full").
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..config import atomic_write_text, to_dict
 from ..runtime import UserError
-from .config import MODELS, DemoConfig, demo_task, demo_task_config
+from .config import MODELS, STUDENTS, DemoConfig, demo_task, demo_task_config
+from .cost import Eta, student_steps
 from .recipes import (distil, hybrid_recipe, llamba_recipe, select_hybrid_layers, shipped_teacher_digest,
                       shipped_teacher_task, teacher_stage)
-from .report import budget_ks, claim_verdict, demo_markdown, throughput_table
-from .sampling import choose_temperature, greedy_stage, orm_stage, sample_file, samples_per_problem, score_stage
+from .report import adaptive_claim, adaptive_curve, budget_ks, claim_verdict, demo_markdown, throughput_table
+from .sampling import (choose_temperature, decode_speed, greedy_stage, orm_stage, sample_file, samples_per_problem,
+                       score_stage)
 from .stages import (StageRunner, check_out_dir, in_worker, lock_out_dir, out_dir_meta, parallel_workers,
                      refuse_unusable_out)
 
 
 def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teacher: bool = False,
-             log: Callable[[str], None] = print, jobs: Optional[int] = None) -> dict[str, Any]:
+             log: Callable[[str], None] = print, jobs: Optional[int] = None,
+             verifier: str = "orm") -> dict[str, Any]:
     """Run every stage (reusing finished ones), holding OUT's lock; returns results.json's
-    content. ``jobs``: processes for the stages that run side by side (default: ``parallel_workers``)."""
-    cfg = DemoConfig.preset(quick)
+    content. ``jobs``: processes for the stages that run side by side (default: ``parallel_workers``);
+    ``verifier``: ``DemoConfig.verifier``."""
+    cfg = dataclasses.replace(DemoConfig.preset(quick), verifier=verifier)
     task_meta = demo_task_config()
     teacher_tag = "retrained" if retrain_teacher else "shipped"
     if not retrain_teacher:
@@ -52,6 +58,11 @@ def run_stages(out: Path, cfg: DemoConfig, task_meta: dict[str, Any], teacher_ta
     from ..data import synthetic as syn
 
     task = demo_task(task_meta)
+    threads = torch.get_num_threads()
+    workers = parallel_workers(threads, jobs)
+    eta = Eta(cfg, workers, log)
+    eta.announce()
+    stages.on_stage = eta.stage_finished
     data = out / "data"
     stages.run("data", lambda: {k: str(v) for k, v in syn.write_splits(
         data, task.config, n_train=cfg.n_train, n_test=cfg.n_test, seed=task_meta["seed"]).items()})
@@ -77,8 +88,6 @@ def run_stages(out: Path, cfg: DemoConfig, task_meta: dict[str, Any], teacher_ta
     # Stages that time nothing run side by side when there is a core for each (one thread each,
     # the demo's default, keeps the sum of their steps/s): the two students and the ORM (which
     # needs only the teacher and its temperature), later the grading and scoring of the samples.
-    threads = torch.get_num_threads()
-    workers = parallel_workers(threads, jobs)
     stages.run_parallel({
         "llamba": functools.partial(in_worker, threads, 0, distil,
                                     llamba_recipe(cfg, out / "llamba", model_dirs["teacher"], train_path)),
@@ -87,15 +96,23 @@ def run_stages(out: Path, cfg: DemoConfig, task_meta: dict[str, Any], teacher_ta
                                                   str(layers_json))),
         "orm": functools.partial(in_worker, threads, 1, orm_stage, model_dirs["teacher"], task, orm_ex,
                                  out / "orm", temps["teacher"], cfg),
-    }, workers)
+    }, workers, poll=functools.partial(_first_training_steps, out, cfg, eta))
     for name in MODELS[1:]:
         temperature(name)
-    # Decided once per run from the temperature stages' timings, and kept by any run that resumes
-    # this one (StageRunner.decide): a sample file must hold one n, whatever a rerun measures.
-    n_by_model = stages.decide("samples_per_problem", speeds, functools.partial(samples_per_problem, cfg))
-    log("samples per test problem: " + ", ".join(f"{k} {v}" for k, v in n_by_model.items()))
-
     test_examples = task.load("test", path=str(test_path))
+    # Each model's speed where the test sampling spends it: its calls' rows, prompts and
+    # max_new_tokens (timed: one model at a time, nothing beside it).
+    probes = {name: stages.run(f"speed-{name}", lambda name=name: decode_speed(
+        model_dirs[name], task, test_examples, name, temps[name], cfg, log, repeats=cfg.speed_repeats))
+        for name in MODELS}
+    measured = {name: p["decode_s_per_sample"] for name, p in probes.items()}
+    # Decided once per run from those timings, and kept by any run that resumes this one
+    # (StageRunner.decide): a sample file must hold one n, whatever a rerun measures.
+    n_by_model = stages.decide("samples_per_problem", measured, functools.partial(samples_per_problem, cfg))
+    log("samples per test problem: " + ", ".join(f"{k} {v}" for k, v in n_by_model.items()))
+    eta.decode_measured({name: p["decode_tokens_per_s"] for name, p in probes.items() if p["decode_tokens_per_s"]},
+                        n_by_model)
+
     samples = out / "samples"
     greedy: dict[str, dict[str, Any]] = {}
     for name in MODELS:  # timed: one model at a time
@@ -110,26 +127,39 @@ def run_stages(out: Path, cfg: DemoConfig, task_meta: dict[str, Any], teacher_ta
         in_worker, threads, i % 2, score_stage, task, samples / f"{name}.jsonl", scored[name], out / "orm" / "model")
         for i, name in enumerate(MODELS)}, workers)
 
-    return write_results(out, cfg, task, task_meta, teacher_tag, stages, scored, temps, speeds, n_by_model, greedy,
-                         hybrid_layers, model_dirs)
+    results = write_results(out, cfg, task, task_meta, teacher_tag, stages, scored, temps, speeds, n_by_model,
+                            greedy, hybrid_layers, model_dirs, probes)
+    log(f"finished in {(eta.clock() - eta.started) / 60:.1f} min (expected at the start: "
+        f"{eta.first_expected / 60:.1f} min at the reference speed)")
+    return results
 
 
 def write_results(out: Path, cfg: DemoConfig, task: Any, task_meta: dict[str, Any], teacher_tag: str,
                   stages: StageRunner, scored: dict[str, Path], temps: dict[str, float],
                   speeds: dict[str, Optional[float]], n_by_model: dict[str, int], greedy: dict[str, Any],
-                  hybrid_layers: dict[str, Any], model_dirs: dict[str, Path]) -> dict[str, Any]:
+                  hybrid_layers: dict[str, Any], model_dirs: dict[str, Path],
+                  probes: Optional[dict[str, dict[str, Any]]] = None) -> dict[str, Any]:
     """The report stage: every model's metrics (``thinkfast evaluate``; each student also at the
     most samples that fit each teacher budget), OUT/metrics.json, report.md and its plots
-    (``thinkfast report``) under the demo's own section, and results.json, which it returns."""
+    (``thinkfast report``) under the demo's own section, and results.json, which it returns.
+    Every model's samples are also voted on adaptively (``cfg.adaptive_window``; the ESC and
+    Beta rules, simulated), on the plot and the front and in the claim's second reading."""
+    from ..eval.adaptive import AdaptiveRule
     from ..eval.evaluation import EvalSettings, evaluate_run, pareto_by_task
     from ..eval.io import read_jsonl, write_json_atomic
     from ..eval.report import write_report
 
+    rules = (AdaptiveRule("esc", cfg.adaptive_window, max(n_by_model.values())),
+             AdaptiveRule("beta", cfg.adaptive_window, max(n_by_model.values()), cfg.adaptive_threshold))
     runs: dict[str, dict[str, Any]] = {}
+    curves: dict[str, dict[str, Any]] = {rule.method: {} for rule in rules}
     for name in MODELS:
         rows = list(read_jsonl(scored[name]))
         extra = budget_ks(runs["teacher"], rows) if name != "teacher" else []
-        runs[name] = evaluate_run(rows, task, name, str(scored[name]), EvalSettings(seed=cfg.seed), extra_ks=extra)
+        runs[name] = evaluate_run(rows, task, name, str(scored[name]), EvalSettings(seed=cfg.seed), extra_ks=extra,
+                                  adaptive=rules)
+        for rule in rules:
+            curves[rule.method][name] = adaptive_curve(rows, task, rule, runs[name]["ks"])
 
     metrics = {"runs": list(runs.values()), "pareto": pareto_by_task(list(runs.values()))}
     write_json_atomic(out / "metrics.json", metrics)
@@ -139,7 +169,9 @@ def write_results(out: Path, cfg: DemoConfig, task: Any, task_meta: dict[str, An
         "decisions": stages.decisions, "greedy": greedy,
         "hybrid_layers": {k: hybrid_layers[k] for k in ("layers", "pattern", "method", "scores")},
         "runs": runs, "pareto": metrics["pareto"], "throughput": throughput_table(list(runs.values())),
-        "claim": claim_verdict(runs, seed=cfg.seed), "stage_seconds": stages.seconds(),
+        "claim": {**claim_verdict(runs, seed=cfg.seed),
+                  **{m: adaptive_claim(runs, c, seed=cfg.seed) for m, c in curves.items()}},
+        "decode_speed": dict(probes or {}), "stage_seconds": stages.seconds(),
         "models": {k: str(v) for k, v in model_dirs.items()},
     }
     write_report([metrics], out)
@@ -147,3 +179,41 @@ def write_results(out: Path, cfg: DemoConfig, task: Any, task_meta: dict[str, An
     atomic_write_text(out / "report.md", "\n".join(demo_markdown(results)) + "\n" + body)
     write_json_atomic(out / "results.json", results)
     return results
+
+
+def _first_training_steps(out: Path, cfg: DemoConfig, eta: Eta, min_seconds: float = 5.0) -> None:
+    """Hand ``eta`` a student's first measured training steps, once: the first record of its
+    stage's metrics.jsonl (the trainer appends one every ``log_every`` steps) with at least
+    ``min_seconds`` of training, or a finished stage's last record (a later stage has begun)."""
+    if eta.has_step_speed:
+        return
+    steps = student_steps(cfg)
+    for name in STUDENTS:
+        files = sorted((out / name).glob("*-*/metrics.jsonl"))
+        for i, metrics in enumerate(files):
+            key = f"{name}/{metrics.parent.name.split('-', 1)[1]}"
+            if key not in steps:
+                continue
+            records = [r for r in _records(metrics) if r.get("train_time_s") and r.get("step")]
+            long_enough = [r for r in records if r["train_time_s"] >= min_seconds]
+            rec = long_enough[0] if long_enough else records[-1] if records and i + 1 < len(files) else None
+            if rec is not None:
+                eta.training_steps(key, int(rec["step"]), float(rec["train_time_s"]), steps[key][1])
+                return
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of a file another process is appending to (a line being written is skipped)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out

@@ -53,11 +53,26 @@ def paired_budget_difference(student: dict[str, Any], teacher: dict[str, Any], m
     t = per_problem_values(teacher, method, teacher_k)
     if s is None or t is None:
         return None
-    pids = [p for p in teacher["problem_ids"] if p in s]
+    return paired_values(s, t, teacher["problem_ids"], n_boot, seed)
+
+
+def paired_values(s: dict[str, float], t: dict[str, float], order: list[str], n_boot: int,
+                  seed: int) -> Optional[dict[str, Any]]:
+    """``paired_difference`` of ``s[p] - t[p]`` over the problems of ``order`` both hold, plus
+    ``problems`` (how many), ``sd`` (the standard deviation of the per-problem differences) and
+    ``detectable``: the difference a paired test at 95% would detect with 80% power on this many
+    problems with this sd (``margin_for_problems``). None when no problem is shared."""
+    import statistics
+
+    from ..eval.metrics import margin_for_problems, paired_difference
+
+    pids = [p for p in order if p in s and p in t]
     if not pids:
         return None
-    d = paired_difference([s[p] for p in pids], [t[p] for p in pids], n_boot=n_boot, seed=seed)
-    return {**d, "problems": len(pids)}
+    a, b = [s[p] for p in pids], [t[p] for p in pids]
+    d = paired_difference(a, b, n_boot=n_boot, seed=seed)
+    sd = statistics.stdev([x - y for x, y in zip(a, b)]) if len(pids) > 1 else 0.0
+    return {**d, "problems": len(pids), "sd": sd, "detectable": margin_for_problems(sd, len(pids))}
 
 
 def claim_verdict(runs: dict[str, dict[str, Any]], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
@@ -89,7 +104,7 @@ def claim_verdict(runs: dict[str, dict[str, Any]], n_boot: int = 2000, seed: int
                 if row[f"{name}_k"] is not None and row["teacher_k"] is not None:
                     d = paired_budget_difference(runs[name], teacher, method, row[f"{name}_k"], row["teacher_k"],
                                                  n_boot, seed)
-                for key in ("diff", "lo", "hi"):
+                for key in ("diff", "lo", "hi", "sd", "detectable"):
                     row[f"{name}_{key}"] = d[key] if d else None
                 row[f"{name}_paired_verdict"] = d["verdict"] if d else None
                 row[f"{name}_problems"] = d["problems"] if d else None
@@ -100,6 +115,78 @@ def claim_verdict(runs: dict[str, dict[str, Any]], n_boot: int = 2000, seed: int
         verdict[method] = {"budgets": rows, "student_wins": wins, "paired_verdicts": paired,
                            "budgets_compared": len(rows)}
     return verdict
+
+
+def adaptive_curve(rows: list[dict[str, Any]], task: Any, rule: Any, caps: list[int]) -> dict[str, Any]:
+    """Adaptive majority (``rule``, an ``eval.adaptive.AdaptiveRule``) simulated on one model's
+    graded samples at each cap ``max_n`` in ``caps`` (those up to the samples every problem has),
+    as ``thinkfast evaluate`` simulates one: each problem stops where the rule stops on its
+    samples in index order, its value is the majority of the samples drawn, and the cost is the
+    run's seconds per problem at the mean samples drawn. Returns ``{"problem_ids", "points":
+    [{max_n, mean_samples, seconds, mean, per_problem}]}``."""
+    from ..eval.adaptive import AdaptiveRule
+    from ..eval.budget import timing_from_rows
+    from ..eval.evaluation import group_by_problem, majority_of_prefix
+    from ..eval.grading import answer_key
+    from ..eval.metrics import group_answers
+
+    problems = group_by_problem(rows, "reward", "samples")
+    n = min(len(p.preds) for p in problems)
+    groups = [group_answers(p.preds, key=answer_key, same=task.same_answer) for p in problems]
+    timing = timing_from_rows(rows)
+    points = []
+    for cap in sorted({c for c in caps if 1 <= c <= n}):
+        r = AdaptiveRule(rule.rule, rule.window, cap, rule.threshold)
+        stops = [r.stop_after(g[:cap]) for g in groups]
+        values = [majority_of_prefix(g, p.correct, m) for p, g, m in zip(problems, groups, stops)]
+        mean_samples = sum(stops) / len(stops)
+        points.append({"max_n": cap, "mean_samples": mean_samples,
+                       "seconds": timing.seconds_per_problem(mean_samples) if timing else None,
+                       "mean": sum(values) / len(values), "per_problem": values})
+    return {"problem_ids": [p.problem_id for p in problems], "points": points}
+
+
+def _best_adaptive(curve: dict[str, Any], seconds: float) -> Optional[dict[str, Any]]:
+    """The cap with the highest accuracy whose seconds fit ``seconds`` (ties: the cheaper)."""
+    fit = [p for p in curve["points"] if p["seconds"] is not None and p["seconds"] <= seconds]
+    return max(fit, key=lambda p: (p["mean"], -p["seconds"])) if fit else None
+
+
+def adaptive_claim(runs: dict[str, dict[str, Any]], curves: dict[str, dict[str, Any]], n_boot: int = 2000,
+                   seed: int = 0) -> dict[str, Any]:
+    """The claim's second reading: at each teacher budget (the seconds per problem of its fixed
+    k >= 2), every model votes adaptively (``curves``: ``adaptive_curve`` of one rule per model)
+    with the cap ``max_n`` that does best within those seconds, and each student is compared with
+    the teacher on the same problems, as ``claim_verdict`` does for fixed k: per budget
+    ``{name}`` / ``{name}_max_n`` / ``{name}_samples`` (accuracy, cap, mean samples drawn), and
+    ``{name}_diff``, ``_lo``, ``_hi``, ``_sd``, ``_detectable``, ``_paired_verdict``, ``_problems``."""
+    order = curves["teacher"]["problem_ids"]
+    rows = []
+    for e in runs["teacher"]["metrics"]["majority"]:
+        if e["k"] < 2 or e["seconds"] is None:
+            continue
+        row: dict[str, Any] = {"budget_k": e["k"], "seconds": e["seconds"]}
+        best = {name: _best_adaptive(curves[name], e["seconds"]) for name in MODELS}
+        for name in MODELS:
+            b = best[name]
+            row[name] = b["mean"] if b else None
+            row[f"{name}_max_n"] = b["max_n"] if b else None
+            row[f"{name}_samples"] = b["mean_samples"] if b else None
+        for name in STUDENTS:
+            d = None
+            if best[name] and best["teacher"]:
+                d = paired_values(dict(zip(curves[name]["problem_ids"], best[name]["per_problem"])),
+                                  dict(zip(order, best["teacher"]["per_problem"])), order, n_boot, seed)
+            for key in ("diff", "lo", "hi", "sd", "detectable"):
+                row[f"{name}_{key}"] = d[key] if d else None
+            row[f"{name}_paired_verdict"] = d["verdict"] if d else None
+            row[f"{name}_problems"] = d["problems"] if d else None
+        rows.append(row)
+    wins = {name: sum(1 for r in rows if r[name] is not None and r["teacher"] is not None and r[name] > r["teacher"])
+            for name in STUDENTS}
+    paired = {name: {v: sum(1 for r in rows if r[f"{name}_paired_verdict"] == v) for v in ("above", "tied", "below")}
+              for name in STUDENTS}
+    return {"budgets": rows, "student_wins": wins, "paired_verdicts": paired, "budgets_compared": len(rows)}
 
 
 def _pct(x: Optional[float]) -> str:
@@ -116,6 +203,35 @@ def _paired(row: dict[str, Any], name: str) -> str:
         return "-"
     return (f"{_pts(row[f'{name}_diff'])} pts [{_pts(row[f'{name}_lo'])}, {_pts(row[f'{name}_hi'])}] "
             f"{row[f'{name}_paired_verdict']}")
+
+
+def _adaptive_cell(row: dict[str, Any], name: str) -> str:
+    if row.get(name) is None:
+        return "-"
+    return f"{_pct(row[name])} ({row[f'{name}_max_n']}, {row[f'{name}_samples']:.1f})"
+
+
+def _power_note(v: dict[str, Any]) -> list[str]:
+    """What the paired comparisons at the largest budget can resolve on this many problems."""
+    from ..eval.metrics import problems_for_margin
+
+    if not v["budgets"]:
+        return []
+    last = v["budgets"][-1]
+    parts = []
+    for name, label in (("llamba", "Llamba"), ("hybrid", "hybrid")):
+        sd, det, n = last.get(f"{name}_sd"), last.get(f"{name}_detectable"), last.get(f"{name}_problems")
+        if sd is None or det is None:
+            continue
+        if sd == 0:
+            parts.append(f"{label}: the same value on every problem as the teacher")
+            continue
+        need = problems_for_margin(sd, 0.03) if sd > 0 else 0
+        parts.append(f"{label}: sd of the per-problem differences {sd:.3f}, so {n} problems detect "
+                     f"{100 * det:.1f} points (3 points would need {need})")
+    if not parts:
+        return []
+    return [f"At the largest budget (95% level, 80% power): " + "; ".join(parts) + ".", ""]
 
 
 def demo_markdown(results: dict[str, Any]) -> list[str]:
@@ -148,6 +264,29 @@ def demo_markdown(results: dict[str, Any]) -> list[str]:
                    + f" of {v['budgets_compared']} budgets.", ""]
         md += [f"Budgets where a student's mean is above the teacher's: Llamba {v['student_wins']['llamba']}, "
                f"hybrid {v['student_wins']['hybrid']} of {v['budgets_compared']}.", ""]
+        md += _power_note(v)
+    for method, label in (("adaptive-esc", "ESC"), ("adaptive-beta", "Beta")):
+        v = results["claim"].get(method)
+        if not v:
+            continue
+        cfg = results["config"]
+        md += [f"### adaptive majority ({label}, window {cfg['adaptive_window']})", "",
+               "Every model votes adaptively (simulated on its samples): each problem stops once the rule says "
+               "its vote is settled, or at the cap max_n; at each teacher budget every model uses the cap that "
+               "does best within those seconds (cap, mean samples drawn).", "",
+               "| budget: teacher k | seconds/problem | teacher (cap, samples) | Llamba (cap, samples) | "
+               "Llamba - teacher [95% paired CI] | hybrid (cap, samples) | hybrid - teacher [95% paired CI] |",
+               "|---|---|---|---|---|---|---|"]
+        for r in v["budgets"]:
+            md.append(f"| {r['budget_k']} | {r['seconds']:.3f} | {_adaptive_cell(r, 'teacher')} | "
+                      f"{_adaptive_cell(r, 'llamba')} | {_paired(r, 'llamba')} | {_adaptive_cell(r, 'hybrid')} | "
+                      f"{_paired(r, 'hybrid')} |")
+        paired = v["paired_verdicts"]
+        md += ["", "Paired: " + "; ".join(
+            f"{lab} above the teacher in {paired[name]['above']}, tied in {paired[name]['tied']}, below in "
+            f"{paired[name]['below']}" for name, lab in (("llamba", "Llamba"), ("hybrid", "hybrid")))
+            + f" of {v['budgets_compared']} budgets.", ""]
+        md += _power_note(v)
     hl = results["hybrid_layers"]
     md += [f"The hybrid keeps attention in layers {hl['layers']} ({hl['pattern']}), chosen by {hl['method']} "
            "KL on train problems.", ""]
@@ -158,8 +297,21 @@ def demo_markdown(results: dict[str, Any]) -> list[str]:
         cov = run["metrics"]["coverage"]
         md.append(f"| {name} | {_pct(results['greedy'][name]['accuracy'])} | {results['temperatures'][name]} | "
                   f"{_pct(cov[0]['mean'])} | {_pct(cov[-1]['mean'])} (n={cov[-1]['k']}) |")
-    md += ["", "## Decode throughput at the sampling batch size", "",
-           "| model | rows per batch | new tokens / sample | decode tokens/s | seconds/problem (k=1) |",
+    md += ["", "## Decode throughput at the sampling batch size", ""]
+    probes = results.get("decode_speed") or {}
+    if probes:
+        md += ["The speed probe, which decides the samples per problem: each model's median (and range) over "
+               "engine calls of the test sampling's shape (rows, test prompts, max_new_tokens), one model at a time.",
+               "", "| model | calls x rows | decode tokens/s (range) | decode s/sample (range) | new tokens / sample |",
+               "|---|---|---|---|---|"]
+        for name, p in probes.items():
+            tps, rng = p.get("decode_tokens_per_s"), p.get("decode_tokens_per_s_range")
+            sps, srng = p["decode_s_per_sample"], p["decode_s_per_sample_range"]
+            md.append(f"| {name} | {len(p['calls'])} x {p['rows']} | "
+                      + (f"{tps:.0f} ({rng[0]:.0f}-{rng[1]:.0f})" if tps else "-")
+                      + f" | {sps:.4f} ({srng[0]:.4f}-{srng[1]:.4f}) | {p['new_tokens_per_sample']:.0f} |")
+        md += ["", "Over the whole test sampling:", ""]
+    md += ["| model | rows per batch | new tokens / sample | decode tokens/s | seconds/problem (k=1) |",
            "|---|---|---|---|---|"]
     for t in results["throughput"]:
         md.append(f"| {t['model']} | {t['batch_rows']:.0f} | {t['new_tokens_per_sample']:.0f} | "

@@ -87,8 +87,51 @@ def choose_temperature(model_dir: Path, task: Any, examples: list, out_dir: Path
             "decode_s_per_sample": scores[str(best)]["decode_s_per_sample"]}
 
 
+def decode_speed(model_dir: Path, task: Any, examples: list, name: str, temperature: float, cfg: DemoConfig,
+                 log: Callable[[str], None], repeats: int = 3) -> dict[str, Any]:
+    """A model's decode speed where the test sampling spends it: ``repeats`` engine calls of
+    ``batch_problems`` test prompts x ``n_samples`` rows (the rows of every test-sampling call),
+    at its temperature and ``max_new_tokens``, each call on the next test prompts (seeded
+    ``cfg.seed + r``). Returns every call's figures, and the median and range of decode seconds
+    per sample (``samples_per_problem`` reads the median) and of decode tokens per second.
+    Nothing of these calls is kept but their timings; they see no answer."""
+    import statistics
+
+    from ..eval.sampling import SampleSettings
+    from ..inference.backends import open_backend
+
+    if repeats < 1 or not examples:
+        raise ValueError(f"the speed probe needs at least one repeat and one prompt ({repeats}, {len(examples)})")
+    backend = open_backend("thinkfast", str(model_dir), device="cpu", seed=cfg.seed)
+    settings = SampleSettings(task=task.name, model=name, n=cfg.n_samples, temperature=temperature,
+                              max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, prompt_style="fewshot")
+    gen = backend.make_generate_fn(settings, task.stop)
+    prompts = demo_prompt_ids(task, examples, backend.tokenizer)
+    bp = cfg.batch_problems
+    calls = []
+    for r in range(repeats):
+        batch = [prompts[(r * bp + i) % len(prompts)] for i in range(bp)]
+        t = dict(gen(batch, cfg.seed + r)[0].timing)  # timings of the whole call
+        rows, toks, dec = t["batch_rows"], t["new_tokens"], t["decode_s"]
+        calls.append({"rows": rows, "new_tokens": toks, "prefill_s": t["prefill_s"], "decode_s": dec,
+                      "decode_s_per_sample": dec / rows, "decode_tokens_per_s": toks / dec if dec > 0 else None})
+    per_sample = [c["decode_s_per_sample"] for c in calls]
+    tps = [c["decode_tokens_per_s"] for c in calls if c["decode_tokens_per_s"] is not None]
+    out = {"calls": calls, "rows": calls[0]["rows"], "max_new_tokens": cfg.max_new_tokens,
+           "decode_s_per_sample": statistics.median(per_sample),
+           "decode_s_per_sample_range": [min(per_sample), max(per_sample)],
+           "decode_tokens_per_s": statistics.median(tps) if tps else None,
+           "decode_tokens_per_s_range": [min(tps), max(tps)] if tps else None,
+           "new_tokens_per_sample": sum(c["new_tokens"] for c in calls) / sum(c["rows"] for c in calls)}
+    if tps:
+        log(f"{name}: decode {out['decode_tokens_per_s']:.0f} tokens/s (median of {repeats} calls of "
+            f"{out['rows']} rows, range {min(tps):.0f}-{max(tps):.0f}), {out['decode_s_per_sample']:.4f} s/sample")
+    return out
+
+
 def samples_per_problem(cfg: DemoConfig, decode_s_per_sample: dict[str, Optional[float]]) -> dict[str, int]:
-    """Samples per test problem for each model. The teacher draws ``cfg.n_samples``; a student
+    """Samples per test problem for each model, from each model's decode seconds per sample
+    (``decode_speed``'s median). The teacher draws ``cfg.n_samples``; a student
     that is m times as fast per sample draws ``n_samples * 2**round(log2(m))``, so that at the
     teacher's largest budget it holds about as many samples as those seconds buy. The factor is
     at least 1 and at most ``max_budget_factor`` and ``batch_problems`` (so every model's engine

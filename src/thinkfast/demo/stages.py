@@ -26,8 +26,11 @@ class StageRunner:
     """Runs named stages once; records results and wall time in OUT/stages.json, and beside them
     the run's decisions (``decide``)."""
 
-    def __init__(self, out: Path, force: bool, log: Callable[[str], None]):
+    def __init__(self, out: Path, force: bool, log: Callable[[str], None],
+                 on_stage: Optional[Callable[[str, float, bool], None]] = None):
+        """``on_stage(name, seconds, reused)`` is called as each stage finishes or is reused."""
         self.out, self.force, self.log = out, force, log
+        self.on_stage = on_stage
         self.path = out / "stages.json"
         state: dict[str, Any] = {}
         if self.path.exists() and not force:
@@ -62,6 +65,8 @@ class StageRunner:
         assert name != DECISIONS, f"{DECISIONS!r} is stages.json's entry for decisions, not a stage name"
         if name in self.state:
             self.log(f"[{name}] done earlier ({self.state[name]['seconds']:.0f}s), reused")
+            if self.on_stage:
+                self.on_stage(name, self.state[name]["seconds"], True)
             return self.state[name]["result"]
         self.log(f"[{name}] ...")
         t0 = time.perf_counter()
@@ -72,17 +77,23 @@ class StageRunner:
         self._record(name, result, time.perf_counter() - t0)
         return result
 
-    def run_parallel(self, jobs: dict[str, Callable[[], Any]], workers: int) -> dict[str, Any]:
+    def run_parallel(self, jobs: dict[str, Callable[[], Any]], workers: int,
+                     poll: Optional[Callable[[], None]] = None) -> dict[str, Any]:
         """Run independent stages at once, each in a spawned worker process, and record each as it
         finishes (its own wall time; they overlap). ``jobs`` values must pickle (module-level
         functions, ``functools.partial`` of them). With ``workers`` <= 1, or one stage left to do,
         they run here one after another. A failing stage is named; the others still finish and
-        are kept, so a rerun redoes only the failed one."""
+        are kept, so a rerun redoes only the failed one. ``poll()`` is called every few seconds
+        while workers run (e.g. to read their progress)."""
         todo = [name for name in jobs if name not in self.state]
         if workers <= 1 or len(todo) <= 1:
-            return {name: self.run(name, fn) for name, fn in jobs.items()}
+            with _polling(poll):
+                return {name: self.run(name, fn) for name, fn in jobs.items()}
+        for name in jobs:
+            if name not in todo:
+                self.run(name, jobs[name])  # reused: logged and reported
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
         self.log(f"[{', '.join(todo)}] ... (in parallel, {min(workers, len(todo))} processes)")
         errors: dict[str, BaseException] = {}
@@ -92,17 +103,25 @@ class StageRunner:
         with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
                                  initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(_timed, jobs[name]): name for name in todo}
-            for future in as_completed(futures):
-                name = futures[future]
-                try:
-                    result, seconds = future.result()
-                except BaseException as e:  # noqa: BLE001 -- named and re-raised below
-                    errors[name] = e
-                    continue
-                self._record(name, result, seconds)
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, timeout=5.0, return_when=FIRST_COMPLETED)
+                if poll is not None:
+                    poll()
+                for future in finished:
+                    self._collect(futures[future], future, errors)
         for name, e in errors.items():
             raise self._failure(name, e) from e
         return {name: self.state[name]["result"] for name in jobs}
+
+    def _collect(self, name: str, future: Any, errors: dict[str, BaseException]) -> None:
+        """Record a finished worker's stage, or keep its error for ``run_parallel`` to raise."""
+        try:
+            result, seconds = future.result()
+        except BaseException as e:  # noqa: BLE001 -- named and re-raised by run_parallel
+            errors[name] = e
+            return
+        self._record(name, result, seconds)
 
     def _failure(self, name: str, e: BaseException) -> UserError:
         detail = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
@@ -112,6 +131,8 @@ class StageRunner:
         self.state[name] = {"seconds": seconds, "result": result}
         self._write()
         self.log(f"[{name}] finished in {seconds:.0f}s")
+        if self.on_stage:
+            self.on_stage(name, seconds, False)
 
     def _write(self) -> None:
         doc = {**self.state, DECISIONS: self.decisions} if self.decisions else self.state
@@ -119,6 +140,29 @@ class StageRunner:
 
     def seconds(self) -> dict[str, float]:
         return {k: round(v["seconds"], 1) for k, v in self.state.items()}
+
+
+@contextlib.contextmanager
+def _polling(poll: Optional[Callable[[], None]], every: float = 5.0) -> Iterator[None]:
+    """Call ``poll()`` every ``every`` seconds from a thread while the block runs here."""
+    if poll is None:
+        yield
+        return
+    import threading
+
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every):
+            poll()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:

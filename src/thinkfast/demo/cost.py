@@ -1,0 +1,230 @@
+"""How long a demo run takes: a per-stage cost model (``stage_seconds``: training steps x seconds
+per step, samples x tokens / decode tokens per second, scoring per sample) and ``Eta``, which
+prints the expected duration before a run starts and an ETA once the run has measured its own
+speed (the first training steps, the decode speed probe, each finished stage).
+
+The reference rates (``REFERENCE``) are those of the full run in docs/demo-study.md ("Detailed
+results": a 2-core CPU, one thread per process, the students and the ORM side by side). A
+slower or faster machine is one factor on every stage, which ``Eta`` measures as the run goes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional
+
+from .config import MODELS, STUDENTS, DemoConfig
+
+REF_TOKENS_PER_STEP = 4 * 512
+"""Rows x row length of a training step at the reference rates (the demo's batch_size x seq_len)."""
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Per-unit costs of the demo's stages on one machine."""
+
+    train_s_per_step: dict[str, float]
+    """Seconds per training step of each student stage (``"llamba/kd"``, ...) at
+    ``REF_TOKENS_PER_STEP`` tokens per step (the matrix stage's rows are its own, shorter ones)."""
+    decode_tokens_per_s: dict[str, float]
+    """Each model's decode tokens per second at the test sampling's rows per engine call."""
+    new_tokens_per_sample: float = 256.0
+    """Mean new tokens per sample (capped by ``max_new_tokens``)."""
+    greedy_tokens_per_s: float = 6000.0
+    """Decode tokens per second of a greedy pass (``batch_problems`` rows per call)."""
+    score_s_per_sample: float = 0.0112
+    """Grading and ORM scoring, per sample."""
+    orm_train_s: float = 20.0
+    """Training the ORM's head, beside sampling its examples."""
+    stage_overhead_s: float = 3.0
+    """Loading models and data, per stage that does."""
+    report_s_per_problem: float = 0.05
+    """Metrics, bootstrap intervals, plots and the adaptive simulation, per test problem."""
+
+
+REFERENCE = Rates(
+    # llamba 1150 s = 200 matrix (64-token rows) + 150 hidden + 1600 KD (3.4 steps/s) + 3000 SFT steps;
+    # hybrid 889 s = 1600 KD + 2000 SFT steps.
+    train_s_per_step={"llamba/matrix": 0.05, "llamba/hidden": 0.25, "llamba/kd": 0.294, "llamba/sft": 0.2,
+                      "hybrid/kd": 0.3, "hybrid/sft": 0.195},
+    decode_tokens_per_s={"teacher": 12218.0, "llamba": 25186.0, "hybrid": 15248.0},
+)
+
+
+def student_steps(cfg: DemoConfig) -> dict[str, tuple[int, int]]:
+    """``{"student/stage": (steps, tokens per step)}`` of both students' recipes."""
+    m, h, k = cfg.mohawk_steps
+    tok = cfg.batch_size * cfg.seq_len
+    return {"llamba/matrix": (m, cfg.batch_size * min(64, cfg.seq_len)), "llamba/hidden": (h, tok),
+            "llamba/kd": (k, tok), "llamba/sft": (cfg.llamba_sft_steps, tok),
+            "hybrid/kd": (cfg.hybrid_kd_steps, tok), "hybrid/sft": (cfg.hybrid_sft_steps, tok)}
+
+
+def train_step_seconds(rates: Rates, stage: str, tokens_per_step: int) -> float:
+    """Seconds per step of one student stage at ``tokens_per_step`` (the reference's scaled
+    linearly by tokens; the matrix stage's reference is at its own 64-token rows)."""
+    ref_tokens = 4 * 64 if stage.endswith("/matrix") else REF_TOKENS_PER_STEP
+    return rates.train_s_per_step[stage] * tokens_per_step / ref_tokens
+
+
+def _decode_s(cfg: DemoConfig, rates: Rates, model: str, samples: int) -> float:
+    tokens = min(cfg.max_new_tokens, rates.new_tokens_per_sample)
+    return samples * tokens / rates.decode_tokens_per_s[model]
+
+
+def stage_seconds(cfg: DemoConfig, rates: Rates = REFERENCE,
+                  n_by_model: Optional[dict[str, int]] = None, probe_repeats: int = 3) -> dict[str, float]:
+    """Expected wall seconds of every stage of ``run_stages``, in the order they run, each as if
+    run alone at ``rates`` (a pure function). ``n_by_model``: samples per test problem (default:
+    ``cfg.n_samples`` for every model, as before the speed probe decides)."""
+    n_by_model = n_by_model or dict.fromkeys(MODELS, cfg.n_samples)
+    o = rates.stage_overhead_s
+    rows = cfg.batch_problems * cfg.n_samples
+    out = {"data": 1.0 + 1e-4 * (cfg.n_train + cfg.n_test), "teacher": 1.0, "select": o}
+    steps = student_steps(cfg)
+    for name in MODELS:
+        out[f"temperature-{name}"] = o + _decode_s(cfg, rates, name,
+                                                   cfg.temp_problems * cfg.temp_samples * len(cfg.temperatures))
+        out[f"speed-{name}"] = o + _decode_s(cfg, rates, name, probe_repeats * rows)
+        if name in STUDENTS:
+            out[name] = 2 * o + sum(n * train_step_seconds(rates, key, tok)
+                                    for key, (n, tok) in steps.items() if key.startswith(name + "/"))
+    out["orm"] = o + rates.orm_train_s + _decode_s(cfg, rates, "teacher", cfg.orm_problems * cfg.orm_samples)
+    for name in MODELS:
+        out[f"sample-{name}"] = o + _decode_s(cfg, rates, name, cfg.n_test * n_by_model[name])
+        out[f"greedy-{name}"] = o + cfg.n_test * min(cfg.max_new_tokens, rates.new_tokens_per_sample) \
+            / rates.greedy_tokens_per_s
+    for name in MODELS:
+        out[f"score-{name}"] = o + cfg.n_test * n_by_model[name] * rates.score_s_per_sample
+    out["report"] = 1.0 + cfg.n_test * rates.report_s_per_problem
+    order = ["data", "teacher", "select", "temperature-teacher", "llamba", "hybrid", "orm",
+             "temperature-llamba", "temperature-hybrid", *[f"speed-{m}" for m in MODELS],
+             *[s for m in MODELS for s in (f"sample-{m}", f"greedy-{m}")], *[f"score-{m}" for m in MODELS], "report"]
+    return {k: out[k] for k in order}
+
+
+PARALLEL_GROUPS = (("llamba", "hybrid", "orm"), ("score-teacher", "score-llamba", "score-hybrid"))
+"""The stages ``run_stages`` runs side by side, each group in this order (``StageRunner.run_parallel``)."""
+
+
+def makespan(durations: list[float], workers: int) -> float:
+    """Wall seconds of jobs handed in order to the first free of ``workers`` processes (what a
+    process pool does with jobs submitted in order)."""
+    free = [0.0] * max(1, workers)
+    for d in durations:
+        i = min(range(len(free)), key=free.__getitem__)
+        free[i] += d
+    return max(free) if durations else 0.0
+
+
+def total_seconds(seconds: dict[str, float], workers: int) -> float:
+    """Wall seconds of a run whose stages take ``seconds``: every stage one after another, but
+    each of ``PARALLEL_GROUPS`` across ``workers`` processes."""
+    grouped = {s for g in PARALLEL_GROUPS for s in g}
+    total = sum(v for k, v in seconds.items() if k not in grouped)
+    for g in PARALLEL_GROUPS:
+        total += makespan([seconds[s] for s in g if s in seconds], workers)
+    return total
+
+
+def largest_n_test(cfg: DemoConfig, limit_s: float, workers: int = 2, rates: Rates = REFERENCE,
+                   step: int = 8, speedup: Optional[dict[str, int]] = None) -> int:
+    """The most test problems (a multiple of ``step``) whose run fits ``limit_s`` at ``rates``;
+    ``speedup``: each model's sample-count factor (default: Llamba x2, as in the reference run)."""
+    factors = speedup or {"teacher": 1, "llamba": 2, "hybrid": 1}
+    n_by = {m: cfg.n_samples * factors[m] for m in MODELS}
+    n = step
+    while total_seconds(stage_seconds(replace(cfg, n_test=n + step), rates, n_by), workers) <= limit_s:
+        n += step
+    return n
+
+
+def _minutes(s: float) -> str:
+    return f"{s / 60:.1f} min"
+
+
+@dataclass
+class Eta:
+    """The expected duration of a run and, as the run measures its speed, its ETA.
+
+    ``speed`` is actual over expected seconds, first from the students' first training steps
+    (``training_steps``), then from every stage that has finished; the stages not yet run are
+    expected to take their modelled seconds times it. The sampling stages, once the decode speed
+    probe has measured each model (``decode_measured``), take their seconds from those
+    measurements instead, times 1."""
+
+    cfg: DemoConfig
+    workers: int
+    log: Callable[[str], None] = print
+    rates: Rates = REFERENCE
+    clock: Callable[[], float] = time.time
+    n_by_model: Optional[dict[str, int]] = None
+    speed: float = 1.0
+    done: dict[str, float] = field(default_factory=dict)
+    measured: set = field(default_factory=set)
+    reused: set = field(default_factory=set)
+    started: float = 0.0
+    first_expected: float = 0.0
+    """The expected duration ``announce`` printed, in seconds."""
+    _from_steps: bool = False
+
+    def __post_init__(self) -> None:
+        self.started = self.clock()
+
+    def expected(self) -> dict[str, float]:
+        return stage_seconds(self.cfg, self.rates, self.n_by_model)
+
+    def remaining_seconds(self) -> float:
+        exp = self.expected()
+        left = {k: (v if k in self.measured else v * self.speed) for k, v in exp.items() if k not in self.done}
+        return total_seconds(left, self.workers)
+
+    def announce(self) -> float:
+        """Print the expected duration before the run starts; returns it in seconds."""
+        total = self.first_expected = total_seconds(self.expected(), self.workers)
+        self.log(f"expected duration: {_minutes(total)} at the reference machine's speed (docs/demo-study.md); "
+                 f"an ETA follows once this machine's speed is measured")
+        return total
+
+    def report(self, why: str) -> None:
+        left = self.remaining_seconds()
+        elapsed = self.clock() - self.started
+        at = time.strftime("%H:%M:%S", time.localtime(self.clock() + left))
+        self.log(f"ETA {at} ({_minutes(left)} left, {_minutes(elapsed + left)} in all; this machine at "
+                 f"{1 / self.speed:.2f}x the reference speed, from {why})")
+
+    @property
+    def has_step_speed(self) -> bool:
+        """Whether ``training_steps`` has measured the machine's speed."""
+        return self._from_steps
+
+    def training_steps(self, stage: str, steps: int, train_seconds: float, tokens_per_step: int) -> None:
+        """The first measured steps of a student stage (``"llamba/kd"``, ...): the machine's speed
+        from them, and the ETA printed, once."""
+        if self._from_steps or steps <= 0 or train_seconds <= 0:
+            return
+        self._from_steps = True
+        self.speed = (train_seconds / steps) / train_step_seconds(self.rates, stage, tokens_per_step)
+        self.report(f"{steps} steps of {stage}")
+
+    def decode_measured(self, tokens_per_s: dict[str, float], n_by_model: dict[str, int]) -> None:
+        """The probe's decode speeds and the samples each model will draw."""
+        self.rates = replace(self.rates, decode_tokens_per_s={**self.rates.decode_tokens_per_s, **tokens_per_s})
+        self.n_by_model = dict(n_by_model)
+        self.measured |= {f"sample-{m}" for m in tokens_per_s}
+
+    def stage_finished(self, name: str, seconds: float, reused: bool) -> None:
+        """Record a stage; a stage run now (not reused) updates the speed and prints the ETA."""
+        self.done[name] = seconds
+        if reused:
+            self.reused.add(name)
+            return
+        exp = self.expected()
+        ran = [k for k in self.done if k in exp and k not in self.measured | self.reused]
+        predicted = sum(exp[k] for k in ran)
+        if predicted > 0:
+            self.speed = sum(self.done[k] for k in ran) / predicted
+        if self._from_steps or set(STUDENTS) & (set(self.done) - self.reused):
+            # before the first training steps the stages that ran are too short to tell the speed
+            self.report(f"the stages run so far, {name} last")
