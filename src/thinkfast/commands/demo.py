@@ -21,6 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_threads(p, default=1,
                 help="PyTorch threads (default 1: at the demo's model size one thread distils faster than "
                      "two, see docs/demo-study.md)")
+    from ..demo.config import VERIFIERS
+
+    p.add_argument("--verifier", choices=VERIFIERS, default="orm",
+                   help="the verifier whose scores Best-of-N and weighted Best-of-N use (default: orm, an "
+                        "outcome reward model on the frozen teacher; docs/demo-study.md)")
     p.add_argument("--jobs", type=positive_int, default=None,
                    help="processes for the stages that time nothing (the students, the ORM, scoring), run "
                         "side by side (default: one per core, each with --threads threads, at most 2; 1 runs "
@@ -32,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     results = run_demo(out, quick=args.quick, force=args.force, retrain_teacher=args.retrain_teacher,
-                       jobs=args.jobs)
+                       jobs=args.jobs, verifier=args.verifier)
     if args.quick:
         print("--quick: tiny budgets, the numbers below are meaningless")
     for name, run in results["runs"].items():
