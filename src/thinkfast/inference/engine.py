@@ -101,6 +101,12 @@ class SamplingParams:
     """With ``continuous``: the n samples of a prompt read one copy of its attention KV cache (a
     ``PromptTable`` entry) instead of n copies; each row keeps only its own tokens' KV. Same
     attention to float rounding (tests/inference/test_shared_prompt.py); Mamba state stays per row."""
+    fast: bool = True
+    """The inference fast path (``LanguageModel.forward(fast=True)``): fused norms, RoPE on q|k in
+    one go, decode attention with fewer kernels, in-place residuals; with a model packed by
+    ``LanguageModel.prepare_for_inference`` also one q|k|v and one gate|up product per layer.
+    Token for token the reference's samples (the same floats on CPU in fp32,
+    tests/inference/test_fast_decode.py); False: the reference decode step."""
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -239,6 +245,12 @@ def _clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
+def _fast_kw(model, params: SamplingParams) -> dict[str, bool]:
+    """The forward's ``fast`` argument for a LanguageModel; any other model (a stand-in with the
+    same calls) gets the plain call."""
+    return {"fast": params.fast} if isinstance(model, LanguageModel) else {}
+
+
 def _encode(prompts, tokenizer, add_special_tokens: bool) -> list[list[int]]:
     out = []
     for p in prompts:
@@ -321,7 +333,8 @@ def _generate_batch(model: LanguageModel, prompt_ids: list[list[int]], params: S
 
     t0 = _clock(device)
     cache = model.allocate_cache(P, Lp + max(max_new, 1))
-    logits = model(ids, attention_mask=None if bool(mask.all()) else mask, cache=cache, logits_to_keep=1).logits[:, -1]
+    logits = model(ids, attention_mask=None if bool(mask.all()) else mask, cache=cache, logits_to_keep=1,
+                   **_fast_kw(model, params)).logits[:, -1]
     t1 = _clock(device)
 
     R = P * n
@@ -359,7 +372,7 @@ def _generate_batch(model: LanguageModel, prompt_ids: list[list[int]], params: S
             keep = (~finished[live]).nonzero()[:, 0]
             cache.select(keep)
             keys, tok, live = keys[keep], tok[keep], live[keep]
-        logits = model(tok[:, None], cache=cache).logits[:, -1]
+        logits = model(tok[:, None], cache=cache, **_fast_kw(model, params)).logits[:, -1]
     t2 = _clock(device)
 
     lengths, reasons = length.tolist(), reason.tolist()
@@ -375,8 +388,8 @@ class _PromptPool:
     """Prefilled prompts whose samples still wait for a slot: each prompt's row in the plain cache
     of the prefill it was in, and its last-position logits (V,)."""
 
-    def __init__(self, model: LanguageModel, prompt_ids: list[list[int]]):
-        self.model, self.prompt_ids = model, prompt_ids
+    def __init__(self, model: LanguageModel, prompt_ids: list[list[int]], params: SamplingParams):
+        self.model, self.prompt_ids, self.kw = model, prompt_ids, _fast_kw(model, params)
         self.where: dict[int, tuple[Any, int]] = {}  # prompt -> (cache, row)
         self.logits: dict[int, torch.Tensor] = {}
         self.prefill_s = 0.0
@@ -389,7 +402,7 @@ class _PromptPool:
         ids, mask = ids.to(device), mask.to(device)
         cache = model.allocate_cache(len(prompts), ids.shape[1])
         logits = model(ids, attention_mask=None if bool(mask.all()) else mask, cache=cache,
-                       logits_to_keep=1).logits[:, -1]
+                       logits_to_keep=1, **self.kw).logits[:, -1]
         for b, i in enumerate(prompts):
             self.where[i], self.logits[i] = (cache, b), logits[b]
         self.prefill_s += _clock(device) - t0
@@ -424,7 +437,7 @@ def _generate_continuous(model: LanguageModel, prompt_ids: list[list[int]], para
         cache.share_prompts(n, Lmax, entries=-(-S // n) + 1)
     entry: dict[int, int] = {}  # shared: prompt -> its PromptTable entry
     live = [0] * P  # rows of each prompt in the slots
-    pool = _PromptPool(model, prompt_ids)
+    pool = _PromptPool(model, prompt_ids, params)
     eos_ids = torch.tensor(sorted(eos), dtype=torch.long, device=device)
     logits: Optional[torch.Tensor] = None  # (S, V)
     keys = torch.zeros(S, dtype=torch.int64, device=device)
@@ -518,7 +531,7 @@ def _generate_continuous(model: LanguageModel, prompt_ids: list[list[int]], para
             buf_tok, buf_lp = buf_tok[kt], buf_lp[kt]
             slot_row = [slot_row[k] for k in keep]
         if n_open:
-            logits = model(tok[:, None], cache=cache).logits[:, -1]
+            logits = model(tok[:, None], cache=cache, **_fast_kw(model, params)).logits[:, -1]
         if next_row < R:
             refill([k for k, r in enumerate(slot_row) if r < 0])
     t_end = _clock(device)

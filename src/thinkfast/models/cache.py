@@ -33,6 +33,8 @@ class AttentionState:
         self.length = 0
         self.write_pos: Optional[torch.Tensor] = None
         """(B,) long: in a slotted cache, where each row's next token goes (set every step)."""
+        self.write_rows: Optional[torch.Tensor] = None
+        """(B,) long, arange(B) with ``write_pos``: made once per step, not once per layer."""
         self.prompt: Optional[tuple["PromptTable", int]] = None
         """With shared prompts: (the cache's PromptTable, this layer's index in it); ``k``/``v``
         then hold only each row's own tokens (the suffix after its prompt)."""
@@ -48,7 +50,7 @@ class AttentionState:
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """k, v (B, G, T, hd) -> the cached k, v (B, G, S, hd) to attend over, these included."""
         if self.write_pos is not None:  # slotted: one token per row, each at its own position
-            rows = torch.arange(k.shape[0], device=k.device)
+            rows = self.write_rows if self.write_rows is not None else torch.arange(k.shape[0], device=k.device)
             self.k[rows, :, self.write_pos] = k[:, :, 0]
             self.v[rows, :, self.write_pos] = v[:, :, 0]
             return self.k[:, :, :self.length], self.v[:, :, :self.length]
@@ -279,13 +281,14 @@ class InferenceCache:
         still stepping) rewrites its last position."""
         B = self.batch_size
         pos = self.row_len.clamp(max=self.capacity - 1)
-        self.key_mask[torch.arange(B, device=pos.device), pos] = True
+        rows = torch.arange(B, device=pos.device)
+        self.key_mask[rows, pos] = True
         self.row_len = pos + 1
         self.host_len = (self.host_len + 1).clamp(max=self.capacity)
         self.length = int(self.host_len.max()) if B else 0
         for st in self.layers:
             if isinstance(st, AttentionState):
-                st.write_pos, st.length = pos, self.length
+                st.write_pos, st.write_rows, st.length = pos, rows, self.length
         if self.prompts is not None:
             t = self.prompts
             t.flat = torch.where(t.pos < 0, t.active * t.n, t.pos)

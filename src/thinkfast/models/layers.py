@@ -29,6 +29,13 @@ class RMSNorm(nn.Module):
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x.to(dtype)
 
+    def fast(self, x: torch.Tensor) -> torch.Tensor:
+        """The same norm in one ``F.rms_norm`` call for fp32 inputs (the reference's formula,
+        bit-equal on CPU in tests/inference/test_fast_decode.py); other dtypes take ``forward``."""
+        if x.dtype != torch.float32 or self.weight.dtype != torch.float32:
+            return self(x)
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: Optional[RopeScaling]) -> torch.Tensor:
     """Inverse frequencies (hd/2,), with Llama-3's frequency-dependent scaling when given."""
@@ -71,6 +78,20 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotate_half(x) * sin
 
 
+def signed_rope(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (B, 1, T, hd) -> cos, signed sin (B, T, 1, hd) for ``apply_rope_fast``: the sin
+    with its first half negated, laid out to broadcast over the heads of a (B, T, heads, hd)."""
+    half = sin.shape[-1] // 2
+    return cos.transpose(1, 2), torch.cat([-sin[..., :half], sin[..., half:]], dim=-1).transpose(1, 2)
+
+
+def apply_rope_fast(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """``apply_rope`` on x (B, T, heads, hd) in 4 kernels instead of 6: rotate_half(x) * sin is
+    the halves swapped (one flip) times the signed sin, the same products, so the same floats."""
+    swapped = x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)  # (x2, x1)
+    return x * cos + swapped * signed_sin
+
+
 def repeat_heads(x: torch.Tensor, n_rep: int, dim: int = 1) -> torch.Tensor:
     """Repeat each group n_rep times along ``dim``: (.., G, ..) -> (.., G*n_rep, ..), GQA order."""
     if n_rep == 1:
@@ -95,6 +116,20 @@ def grouped_decode_attention(q, k, v, mask: Optional[torch.Tensor]) -> torch.Ten
         scores = scores.masked_fill(~mask, float("-inf"))  # (B, 1, 1, S) broadcasts over G, H/G
     out = torch.matmul(scores.softmax(-1).to(v.dtype), v)  # (B, G, H/G, hd)
     return out.reshape(B, H, 1, hd)
+
+
+def grouped_decode_attention_fast(q, k, v, inv_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """``grouped_decode_attention`` for fp32 with fewer kernels: q (B, H, 1, hd) any strides,
+    k, v (B, G, S, hd), inv_mask (B, 1, 1, S) bool True where masked (the inverted mask, made
+    once per step, not once per layer) or None -> (B, H, 1, hd). The same operations in the
+    same order, less the no-op casts."""
+    B, H, _, hd = q.shape
+    G = k.shape[1]
+    qg = q.reshape(B, G, H // G, hd)
+    scores = torch.matmul(qg, k.transpose(-1, -2)).mul_(hd**-0.5)  # (B, G, H/G, S)
+    if inv_mask is not None:
+        scores.masked_fill_(inv_mask, float("-inf"))
+    return torch.matmul(scores.softmax(-1), v).reshape(B, H, 1, hd)
 
 
 def _softmax_parts(scores: torch.Tensor, v: torch.Tensor):
@@ -163,8 +198,75 @@ def sdpa_gqa(q, k, v, mask: Optional[torch.Tensor], causal: bool) -> torch.Tenso
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, **kw)
 
 
-class Attention(nn.Module):
-    """Grouped-query causal self-attention with a pre-allocated KV cache for decoding."""
+def pack_linears(mods: list[nn.Linear]) -> nn.Linear:
+    """One plain ``nn.Linear`` whose output is the outputs of ``mods`` (same input) side by side:
+    their weights concatenated once. The caller drops ``mods``, so no second copy is kept."""
+    w = torch.cat([m.weight.detach() for m in mods])  # (sum out, in)
+    b = None if mods[0].bias is None else torch.cat([m.bias.detach() for m in mods])
+    out = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device="meta")
+    out.weight = nn.Parameter(w, requires_grad=mods[0].weight.requires_grad)
+    if b is not None:
+        out.bias = nn.Parameter(b, requires_grad=mods[0].bias.requires_grad)
+    return out
+
+
+class _Packable(nn.Module):
+    """A module whose projections ``_parts`` (names -> sizes) can be packed into one Linear
+    ``_packed_name`` for inference (``pack``). Its state dict keeps the unpacked names either way
+    (the packed weight is split on save and packed on load), so checkpoints do not change."""
+
+    _packed_name = ""
+
+    def _parts(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    @property
+    def packed(self) -> bool:
+        return hasattr(self, self._packed_name)
+
+    @torch.no_grad()
+    def pack(self) -> None:
+        """Replace the projections by one packed ``nn.Linear``; a no-op when packed already or when
+        a projection is not a plain ``nn.Linear`` (a quantized one, say)."""
+        if self.packed or any(type(getattr(self, n)) is not nn.Linear for n in self._parts()):
+            return
+        names = list(self._parts())
+        packed = pack_linears([getattr(self, n) for n in names])
+        for n in names:
+            delattr(self, n)
+        setattr(self, self._packed_name, packed)
+        self.register_state_dict_post_hook(_split_packed_state)
+        self.register_load_state_dict_pre_hook(_pack_loaded_state)
+
+
+def _split_packed_state(module: _Packable, state_dict, prefix: str, local_metadata) -> None:
+    """state_dict hook: the packed weight (and bias) saved as its parts, each its own tensor."""
+    if not module.packed:
+        return
+    for suffix in ("weight", "bias"):
+        t = state_dict.pop(f"{prefix}{module._packed_name}.{suffix}", None)
+        if t is None:
+            continue
+        for name, part in zip(module._parts(), t.split(list(module._parts().values()))):
+            state_dict[f"{prefix}{name}.{suffix}"] = part.clone()
+
+
+def _pack_loaded_state(module: _Packable, state_dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook: the parts of a checkpoint concatenated into the packed key."""
+    if not module.packed:
+        return
+    for suffix in ("weight", "bias"):
+        keys = [f"{prefix}{name}.{suffix}" for name in module._parts()]
+        if all(k in state_dict for k in keys):
+            state_dict[f"{prefix}{module._packed_name}.{suffix}"] = torch.cat([state_dict.pop(k) for k in keys])
+
+
+class Attention(_Packable):
+    """Grouped-query causal self-attention with a pre-allocated KV cache for decoding.
+
+    ``pack()`` (inference only) puts q|k|v into one ``qkv_proj``."""
+
+    _packed_name = "qkv_proj"
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -175,28 +277,49 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=b)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=b)
 
-    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """x (B, T, D) -> q (B, H, T, hd), k, v (B, G, T, hd), RoPE applied to q and k."""
+    def _parts(self) -> dict[str, int]:
+        kv = self.n_kv_heads * self.head_dim
+        return {"q_proj": self.n_heads * self.head_dim, "k_proj": kv, "v_proj": kv}
+
+    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, fast_rope=None):
+        """x (B, T, D) -> q (B, H, T, hd), k, v (B, G, T, hd), RoPE applied to q and k.
+        ``fast_rope``: (cos, signed sin) (B, T, 1, hd) of ``signed_rope``, for ``apply_rope_fast``
+        (q and k in one call when packed); None: the reference ``apply_rope``."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, G, T, hd)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, G, T, hd)
+        H, G, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        if self.packed:
+            qkv = self.qkv_proj(x).view(B, T, H + 2 * G, hd)
+            if fast_rope is not None:
+                q, k = apply_rope_fast(qkv[:, :, :H + G], *fast_rope).split([H, G], dim=2)
+                return q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, H + G:].transpose(1, 2)
+            q, k, v = (t.transpose(1, 2) for t in qkv.split([H, G, G], dim=2))
+            return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        q = self.q_proj(x).view(B, T, H, hd)
+        k = self.k_proj(x).view(B, T, G, hd)
+        v = self.v_proj(x).view(B, T, G, hd).transpose(1, 2)  # (B, G, T, hd)
+        if fast_rope is not None:
+            return apply_rope_fast(q, *fast_rope).transpose(1, 2), apply_rope_fast(k, *fast_rope).transpose(1, 2), v
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, hd), (B, G, T, hd)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(self, x: torch.Tensor, ctx, state=None) -> torch.Tensor:
         """x (B, T, D) -> (B, T, D). ``ctx`` (a MixerContext) gives cos/sin and the boolean
-        attention mask (B, 1, T, S), None for plain causal attention.
+        attention mask (B, 1, T, S), None for plain causal attention; ``ctx.fast`` picks the
+        fewer-kernel RoPE and decode attention (same floats on CPU in fp32).
 
         With ``state`` (an AttentionState) the new keys/values are appended and attention
         reads the whole cache.
         """
         B, T, _ = x.shape
         mask = ctx.attn_mask
-        q, k, v = self.qkv(x, ctx.cos, ctx.sin)
+        fast = getattr(ctx, "fast", False)
+        q, k, v = self.qkv(x, ctx.cos, ctx.sin, ctx.rope_fast() if fast else None)
         if state is not None:
             k, v = state.append(k, v)  # (B, G, S, hd)
         if state is not None and state.prompt is not None:  # shared prompt KV (a slotted cache)
             y = shared_prompt_decode_attention(q, *state.prompt_kv(), k, v, mask)
+        elif fast and T == 1 and q.device.type == "cpu" and q.dtype == torch.float32:
+            y = grouped_decode_attention_fast(q, k, v, ctx.inv_mask())
         else:
             y = sdpa_gqa(q, k, v, mask, causal=mask is None and T > 1)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*hd)
@@ -212,8 +335,11 @@ class Attention(nn.Module):
         return scores.masked_fill(~causal, float("-inf")).softmax(-1)
 
 
-class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+class MLP(_Packable):
+    """SwiGLU: down(silu(gate(x)) * up(x)). ``pack()`` (inference only) puts gate|up into one
+    ``gate_up_proj``."""
+
+    _packed_name = "gate_up_proj"
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -221,5 +347,11 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.mlp_bias)
 
+    def _parts(self) -> dict[str, int]:
+        return {"gate_proj": self.down_proj.in_features, "up_proj": self.down_proj.in_features}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # (B, T, F) each
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

@@ -7,7 +7,7 @@ Glossary: B batch, T new tokens, S cached length, D d_model, V vocab.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from ..config import ModelConfig
 from .cache import AttentionState, InferenceCache, MambaState
-from .layers import MLP, Attention, RMSNorm, RotaryEmbedding
+from .layers import MLP, Attention, RMSNorm, RotaryEmbedding, signed_rope
 from .mamba2 import MambaMixerBase, build_mixer
 
 
@@ -27,6 +27,21 @@ class MixerContext:
     sin: torch.Tensor  # (B, 1, T, hd)
     attn_mask: Optional[torch.Tensor]  # (B, 1, T, S) bool, None = plain causal over T
     token_mask: Optional[torch.Tensor]  # (B, T) bool, None = no padding
+    fast: bool = False
+    """The inference fast path: fewer-kernel norms, RoPE and decode attention (same floats)."""
+    _memo: dict = field(default_factory=dict, repr=False)
+
+    def rope_fast(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, signed sin) (B, T, 1, hd) for ``layers.apply_rope_fast``, made once per forward."""
+        if "rope" not in self._memo:
+            self._memo["rope"] = signed_rope(self.cos, self.sin)
+        return self._memo["rope"]
+
+    def inv_mask(self) -> Optional[torch.Tensor]:
+        """~attn_mask (B, 1, T, S) (True = masked), made once per forward; None without a mask."""
+        if "inv" not in self._memo:
+            self._memo["inv"] = None if self.attn_mask is None else ~self.attn_mask
+        return self._memo["inv"]
 
 
 @dataclass
@@ -50,6 +65,9 @@ class Block(nn.Module):
         self.mlp = mlp
 
     def forward(self, x: torch.Tensor, ctx: MixerContext, state=None) -> torch.Tensor:
+        if getattr(ctx, "fast", False):  # the same sums, fused norms, no temporaries for the residuals
+            h = self.mixer(self.input_norm.fast(x), ctx, state).add_(x)
+            return self.mlp(self.post_norm.fast(h)).add_(h)
         h = x + self.mixer(self.input_norm(x), ctx, state)
         return h + self.mlp(self.post_norm(h))
 
@@ -83,6 +101,18 @@ class LanguageModel(nn.Module):
     def tie_weights(self) -> None:
         if self.config.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+
+    @torch.no_grad()
+    def prepare_for_inference(self) -> "LanguageModel":
+        """Pack each attention layer's q|k|v and each MLP's gate|up into one plain ``nn.Linear``
+        (``Attention.pack``, ``MLP.pack``): fewer, larger products per decode step, the weights
+        moved, not copied. For inference only (training keeps the separate projections); the
+        state dict keeps its keys. Idempotent; returns self."""
+        for blk in self.layers:
+            if isinstance(blk.mixer, Attention):
+                blk.mixer.pack()
+            blk.mlp.pack()
+        return self
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -167,11 +197,13 @@ class LanguageModel(nn.Module):
         cache: Optional[InferenceCache] = None,
         output_hidden_states: bool = False,
         logits_to_keep: int = 0,
+        fast: bool = False,
     ) -> ModelOutput:
         """input_ids (B, T) -> ModelOutput with logits (B, T, V).
 
         attention_mask (B, T): 1 for real tokens, 0 for left padding. With ``cache`` the tokens
-        continue the cached sequence and the cache is updated in place.
+        continue the cached sequence and the cache is updated in place. ``fast``: the inference
+        fast path (``MixerContext.fast``), the reference's floats on CPU in fp32.
         """
         B, T = input_ids.shape
         total = T + (cache.length if cache is not None and not cache.slotted else 0)  # slots bound their own
@@ -179,6 +211,7 @@ class LanguageModel(nn.Module):
             raise ValueError(f"sequence of {total} tokens is longer than the model's context "
                              f"({self.config.max_seq_len}); refusing to truncate")
         ctx = self.context(input_ids, attention_mask, cache)
+        ctx.fast = fast
         x = self.embed_tokens(input_ids)  # (B, T, D)
         hidden = [x] if output_hidden_states else None
         for i, blk in enumerate(self.layers):
@@ -187,7 +220,7 @@ class LanguageModel(nn.Module):
                 hidden.append(x)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
-        logits = self.lm_head(self.norm(x))
+        logits = self.lm_head(self.norm.fast(x) if fast else self.norm(x))
         return ModelOutput(logits=logits, hidden_states=hidden, cache=cache)
 
     @property

@@ -212,8 +212,9 @@ class Mamba2Mixer(MambaMixerBase):
 
     def step(self, u: torch.Tensor, state: MambaState) -> torch.Tensor:
         """u (B, 1, D) -> (B, 1, D), constant cost in the context length."""
-        z, x, Bm, Cm, dt = self._split(u[:, 0])
-        xbc = self._conv_step(torch.cat([x, Bm, Cm], dim=-1), state)
+        zxbcdt = self.in_proj(u[:, 0])  # z | x B C | dt: x|B|C is one slice, no concatenation
+        z, xbc, dt = torch.split(zxbcdt, [self.d_inner, self.conv_dim, self.H], dim=-1)
+        xbc = self._conv_step(xbc, state)
         xh, dt, Bh, Ch = self._heads(xbc, dt)
         x_scan, log_a = self._discretise(xh, dt)
         y = self._ssm_step(state, x_scan, log_a, Bh, Ch)
