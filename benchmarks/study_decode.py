@@ -77,13 +77,21 @@ def alternate(models: dict[str, Any], call: Callable[[Any, int], dict[str, float
     return res
 
 
+def round_ratios(res: dict[str, list[dict[str, float]]], ref: str) -> dict[str, list[float]]:
+    """Each model's tokens/s over ``ref``'s, round by round (the two ran minutes apart at most,
+    so a ratio of one round is less noisy on a shared machine than a ratio of medians)."""
+    return {k: [c["decode_tokens_per_s"] / r["decode_tokens_per_s"] for c, r in zip(v, res[ref])]
+            for k, v in res.items()}
+
+
 def table(res: dict[str, list[dict[str, float]]], mem: dict[str, float], params: dict[str, int], ref: str) -> str:
-    med = {k: statistics.median(c["decode_tokens_per_s"] for c in v) for k, v in res.items()}
-    lines = [f"| model | params | decode tokens/s (median) | range | vs {ref} | cache MB |", "|---|---|---|---|---|---|"]
+    rat = round_ratios(res, ref)
+    lines = [f"| model | params | decode tokens/s (median, range) | vs {ref} (median of rounds, range) | cache MB |",
+             "|---|---|---|---|---|"]
     for k, v in res.items():
         tps = [c["decode_tokens_per_s"] for c in v]
-        lines.append(f"| {k} | {params[k] / 1e6:.2f}M | {med[k]:.0f} | {min(tps):.0f}-{max(tps):.0f} | "
-                     f"{med[k] / med[ref]:.2f}x | {mem[k]:.1f} |")
+        lines.append(f"| {k} | {params[k] / 1e6:.2f}M | {statistics.median(tps):.0f} ({min(tps):.0f}-{max(tps):.0f}) | "
+                     f"{statistics.median(rat[k]):.2f}x ({min(rat[k]):.2f}-{max(rat[k]):.2f}) | {mem[k]:.1f} |")
     return "\n".join(lines)
 
 
