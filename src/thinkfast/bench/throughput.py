@@ -45,6 +45,7 @@ class BenchCase:
     dtype: str = "float32"  # float32 | bfloat16 | int8 (thinkfast only: int8 weight-only linears)
     seed: int = 0
     repeats: int = 1
+    decode: str = "fast"  # thinkfast's decode step: "fast" | "reference" | "both" (alternated in one process)
 
 
 def _pattern(kind: str, n_layers: int) -> str:
@@ -127,8 +128,81 @@ def matmul_floor_ms(model: torch.nn.Module, batch: int, repeats: int = 5) -> flo
         return 1000 * min(_timed(one_pass) for _ in range(repeats))
 
 
+def read_bandwidth_gbps(mb: int = 512, repeats: int = 5) -> float:
+    """Memory read bandwidth, GB/s: a sum over an ``mb`` MiB fp32 tensor (far larger than the
+    caches), best of ``repeats``, at the process's torch threads."""
+    x = torch.ones(mb * 2**20 // 4)
+    x.sum()
+    return x.numel() * 4 / min(_timed(x.sum) for _ in range(repeats)) / 1e9
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes a decode step must read: every parameter once (shared ones once), except an
+    embedding table that is not also the LM head (a step reads only its rows)."""
+    emb = getattr(model, "embed_tokens", None)
+    head = getattr(model, "lm_head", None)
+    skip = emb.weight if emb is not None and (head is None or head.weight is not emb.weight) else None
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p is skip or id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel() * p.element_size()
+    return total
+
+
+def measure_both(case: BenchCase) -> dict[str, Any]:
+    """thinkfast's reference and fast decode steps side by side in this process: the model and a
+    packed copy (``prepare_for_inference``), ``max(repeats, 3)`` rounds alternating the two,
+    medians of the per-round decode times; with the memory bandwidth and each step as a % of the
+    bandwidth roofline (weight bytes / bandwidth)."""
+    import copy
+    import statistics
+
+    from ..inference.engine import SamplingParams, generate
+    from ..inference.quant import inference_dtype, quantize_for_inference
+
+    torch.set_num_threads(case.threads)
+    dev = torch.device(case.device)
+    g = torch.Generator().manual_seed(case.seed + 1)
+    ref = _build_thinkfast(case).to(dev, inference_dtype(case.dtype))
+    fast = copy.deepcopy(ref).prepare_for_inference()
+    if case.dtype == "int8":
+        quantize_for_inference(ref, "int8")
+        quantize_for_inference(fast, "int8")
+    prompts = torch.randint(0, ref.config.vocab_size, (case.batch, case.prompt), generator=g).tolist()
+    models = {"reference": (ref, False), "fast": (fast, True)}
+
+    def run(name, n):
+        m, f = models[name]
+        return generate(m, prompts, SamplingParams(temperature=0, max_new_tokens=n, eos_token_ids=[], fast=f))
+
+    same = [s.token_ids for o in run("reference", 8) for s in o.samples] == \
+        [s.token_ids for o in run("fast", 8) for s in o.samples]
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(max(case.repeats, 3)):
+        for name in models:
+            t1 = _timed(lambda: run(name, 1))
+            times[name].append(max(_timed(lambda: run(name, case.gen)) - t1, 1e-9))
+    bw = read_bandwidth_gbps()
+    roof_ms = 1000 * weight_bytes(fast) / (bw * 1e9)
+    out = dict(asdict(case), params=ref.num_parameters(), same_tokens=same, read_gbps=bw,
+               weight_mb=weight_bytes(fast) / 2**20, roofline_ms=roof_ms,
+               matmul_floor_ms=matmul_floor_ms(fast, case.batch))
+    for name, ts in times.items():
+        d = statistics.median(ts)
+        step = 1000 * d / max(case.gen - 1, 1)
+        out[f"{name}_decode_tokens_per_s"] = case.batch * (case.gen - 1) / d
+        out[f"{name}_decode_step_ms"] = step
+        out[f"{name}_step_pct_of_roofline"] = 100 * step / roof_ms
+    out["fast_vs_reference_ratio"] = out["fast_decode_tokens_per_s"] / out["reference_decode_tokens_per_s"]
+    return out
+
+
 def measure(case: BenchCase) -> dict[str, Any]:
     """Run one case in this process; returns its figures."""
+    if case.engine == "thinkfast" and case.decode == "both":
+        return measure_both(case)
     torch.set_num_threads(case.threads)
     dev = torch.device(case.device)
     from ..inference.quant import inference_dtype, quantize_for_inference
@@ -139,13 +213,16 @@ def measure(case: BenchCase) -> dict[str, Any]:
         from ..inference.engine import SamplingParams, generate
 
         model = _build_thinkfast(case).to(dev, dtype)
+        if case.decode == "fast":
+            model.prepare_for_inference()
         if case.dtype == "int8":
             quantize_for_inference(model, "int8")
         vocab = model.config.vocab_size
         prompts = torch.randint(0, vocab, (case.batch, case.prompt), generator=g).tolist()
 
         def run(n):
-            generate(model, prompts, SamplingParams(temperature=0, max_new_tokens=n, eos_token_ids=[]))
+            generate(model, prompts, SamplingParams(temperature=0, max_new_tokens=n, eos_token_ids=[],
+                                                    fast=case.decode == "fast"))
     else:
         if case.dtype == "int8":
             raise ValueError("int8 weight-only linears are thinkfast's; transformers runs float32 / bfloat16")

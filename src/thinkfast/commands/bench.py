@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"],
                    help="int8: int8 weight-only linears (thinkfast engine only; hf cases are skipped)")
     p.add_argument("--repeats", type=positive_int, default=1, help="best of N timings")
+    p.add_argument("--decode", default="fast", choices=["fast", "reference", "both"],
+                   help="thinkfast's decode step; both: reference and fast alternated in one process, with "
+                        "the memory bandwidth and each step as a %% of the weights-over-bandwidth roofline")
     p.add_argument("--json", dest="json_out", type=output_file, default=None, help="write every figure and the ratios here")
 
 
@@ -41,11 +44,20 @@ def run(args: argparse.Namespace) -> int:
                 continue  # transformers has no architecture for our hybrid, nor our int8 linears
             case = BenchCase(engine=engine, kind=kind, preset=args.preset, batch=args.batch, prompt=args.prompt,
                              gen=args.gen, threads=threads, device=args.device, dtype=args.dtype,
-                             repeats=args.repeats)
+                             repeats=args.repeats, decode=args.decode)
             r = run_in_subprocess(case)
             results.append(r)
             if "error" in r:
                 print(f"{engine:9s} {kind:7s} failed: {r['error']}", flush=True)
+            elif "fast_vs_reference_ratio" in r:
+                for name in ("reference", "fast"):
+                    print(f"{engine:9s} {kind:7s} {name:9s} decode {r[name + '_decode_tokens_per_s']:9.1f} tok/s  "
+                          f"step {r[name + '_decode_step_ms']:7.1f} ms = {r[name + '_step_pct_of_roofline']:5.0f}% "
+                          f"of the roofline", flush=True)
+                print(f"{engine:9s} {kind:7s} fast/reference {r['fast_vs_reference_ratio']:.2f}x, same tokens "
+                      f"{r['same_tokens']}; matmul floor {r['matmul_floor_ms']:.1f} ms; roofline "
+                      f"{r['roofline_ms']:.1f} ms ({r['weight_mb']:.0f} MB at {r['read_gbps']:.1f} GB/s read)",
+                      flush=True)
             else:
                 print(f"{engine:9s} {kind:7s} decode {r['decode_tokens_per_s']:9.1f} tok/s  "
                       f"step {r['decode_step_ms']:7.1f} ms (matmul floor {r['matmul_floor_ms']:7.1f})  "
