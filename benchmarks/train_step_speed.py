@@ -125,6 +125,9 @@ CATEGORIES = (  # (name, op-name prefixes) for the profile's shares; the first m
 )
 
 
+HAND_WRITTEN = ("ChunkScan", "CausalDepthwiseConv")  # thinkfast.models.ssd's autograd.Functions
+
+
 def category(op: str) -> str:
     """matmul / attention / conv (aten's depthwise conv kernels) / other: everything else, the
     elementwise passes, copies, reductions and the hand-written conv and scan backwards."""
@@ -198,6 +201,12 @@ def profile(stages, variant: str, work: Path, row_limit: int) -> dict:
               f"{len(events)} distinct ops")
         print("  shares of self time: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items())
               + f" (matmul {shares['matmul'] * wall * 1e3:.0f} ms of the unprofiled step)")
+        # the hand-written Functions, forward and backward, with everything they run (matmuls too)
+        inside = {name: sum(e.cpu_time_total for e in events if e.key in (name, name + "Backward")) / total_self
+                  for name in HAND_WRITTEN}
+        if any(inside.values()):
+            print("  inside the hand-written Functions: " + ", ".join(f"{k} {v:.1%}" for k, v in inside.items()))
+        shares.update({f"in {k}": v for k, v in inside.items()})
         print(f"  {'op':46s} {'self ms':>8s} {'share':>6s} {'calls':>6s}")
         rows = []
         for e in top:
