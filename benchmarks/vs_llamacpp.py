@@ -14,8 +14,9 @@ of the model's size (the benchmark feeds token ids, never text).
 Each round runs, one after another and in a rotated order, every variant as its own process:
 llama.cpp's ``llama-batched-bench`` once per GGUF file (all batch sizes in one call; it decodes a
 fixed number of tokens, so random weights never stop early at an EOS), thinkfast's engine once
-per ``--dtype`` that ``thinkfast bench`` accepts (greedy, no EOS) and transformers' ``generate``
-(greedy, ``min_new_tokens`` = ``max_new_tokens``). The table shows the median over rounds.
+per ``--dtype`` that ``thinkfast bench`` accepts on its fast decode step (and float32 on the
+reference step too; greedy, no EOS) and transformers' ``generate`` (greedy, ``min_new_tokens`` =
+``max_new_tokens``). The table shows the median over rounds.
 
 Decode tokens/s: llama.cpp's ``S_TG`` (batch * gen / time of the gen decode steps after the
 prompt); thinkfast and transformers: batch * (gen - 1) / (T(gen) - T(1)), the rule of
@@ -271,6 +272,7 @@ class TorchCase:
     gen: int
     threads: int
     seed: int = 0
+    decode: str = "fast"  # thinkfast's decode step, as `thinkfast bench --decode`: "fast" | "reference"
 
 
 def _timed(fn) -> float:
@@ -288,18 +290,17 @@ def measure_torch(case: TorchCase) -> dict[str, Any]:
     if case.engine == "thinkfast":
         from thinkfast.checkpoint import load_model
         from thinkfast.inference.engine import SamplingParams, generate
+        from thinkfast.inference.quant import quantize_for_inference
 
         model = load_model(case.model_dir).eval()
-        if case.dtype == "int8":
-            from thinkfast.inference.quant import quantize_for_inference
-
-            quantize_for_inference(model, "int8")
-        else:
-            model = model.to(getattr(torch, case.dtype))
+        fast = case.decode == "fast"
+        if fast:
+            model.prepare_for_inference()  # q|k|v and gate|up packed, as the sampling backend does
+        quantize_for_inference(model, case.dtype)  # a float cast, or int8 weight-only linears
         prompts = torch.randint(0, model.config.vocab_size, (case.batch, case.prompt), generator=g).tolist()
 
         def run(n):
-            generate(model, prompts, SamplingParams(temperature=0, max_new_tokens=n, eos_token_ids=[]))
+            generate(model, prompts, SamplingParams(temperature=0, max_new_tokens=n, eos_token_ids=[], fast=fast))
     else:
         from transformers import AutoModelForCausalLM
 
@@ -331,13 +332,15 @@ def run_torch(case: TorchCase, timeout: float = 1800) -> float:
 # --- the run ------------------------------------------------------------------------------------
 
 
-def bench_dtypes() -> list[str]:
-    """The --dtype choices of ``thinkfast bench`` (what thinkfast's engine runs in this checkout)."""
+def bench_choices(dest: str) -> list[str]:
+    """The choices of a ``thinkfast bench`` option (``dtype``, ``decode``): what thinkfast's engine
+    runs in this checkout; [] when the option is not there."""
     from thinkfast.commands import bench
 
     p = argparse.ArgumentParser()
     bench.add_arguments(p)
-    return list(next(a for a in p._actions if a.dest == "dtype").choices)
+    acts = [a for a in p._actions if a.dest == dest]
+    return list(acts[0].choices) if acts else []
 
 
 def prepare(model: str, work: Path, seed: int, gguf_types: list[str]) -> tuple[Path, Path, dict[str, Path]]:
@@ -413,16 +416,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     except LlamaCppMissing as e:
         print(e, file=sys.stderr)
         return 2
-    dtypes = bench_dtypes() if a.dtypes == "auto" else a.dtypes.split(",")
+    dtypes = bench_choices("dtype") if a.dtypes == "auto" else a.dtypes.split(",")
     dtypes = [d for d in dtypes if d != "float16"]  # fp16 matmuls on CPU are emulated: not a decode dtype here
+    # every dtype on the fast decode step, and float32 on the reference one too when both exist
+    tf_variants = [(d, "fast") for d in dtypes]
+    if "reference" in bench_choices("decode") and "float32" in dtypes:
+        tf_variants.insert(0, ("float32", "reference"))
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="vs_llamacpp-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
         tf_dir, hf_dir, ggufs = prepare(a.model, work, a.seed, a.gguf_types)
         variants: list[tuple[str, Any]] = [(f"llama.cpp {t.upper()}", t) for t in ggufs]
-        variants += [(f"thinkfast {d}", d) for d in dtypes]
+        variants += [(f"thinkfast {d} {dec}", (d, dec)) for d, dec in tf_variants]
         if not a.no_hf:
-            variants.append(("transformers float32", "float32"))
+            variants.append(("transformers float32", ("float32", "")))
         results: dict[str, dict[int, list[float]]] = {v: {b: [] for b in a.batch} for v, _ in variants}
         version = llamacpp_version(exe)
         print(f"llama.cpp {version}; model {a.model}; prompt {a.prompt}, gen {a.gen}, threads {a.threads}", flush=True)
@@ -432,9 +439,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                 if name.startswith("llama.cpp"):
                     tps = run_llamacpp(exe, ggufs[v], a.batch, a.prompt, a.gen, a.threads)
                 else:
-                    eng, d = ("hf", v) if name.startswith("transformers") else ("thinkfast", v)
-                    tps = {b: run_torch(TorchCase(eng, str(hf_dir if eng == "hf" else tf_dir), d, b, a.prompt, a.gen,
-                                                  a.threads, a.seed)) for b in a.batch}
+                    eng = "hf" if name.startswith("transformers") else "thinkfast"
+                    tps = {b: run_torch(TorchCase(eng, str(hf_dir if eng == "hf" else tf_dir), v[0], b, a.prompt,
+                                                  a.gen, a.threads, a.seed, v[1] or "fast")) for b in a.batch}
                 for b, x in tps.items():
                     results[name][b].append(x)
                 print(f"round {r + 1} {name:24s} " + "  ".join(f"b{b} {x:8.1f}" for b, x in tps.items()), flush=True)
