@@ -20,10 +20,11 @@ hybrid, student of it, one ``--prompt`` (2048) token prompt, ``--rows`` (64) sam
 samples n chains per problem).
 
 Decode tokens/s is the engine's own split of each call (``GenerationOutput.timing``: new tokens /
-decode seconds, the prefill apart). Models alternate within each round (rotated order), one
-process, ``--threads`` threads; the table shows medians. Cache MB: the inference state each model
-allocates for the call's rows and positions (KV cache for attention layers, conv window and SSM
-state for Mamba layers), summed tensor by tensor.
+decode seconds, the prefill apart), on its fast decode step by default (``--decode``). Models
+alternate within each round (rotated order), one process, ``--threads`` threads; the table shows
+medians, and each model's ratio to the reference model as the median of its per-round ratios.
+Cache MB: the inference state each model allocates for the call's rows and positions (KV cache
+for attention layers, conv window and SSM state for Mamba layers), summed tensor by tensor.
 """
 
 from __future__ import annotations
@@ -54,11 +55,18 @@ def students(teacher, decay_bias: Optional[list[float]], seed: int = 0) -> dict[
             "hybrid": student_from_teacher(teacher, keep=0.5, kind="mamba2", seed=seed).eval()}
 
 
-def one_call(model, prompts: list[list[int]], n: int, gen: int, temperature: float, seed: int) -> dict[str, float]:
+def prepare(models: dict[str, Any], decode: str) -> dict[str, Any]:
+    """``decode`` "fast": q|k|v and gate|up packed (``prepare_for_inference``), as the sampling
+    backend does before the engine's fast step; "reference": as built."""
+    return {k: m.prepare_for_inference() if decode == "fast" else m for k, m in models.items()}
+
+
+def one_call(model, prompts: list[list[int]], n: int, gen: int, temperature: float, seed: int,
+             decode: str = "fast") -> dict[str, float]:
     from thinkfast.inference.engine import SamplingParams, generate
 
     out = generate(model, prompts, SamplingParams(n=n, temperature=temperature, max_new_tokens=gen,
-                                                  eos_token_ids=[], seed=seed))
+                                                  eos_token_ids=[], seed=seed, fast=decode == "fast"))
     t = out[0].timing
     return {"decode_tokens_per_s": t["new_tokens"] / t["decode_s"], "prefill_s": t["prefill_s"],
             "decode_s": t["decode_s"], "rows": t["batch_rows"], "new_tokens": t["new_tokens"]}
@@ -106,10 +114,11 @@ def run_demo_shape(a: argparse.Namespace) -> dict[str, Any]:
     prompts = demo_prompt_ids(task, task.load("test", limit=a.problems), tok)
     positions = max(map(len, prompts)) + a.gen
     mem = {k: cache_mb(m, a.problems * a.samples, positions) for k, m in models.items()}
+    models = prepare(models, a.decode)
     print(f"{a.problems} prompts ({min(map(len, prompts))}-{max(map(len, prompts))} tokens) x {a.samples} samples, "
-          f"{a.gen} new tokens, {a.threads} thread(s)", flush=True)
+          f"{a.gen} new tokens, {a.threads} thread(s), {a.decode} decode", flush=True)
     with torch.inference_mode():
-        res = alternate(models, lambda m, r: one_call(m, prompts, a.samples, a.gen, 0.6, a.seed + r), a.rounds)
+        res = alternate(models, lambda m, r: one_call(m, prompts, a.samples, a.gen, 0.6, a.seed + r, a.decode), a.rounds)
     return dict(results=res, cache_mb=mem, params={k: sum(p.numel() for p in m.parameters()) for k, m in models.items()})
 
 
@@ -126,10 +135,11 @@ def run_context(a: argparse.Namespace) -> dict[str, Any]:
     g = torch.Generator().manual_seed(a.seed)
     prompt = torch.randint(0, cfg.vocab_size, (1, a.prompt), generator=g).tolist()
     mem = {k: cache_mb(m, a.rows, a.prompt + a.gen) for k, m in models.items()}
+    models = prepare(models, a.decode)
     print(f"{a.preset}: 1 prompt of {a.prompt} tokens x {a.rows} rows, {a.gen} new tokens, "
-          f"{a.threads} thread(s)", flush=True)
+          f"{a.threads} thread(s), {a.decode} decode", flush=True)
     with torch.inference_mode():
-        res = alternate(models, lambda m, r: one_call(m, prompt, a.rows, a.gen, 1.0, a.seed + r), a.rounds)
+        res = alternate(models, lambda m, r: one_call(m, prompt, a.rows, a.gen, 1.0, a.seed + r, a.decode), a.rounds)
     return dict(results=res, cache_mb=mem, params={k: sum(p.numel() for p in m.parameters()) for k, m in models.items()})
 
 
@@ -149,6 +159,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         s.add_argument("--rounds", type=int, default=3)
         s.add_argument("--threads", type=int, default=1)
         s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--decode", default="fast", choices=["fast", "reference"], help="the engine's decode step")
         s.add_argument("--json", dest="json_out", default=None)
     a = p.parse_args(argv)
     if min(a.rounds, a.threads, a.gen) < 1:
