@@ -14,8 +14,8 @@ the synthetic task x ``--samples`` (32) samples = 256 rows, temperature 0.6, exa
 (250) new tokens (no EOS, so every model decodes the same chain length; the teacher's chains are
 155-354 tokens).
 
-(b) ``context``: a Llama of ``--preset`` (random weights, context raised to fit) and the Llamba,
-hybrid, student of it, one ``--prompt`` (2048) token prompt, ``--rows`` (64) samples of ``--gen``
+(b) ``context``: a Llama of ``--preset`` (random weights, context raised to fit) and its Llamba and
+hybrid students, one ``--prompt`` (2048) token prompt, ``--rows`` (64) samples of ``--gen``
 (64) tokens from its one prefill (the engine copies the prefilled state to every row, as the study
 samples n chains per problem).
 
