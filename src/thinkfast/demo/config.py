@@ -16,7 +16,7 @@ ASSETS = Path(__file__).parent.parent / "assets"
 SHIPPED_TEACHER = ASSETS / "demo_teacher"
 TEACHER_RECIPE = ASSETS / "demo_teacher_recipe.yaml"
 MODELS = ("teacher", "llamba", "hybrid")
-VERIFIERS = ("orm",)
+VERIFIERS = ("orm", "prm")
 """The verifiers ``DemoConfig.verifier`` may name."""
 TASK_FORMAT = {"prompt_template": "Question: {question}\nAnswer:", "response_template": " {answer}\n\n",
                "add_bos": False, "add_eos": False, "pack": False}
@@ -90,7 +90,11 @@ class DemoConfig:
     verifier: str = "orm"
     """The verifier whose scores Best-of-N and weighted Best-of-N use (one of ``VERIFIERS``):
     "orm", an outcome reward model on the frozen teacher, trained on graded teacher samples of
-    train problems."""
+    train problems (the default, docs/demo-study.md); "prm", a Math-Shepherd process reward model
+    (``eval.prm``) on the frozen teacher, its step labels from rollouts of the teacher on the
+    same samples (stage ``prm``)."""
+    prm_rollouts: int = 4
+    """Teacher continuations per step that label the PRM's training steps (verifier "prm")."""
 
     def __post_init__(self) -> None:
         if self.verifier not in VERIFIERS:

@@ -39,6 +39,10 @@ class Rates:
     """Training the ORM's head, beside sampling its examples."""
     stage_overhead_s: float = 3.0
     """Loading models and data, per stage that does."""
+    prm_steps_per_sample: float = 6.0
+    """Chain steps (lines) per teacher sample the PRM's rollouts start from."""
+    prm_rollout_tokens: float = 130.0
+    """Mean new tokens of a rollout (the rest of a chain)."""
     report_s_per_problem: float = 0.05
     """Metrics, bootstrap intervals, plots and the adaptive simulation, per test problem."""
 
@@ -91,6 +95,10 @@ def stage_seconds(cfg: DemoConfig, rates: Rates = REFERENCE,
             out[name] = 2 * o + sum(n * train_step_seconds(rates, key, tok)
                                     for key, (n, tok) in steps.items() if key.startswith(name + "/"))
     out["orm"] = o + rates.orm_train_s + _decode_s(cfg, rates, "teacher", cfg.orm_problems * cfg.orm_samples)
+    if cfg.verifier == "prm":
+        rollouts = cfg.orm_problems * cfg.orm_samples * rates.prm_steps_per_sample * cfg.prm_rollouts
+        out["prm"] = o + rates.orm_train_s + rollouts * min(cfg.max_new_tokens, rates.prm_rollout_tokens) \
+            / rates.decode_tokens_per_s["teacher"]
     for name in MODELS:
         out[f"sample-{name}"] = o + _decode_s(cfg, rates, name, cfg.n_test * n_by_model[name])
         out[f"greedy-{name}"] = o + cfg.n_test * min(cfg.max_new_tokens, rates.new_tokens_per_sample) \
@@ -98,10 +106,10 @@ def stage_seconds(cfg: DemoConfig, rates: Rates = REFERENCE,
     for name in MODELS:
         out[f"score-{name}"] = o + cfg.n_test * n_by_model[name] * rates.score_s_per_sample
     out["report"] = 1.0 + cfg.n_test * rates.report_s_per_problem
-    order = ["data", "teacher", "select", "temperature-teacher", "llamba", "hybrid", "orm",
+    order = ["data", "teacher", "select", "temperature-teacher", "llamba", "hybrid", "orm", "prm",
              "temperature-llamba", "temperature-hybrid", *[f"speed-{m}" for m in MODELS],
              *[s for m in MODELS for s in (f"sample-{m}", f"greedy-{m}")], *[f"score-{m}" for m in MODELS], "report"]
-    return {k: out[k] for k in order}
+    return {k: out[k] for k in order if k in out}
 
 
 PARALLEL_GROUPS = (("llamba", "hybrid", "orm"), ("score-teacher", "score-llamba", "score-hybrid"))

@@ -18,8 +18,8 @@ from .cost import Eta, student_steps
 from .recipes import (distil, hybrid_recipe, llamba_recipe, select_hybrid_layers, shipped_teacher_digest,
                       shipped_teacher_task, teacher_stage)
 from .report import adaptive_claim, adaptive_curve, budget_ks, claim_verdict, demo_markdown, throughput_table
-from .sampling import (choose_temperature, decode_speed, greedy_stage, orm_stage, sample_file, samples_per_problem,
-                       score_stage)
+from .sampling import (choose_temperature, decode_speed, greedy_stage, orm_stage, prm_stage, sample_file,
+                       samples_per_problem, score_stage)
 from .stages import (StageRunner, check_out_dir, in_worker, lock_out_dir, out_dir_meta, parallel_workers,
                      refuse_unusable_out)
 
@@ -97,6 +97,10 @@ def run_stages(out: Path, cfg: DemoConfig, task_meta: dict[str, Any], teacher_ta
         "orm": functools.partial(in_worker, threads, 1, orm_stage, model_dirs["teacher"], task, orm_ex,
                                  out / "orm", temps["teacher"], cfg),
     }, workers, poll=functools.partial(_first_training_steps, out, cfg, eta))
+    if cfg.verifier == "prm":  # its labels roll out the ORM stage's teacher samples
+        stages.run("prm", lambda: prm_stage(model_dirs["teacher"], task, orm_ex, out / "orm" / "teacher_train_samples.jsonl",
+                                            out / "prm" / "model", temps["teacher"], cfg, log))
+    verifier_dir, verifier_kind = out / cfg.verifier / "model", {"orm": "orm", "prm": "thinkfast-prm"}[cfg.verifier]
     for name in MODELS[1:]:
         temperature(name)
     test_examples = task.load("test", path=str(test_path))
@@ -124,7 +128,8 @@ def run_stages(out: Path, cfg: DemoConfig, task_meta: dict[str, Any], teacher_ta
             model_dirs[name], task, test_examples, samples / f"{name}.greedy.jsonl", name, cfg, log))
     scored = {name: samples / f"{name}.scored.jsonl" for name in MODELS}
     stages.run_parallel({f"score-{name}": functools.partial(
-        in_worker, threads, i % 2, score_stage, task, samples / f"{name}.jsonl", scored[name], out / "orm" / "model")
+        in_worker, threads, i % 2, score_stage, task, samples / f"{name}.jsonl", scored[name], verifier_dir,
+        verifier_kind)
         for i, name in enumerate(MODELS)}, workers)
 
     results = write_results(out, cfg, task, task_meta, teacher_tag, stages, scored, temps, speeds, n_by_model,

@@ -287,6 +287,10 @@ def demo_markdown(results: dict[str, Any]) -> list[str]:
             f"{paired[name]['below']}" for name, lab in (("llamba", "Llamba"), ("hybrid", "hybrid")))
             + f" of {v['budgets_compared']} budgets.", ""]
         md += _power_note(v)
+    verifier = results["config"].get("verifier", "orm")
+    md += [f"Best-of-N and weighted Best-of-N use the {verifier.upper()} "
+           f"({'an outcome' if verifier == 'orm' else 'a process'} reward model on the frozen teacher, "
+           "trained on graded teacher samples of train problems).", ""]
     hl = results["hybrid_layers"]
     md += [f"The hybrid keeps attention in layers {hl['layers']} ({hl['pattern']}), chosen by {hl['method']} "
            "KL on train problems.", ""]

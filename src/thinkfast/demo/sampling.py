@@ -186,15 +186,33 @@ def train_orm_stage(teacher_dir: Path, task: Any, samples: Path, out_dir: Path, 
             "loss": losses}
 
 
-def score_stage(task: Any, raw: Path, scored: Path, orm_dir: Path) -> dict[str, Any]:
-    """Grade the samples in ``raw`` and add the ORM's scores: ``thinkfast grade`` then ``thinkfast
-    score --kind orm``, into ``scored``."""
+def prm_stage(teacher_dir: Path, task: Any, examples: list, samples: Path, out_dir: Path, temperature: float,
+              cfg: DemoConfig, log: Callable[[str], None]) -> dict[str, Any]:
+    """A process reward model (``eval.prm.train_prm_from_samples``: Math-Shepherd step labels from
+    ``cfg.prm_rollouts`` teacher rollouts per step, a head on the frozen teacher) trained on the
+    ORM stage's graded teacher samples of TRAIN problems (``samples``), into ``out_dir``."""
+    from ..eval.grading import grade_rows
+    from ..eval.io import read_jsonl
+    from ..eval.prm import PRMRecipe, train_prm_from_samples
+
+    rows = grade_rows(task, read_jsonl(samples), str(samples))
+    recipe = PRMRecipe(rollouts=cfg.prm_rollouts, temperature=temperature, max_new_tokens=cfg.max_new_tokens,
+                       split="line", seed=cfg.seed, add_bos=TASK_FORMAT["add_bos"],
+                       batch_rows=cfg.batch_problems * cfg.n_samples)
+    summary = train_prm_from_samples(teacher_dir, task, rows, out_dir, recipe,
+                                     examples={e.id: e for e in examples}, log=log)
+    return {k: v for k, v in summary.items() if k != "recipe"}
+
+
+def score_stage(task: Any, raw: Path, scored: Path, orm_dir: Path, kind: str = "orm") -> dict[str, Any]:
+    """Grade the samples in ``raw`` and add the verifier's scores: ``thinkfast grade`` then ``thinkfast
+    score --kind KIND`` (``orm``, or ``thinkfast-prm`` for the demo's PRM), into ``scored``."""
     from ..eval.grading import grade_rows, summarize
     from ..eval.io import read_jsonl, write_jsonl_atomic
     from ..eval.rewards import load_scorer, score_rows
 
     rows = grade_rows(task, read_jsonl(raw), str(raw))
-    rows, failed = score_rows(load_scorer(str(orm_dir), "orm"), rows, batch_size=32)
+    rows, failed = score_rows(load_scorer(str(orm_dir), kind), rows, batch_size=32)
     write_jsonl_atomic(scored, rows)
     return {"grading": summarize(rows).to_dict(), "unscored": failed}
 

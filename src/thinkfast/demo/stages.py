@@ -192,9 +192,9 @@ def parallel_workers(threads: int, jobs: Optional[int]) -> int:
 
 # --- the output directory -----------------------------------------------------------------------
 
-OWN_DIRS = ("data", "teacher", "tokenizer", "select", "llamba", "hybrid", "temperature", "orm", "samples")
+OWN_DIRS = ("data", "teacher", "tokenizer", "select", "llamba", "hybrid", "temperature", "orm", "prm", "samples")
 """The stage directories the demo writes in OUT (``tokenizer`` only with ``retrain_teacher``); each
-is the demo's own, whole, in a directory that holds a demo run."""
+is the demo's own, whole, in a directory that holds a demo run (``prm`` only with the PRM verifier)."""
 OWN_FILES = ("demo_config.json", "stages.json", "metrics.json", "results.json", "report.md")
 OWN_PLOTS = ("coverage_vs_k_*.png", "accuracy_vs_k_*.png", "accuracy_vs_seconds_*.png")
 """The report's figures (``thinkfast.eval.report.write_report``), one of each per task."""
