@@ -14,6 +14,8 @@ a run holds a lock on OUT, and its worker processes die with it):
   temperature  each model's sampling temperature, chosen on TRAIN problems (majority@n), and its
                decode seconds per sample there
   orm          an outcome reward model trained on graded teacher samples of TRAIN problems
+  prm          (``verifier="prm"`` only) a process reward model, its step labels from teacher
+               rollouts of the ORM stage's samples; it then scores instead of the ORM
   speed-*      each model's decode speed at the test sampling's shape (rows per call, test prompts,
                max_new_tokens): the median of ``speed_repeats`` calls, and their range
   sample-*     samples of every TEST problem for each model, at one number of rows per engine
