@@ -74,8 +74,9 @@ class DemoConfig:
     included, decodes ``batch_problems * n_samples`` rows."""
     match_budget: bool = True
     """A student that decodes m times as fast per sample as the teacher (the medians of their speed
-    probes, ``sampling.decode_speed``: the test sampling's rows per call, prompts and max_new_tokens) draws n_samples * 2**round(log2(m)) samples per
-    problem, so its curves reach the teacher's largest budget."""
+    probes, ``sampling.decode_speed``: the test sampling's rows per call, prompts and
+    max_new_tokens) draws n_samples * 2**round(log2(m)) samples per problem, so its curves reach
+    the teacher's largest budget."""
     max_budget_factor: int = 4
     """The most that factor may be."""
     max_new_tokens: int = 400
