@@ -323,3 +323,13 @@ def test_train_prm_and_score_cli(tmp_path):
         for r in scored:
             steps = r["reward_steps"]
             assert len(steps) == 2 and r["reward"] == pytest.approx(min(steps) if agg == "min" else steps[-1])
+
+
+def test_select_rows_keeps_the_first_problems_and_samples():
+    rows = [{"problem_id": p, "sample_index": i} for p in ("a", "b", "c") for i in range(3)]
+    rows += [{"problem_id": "a", "sample_index": 3}]
+    got = P.select_rows(rows, 2, 2)
+    assert [(r["problem_id"], r["sample_index"]) for r in got] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    assert P.select_rows(rows, None, None) == rows
+    no_index = [{"problem_id": "a"}, {"problem_id": "a"}, {"problem_id": "b"}]
+    assert P.select_rows(no_index, None, 1) == [no_index[0], no_index[2]]

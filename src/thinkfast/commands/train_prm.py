@@ -15,7 +15,7 @@ from .args import (add_dataclass_arguments, add_threads, dataclass_from_args, ex
 
 TRAIN = ["epochs", "lr", "batch_size", "train_backbone", "label", "seed"]
 """The ``TrainPRMConfig`` fields that are flags."""
-RECIPE = ["rollouts", "temperature", "max_new_tokens", "batch_rows", "add_bos"]
+RECIPE = ["problems", "samples_per_problem", "rollouts", "temperature", "max_new_tokens", "batch_rows", "add_bos"]
 """The ``PRMRecipe`` fields that are flags (split, aggregate and prompt style have their own)."""
 
 
@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the saved chain score: min or last step (thinkfast score --aggregate overrides it)")
     parser.add_argument("--prompt-style", default="fewshot", help="the style the samples were prompted with")
     add_dataclass_arguments(parser, PRMRecipe, RECIPE,
-                            types={"rollouts": positive_int, "temperature": positive_float,
+                            types={"problems": positive_int, "samples_per_problem": positive_int,
+                                   "rollouts": positive_int, "temperature": positive_float,
                                    "max_new_tokens": positive_int, "batch_rows": positive_int})
     add_dataclass_arguments(parser, TrainPRMConfig, TRAIN,
                             types={"epochs": positive_int, "lr": positive_float, "batch_size": positive_int,

@@ -406,6 +406,10 @@ def train_prm(prm: StepRewardModel, data: Sequence[dict[str, Any]], cfg: TrainPR
 class PRMRecipe:
     """Labelling and training settings of ``train_prm_from_samples``."""
 
+    problems: Optional[int] = 64
+    """Label the samples of the first this many problems in the rows (None: all)."""
+    samples_per_problem: Optional[int] = 4
+    """... and of each, the samples with ``sample_index`` below this (None: all)."""
     rollouts: int = 4
     """Continuations per step (Math-Shepherd's N)."""
     temperature: float = 0.6
@@ -436,6 +440,25 @@ def examples_from_rows(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def select_rows(rows: Sequence[dict[str, Any]], problems: Optional[int],
+                samples_per_problem: Optional[int]) -> list[dict[str, Any]]:
+    """The rows of the first ``problems`` problems (in order of first appearance) whose
+    ``sample_index`` (else their position among the problem's rows) is below ``samples_per_problem``."""
+    seen: dict[Any, int] = {}
+    out = []
+    for r in rows:
+        pid = r.get("problem_id")
+        if pid not in seen:
+            if problems is not None and len(seen) >= problems:
+                continue
+            seen[pid] = 0
+        index = r.get("sample_index", seen[pid])
+        seen[pid] += 1
+        if samples_per_problem is None or index < samples_per_problem:
+            out.append(r)
+    return out
+
+
 def train_prm_from_samples(policy_dir: str | os.PathLike, task: Any, rows: Sequence[dict[str, Any]],
                            out_dir: str | os.PathLike, recipe: Optional[PRMRecipe] = None,
                            examples: Optional[dict[str, Any]] = None,
@@ -445,6 +468,7 @@ def train_prm_from_samples(policy_dir: str | os.PathLike, task: Any, rows: Seque
     the labels and save it to ``out_dir``. ``examples`` (problem_id -> Example; default: rebuilt
     from the rows) gives the rollouts their prompts. Returns a summary with the seconds spent."""
     recipe = recipe or PRMRecipe()
+    rows = select_rows(rows, recipe.problems, recipe.samples_per_problem)
     model, tok = load_backbone(str(policy_dir), "thinkfast")
     examples = examples if examples is not None else examples_from_rows(rows)
     t0 = time.perf_counter()
