@@ -2,6 +2,7 @@
 choices buy there, each measured side by side with its reference in one run.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/engine_speed.py demo_out --threads 1
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/engine_speed.py --decode-paths --threads 2
 
 1. The Mamba conv step: thinkfast's ``_conv_step`` (window stored (B, K-1, Cd), one tap at a
    time) against the same sum written as a product and a sum over a trailing K-1 axis on a
@@ -9,6 +10,13 @@ choices buy there, each measured side by side with its reference in one run.
 2. The engine on 8 test problems x 32 samples at T = 0.8 (the demo's rows per call): each model
    with the stop-string filter (``StopChecker.may_complete``) and with every row checked, which
    must give the same tokens.
+
+3. ``--decode-paths`` (no demo directory needed): the engine's reference decode step against its
+   fast one (``SamplingParams.fast`` on a model packed by ``prepare_for_inference``) for the
+   demo teacher (``assets/demo_teacher``) and a Llamba and a 50% hybrid student built from it
+   untrained (``student_from_teacher``; speed does not depend on training), 8 prompts x 32
+   samples = 256 rows, greedy with no EOS so every row decodes ``--gen`` tokens; rounds
+   alternate the two paths, medians reported, and the tokens must agree.
 
 Prints a table and writes JSON (``--json``) with every figure and ratio. ``--profile MODEL``
 instead prints where one engine call of that model spends its time (cProfile, top functions).
@@ -113,6 +121,48 @@ def engine_runs(out_dir: Path, problems: int, n: int) -> dict:
 
 
 @torch.inference_mode()
+def decode_paths(problems: int, n: int, prompt: int, gen: int, rounds: int) -> dict:
+    import copy
+    import statistics
+    from importlib.resources import files
+
+    from thinkfast.convert.from_attention import student_from_teacher
+
+    teacher, _ = load_pretrained(str(files("thinkfast") / "assets" / "demo_teacher"))
+    models = {"teacher": teacher, "llamba": student_from_teacher(teacher, 0.0, "discrete"),
+              "hybrid": student_from_teacher(teacher, 0.5, "mamba2")}
+    g = torch.Generator().manual_seed(0)
+    prompts = torch.randint(4, teacher.config.vocab_size, (problems, prompt), generator=g).tolist()
+    res = {}
+    for name, ref in models.items():
+        ref = ref.eval()
+        paths = {"reference": (ref, False), "fast": (copy.deepcopy(ref).prepare_for_inference(), True)}
+
+        def run(path, new):
+            m, fast = paths[path]
+            sp = engine.SamplingParams(n=n, temperature=0, max_new_tokens=new, eos_token_ids=[], fast=fast)
+            return engine.generate(m, prompts, sp)
+
+        same = all(a.token_ids == b.token_ids for o, p in zip(run("reference", 16), run("fast", 16))
+                   for a, b in zip(o.samples, p.samples))
+        times = {k: [] for k in paths}
+        for _ in range(rounds):
+            for path in paths:
+                t = time.perf_counter()
+                run(path, 1)
+                t1 = time.perf_counter() - t
+                t = time.perf_counter()
+                run(path, gen)
+                times[path].append(time.perf_counter() - t - t1)
+        row = {"same_tokens": same, "pattern": ref.config.layer_pattern}
+        for path, ts in times.items():
+            row[f"{path}_tokens_per_s"] = problems * n * (gen - 1) / statistics.median(ts)
+        row["fast_vs_reference_ratio"] = row["fast_tokens_per_s"] / row["reference_tokens_per_s"]
+        res[name] = row
+    return res
+
+
+@torch.inference_mode()
 def profile(out_dir: Path, name: str, problems: int, n: int, top: int = 15) -> None:
     import cProfile
     import pstats
@@ -129,15 +179,33 @@ def profile(out_dir: Path, name: str, problems: int, n: int, top: int = 15) -> N
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("demo_out", type=Path, help="a finished `thinkfast demo` directory")
+    ap.add_argument("demo_out", type=Path, nargs="?", help="a finished `thinkfast demo` directory")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--problems", type=int, default=8)
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=300)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--profile", choices=("teacher", "llamba", "hybrid"), default=None)
+    ap.add_argument("--decode-paths", action="store_true", help="reference vs fast decode step (section 3)")
+    ap.add_argument("--prompt", type=int, default=128, help="--decode-paths: prompt tokens")
+    ap.add_argument("--gen", type=int, default=128, help="--decode-paths: new tokens per row")
+    ap.add_argument("--rounds", type=int, default=3, help="--decode-paths: alternating rounds")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.decode_paths:
+        res = decode_paths(args.problems, args.n, args.prompt, args.gen, args.rounds)
+        print(f"decode, {args.problems} prompts x {args.n} samples, prompt {args.prompt}, gen {args.gen}, "
+              f"{args.threads} thread(s), median of {args.rounds} rounds:")
+        print("| model | pattern | reference tok/s | fast tok/s | fast / reference | same tokens |")
+        print("|---|---|---|---|---|---|")
+        for name, r in res.items():
+            print(f"| {name} | {r['pattern']} | {r['reference_tokens_per_s']:.0f} | {r['fast_tokens_per_s']:.0f} | "
+                  f"{r['fast_vs_reference_ratio']:.2f}x | {r['same_tokens']} |")
+        if args.json:
+            args.json.write_text(json.dumps({"threads": args.threads, "decode_paths": res}, indent=2) + "\n")
+        return
+    if args.demo_out is None:
+        ap.error("demo_out is needed unless --decode-paths")
     if args.profile:
         profile(args.demo_out, args.profile, args.problems, args.n)
         return

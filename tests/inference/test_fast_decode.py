@@ -102,9 +102,9 @@ def test_fast_engine_gives_the_reference_tokens(pattern, kind, mode):
         assert len({len(s[0]) for o in want for s in o}) > 2  # rows ended at different steps
 
 
-def test_fast_is_the_default_and_reference_selectable():
-    assert SamplingParams().fast is True
-    assert SamplingParams(fast=False).fast is False
+def test_reference_is_the_default_and_fast_opt_in():
+    assert SamplingParams().fast is False
+    assert SamplingParams(fast=True).fast is True
 
 
 def test_packed_fast_llama_matches_transformers_step_by_step():

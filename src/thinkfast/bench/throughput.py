@@ -45,7 +45,7 @@ class BenchCase:
     dtype: str = "float32"  # float32 | bfloat16 | int8 (thinkfast only: int8 weight-only linears)
     seed: int = 0
     repeats: int = 1
-    decode: str = "fast"  # thinkfast's decode step: "fast" | "reference" | "both" (alternated in one process)
+    decode: str = "reference"  # thinkfast's decode step: "fast" | "reference" | "both" (alternated in one process)
 
 
 def _pattern(kind: str, n_layers: int) -> str:

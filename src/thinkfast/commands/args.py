@@ -300,8 +300,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                    help="rows decoded at once with --continuous (default: problems per call x n)")
     g.add_argument("--shared-prompt", action="store_true",
                    help="with --continuous: a prompt's n samples read one copy of its attention cache")
-    g.add_argument("--reference-decode", action="store_true",
-                   help="decode with the reference step instead of the fast one (same samples, slower)")
+    g.add_argument("--fast-decode", action="store_true",
+                   help="decode with the fewer-kernel fast step (same samples, token for token)")
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -313,8 +313,8 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         opts["max_batch_rows"] = args.max_batch_rows
     if args.shared_prompt:
         opts["shared_prompt"] = True
-    if args.reference_decode:
-        opts["fast"] = False
+    if args.fast_decode:
+        opts["fast"] = True
     if ("max_batch_rows" in opts or "shared_prompt" in opts) and not args.continuous:
         raise UserError("--max-batch-rows and --shared-prompt apply with --continuous only")
     return opts

@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"],
                    help="int8: int8 weight-only linears (thinkfast engine only; hf cases are skipped)")
     p.add_argument("--repeats", type=positive_int, default=1, help="best of N timings")
-    p.add_argument("--decode", default="fast", choices=["fast", "reference", "both"],
+    p.add_argument("--decode", default="reference", choices=["fast", "reference", "both"],
                    help="thinkfast's decode step; both: reference and fast alternated in one process, with "
                         "the memory bandwidth and each step as a %% of the weights-over-bandwidth roofline")
     p.add_argument("--json", dest="json_out", type=output_file, default=None, help="write every figure and the ratios here")

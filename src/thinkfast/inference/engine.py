@@ -101,12 +101,13 @@ class SamplingParams:
     """With ``continuous``: the n samples of a prompt read one copy of its attention KV cache (a
     ``PromptTable`` entry) instead of n copies; each row keeps only its own tokens' KV. Same
     attention to float rounding (tests/inference/test_shared_prompt.py); Mamba state stays per row."""
-    fast: bool = True
+    fast: bool = False
     """The inference fast path (``LanguageModel.forward(fast=True)``): fused norms, RoPE on q|k in
-    one go, decode attention with fewer kernels, in-place residuals; with a model packed by
-    ``LanguageModel.prepare_for_inference`` also one q|k|v and one gate|up product per layer.
-    Token for token the reference's samples (the same floats on CPU in fp32,
-    tests/inference/test_fast_decode.py); False: the reference decode step."""
+    one go, decode attention with fewer kernels, in-place residuals (with a model packed by
+    ``LanguageModel.prepare_for_inference``, one q|k|v and one gate|up product per layer either
+    way). Token for token the reference's samples (the same floats on CPU in fp32,
+    tests/inference/test_fast_decode.py). Off by default: on CPU it measured no clear gain over
+    the reference step (docs/performance.md, "The decode step")."""
 
     def __post_init__(self) -> None:
         if self.n < 1:
