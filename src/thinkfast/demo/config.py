@@ -96,6 +96,10 @@ class DemoConfig:
     same samples (stage ``prm``)."""
     prm_rollouts: int = 4
     """Teacher continuations per step that label the PRM's training steps (verifier "prm")."""
+    prm_problems: int = 64
+    """The PRM labels the samples of this many of the ORM stage's problems ..."""
+    prm_samples: int = 4
+    """... and of each, its first this many samples."""
 
     def __post_init__(self) -> None:
         if self.verifier not in VERIFIERS:

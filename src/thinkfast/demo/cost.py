@@ -96,7 +96,8 @@ def stage_seconds(cfg: DemoConfig, rates: Rates = REFERENCE,
                                     for key, (n, tok) in steps.items() if key.startswith(name + "/"))
     out["orm"] = o + rates.orm_train_s + _decode_s(cfg, rates, "teacher", cfg.orm_problems * cfg.orm_samples)
     if cfg.verifier == "prm":
-        rollouts = cfg.orm_problems * cfg.orm_samples * rates.prm_steps_per_sample * cfg.prm_rollouts
+        labelled = min(cfg.orm_problems, cfg.prm_problems) * min(cfg.orm_samples, cfg.prm_samples)
+        rollouts = labelled * rates.prm_steps_per_sample * cfg.prm_rollouts
         out["prm"] = o + rates.orm_train_s + rollouts * min(cfg.max_new_tokens, rates.prm_rollout_tokens) \
             / rates.decode_tokens_per_s["teacher"]
     for name in MODELS:

@@ -190,13 +190,15 @@ def prm_stage(teacher_dir: Path, task: Any, examples: list, samples: Path, out_d
               cfg: DemoConfig, log: Callable[[str], None]) -> dict[str, Any]:
     """A process reward model (``eval.prm.train_prm_from_samples``: Math-Shepherd step labels from
     ``cfg.prm_rollouts`` teacher rollouts per step, a head on the frozen teacher) trained on the
-    ORM stage's graded teacher samples of TRAIN problems (``samples``), into ``out_dir``."""
+    ORM stage's graded teacher samples of TRAIN problems (``samples``; the first ``prm_samples``
+    of each of its first ``prm_problems`` problems), into ``out_dir``."""
     from ..eval.grading import grade_rows
     from ..eval.io import read_jsonl
     from ..eval.prm import PRMRecipe, train_prm_from_samples
 
     rows = grade_rows(task, read_jsonl(samples), str(samples))
-    recipe = PRMRecipe(rollouts=cfg.prm_rollouts, temperature=temperature, max_new_tokens=cfg.max_new_tokens,
+    recipe = PRMRecipe(problems=cfg.prm_problems, samples_per_problem=cfg.prm_samples,
+                       rollouts=cfg.prm_rollouts, temperature=temperature, max_new_tokens=cfg.max_new_tokens,
                        split="line", seed=cfg.seed, add_bos=TASK_FORMAT["add_bos"],
                        batch_rows=cfg.batch_problems * cfg.n_samples)
     summary = train_prm_from_samples(teacher_dir, task, rows, out_dir, recipe,
