@@ -45,9 +45,9 @@ def paired_budget_difference(student: dict[str, Any], teacher: dict[str, Any], m
                              teacher_k: int, n_boot: int, seed: int) -> Optional[dict[str, Any]]:
     """``paired_difference`` of the student's per-problem values at ``student_k`` against the
     teacher's at ``teacher_k``, over the problems both runs scored (in the teacher's order), plus
-    ``problems``: how many; None when either run keeps no per-problem values or none are shared."""
+    ``problems``, ``sd`` and ``detectable`` (``paired_values``); None when either run keeps no
+    per-problem values or none are shared."""
     from ..eval.evaluation import per_problem_values
-    from ..eval.metrics import paired_difference
 
     s = per_problem_values(student, method, student_k)
     t = per_problem_values(teacher, method, teacher_k)
@@ -231,7 +231,7 @@ def _power_note(v: dict[str, Any]) -> list[str]:
                      f"{100 * det:.1f} points (3 points would need {need})")
     if not parts:
         return []
-    return [f"At the largest budget (95% level, 80% power): " + "; ".join(parts) + ".", ""]
+    return ["At the largest budget (95% level, 80% power): " + "; ".join(parts) + ".", ""]
 
 
 def demo_markdown(results: dict[str, Any]) -> list[str]:
