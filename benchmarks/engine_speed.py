@@ -16,7 +16,8 @@ choices buy there, each measured side by side with its reference in one run.
    demo teacher (``assets/demo_teacher``) and a Llamba and a 50% hybrid student built from it
    untrained (``student_from_teacher``; speed does not depend on training), 8 prompts x 32
    samples = 256 rows, greedy with no EOS so every row decodes ``--gen`` tokens; rounds
-   alternate the two paths, medians reported, and the tokens must agree.
+   alternate the two paths, medians reported, and the tokens must agree. Wall time and this
+   process's CPU time both: on a machine shared with other jobs the CPU time is the steadier.
 
 Prints a table and writes JSON (``--json``) with every figure and ratio. ``--profile MODEL``
 instead prints where one engine call of that model spends its time (cProfile, top functions).
@@ -146,18 +147,22 @@ def decode_paths(problems: int, n: int, prompt: int, gen: int, rounds: int) -> d
         same = all(a.token_ids == b.token_ids for o, p in zip(run("reference", 16), run("fast", 16))
                    for a, b in zip(o.samples, p.samples))
         times = {k: [] for k in paths}
+        cpu = {k: [] for k in paths}
         for _ in range(rounds):
             for path in paths:
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 run(path, 1)
-                t1 = time.perf_counter() - t
-                t = time.perf_counter()
+                t1, c1 = time.perf_counter() - t, time.process_time() - c
+                t, c = time.perf_counter(), time.process_time()
                 run(path, gen)
                 times[path].append(time.perf_counter() - t - t1)
+                cpu[path].append(time.process_time() - c - c1)
         row = {"same_tokens": same, "pattern": ref.config.layer_pattern}
         for path, ts in times.items():
             row[f"{path}_tokens_per_s"] = problems * n * (gen - 1) / statistics.median(ts)
+            row[f"{path}_cpu_s"] = statistics.median(cpu[path])
         row["fast_vs_reference_ratio"] = row["fast_tokens_per_s"] / row["reference_tokens_per_s"]
+        row["fast_vs_reference_cpu_ratio"] = row["reference_cpu_s"] / row["fast_cpu_s"]
         res[name] = row
     return res
 
@@ -196,11 +201,13 @@ def main() -> None:
         res = decode_paths(args.problems, args.n, args.prompt, args.gen, args.rounds)
         print(f"decode, {args.problems} prompts x {args.n} samples, prompt {args.prompt}, gen {args.gen}, "
               f"{args.threads} thread(s), median of {args.rounds} rounds:")
-        print("| model | pattern | reference tok/s | fast tok/s | fast / reference | same tokens |")
-        print("|---|---|---|---|---|---|")
+        print("| model | pattern | reference tok/s | fast tok/s | fast / reference (wall) | decode CPU s, "
+              "reference / fast | fast / reference (CPU) | same tokens |")
+        print("|---|---|---|---|---|---|---|---|")
         for name, r in res.items():
             print(f"| {name} | {r['pattern']} | {r['reference_tokens_per_s']:.0f} | {r['fast_tokens_per_s']:.0f} | "
-                  f"{r['fast_vs_reference_ratio']:.2f}x | {r['same_tokens']} |")
+                  f"{r['fast_vs_reference_ratio']:.2f}x | {r['reference_cpu_s']:.2f} / {r['fast_cpu_s']:.2f} | "
+                  f"{r['fast_vs_reference_cpu_ratio']:.2f}x | {r['same_tokens']} |")
         if args.json:
             args.json.write_text(json.dumps({"threads": args.threads, "decode_paths": res}, indent=2) + "\n")
         return
