@@ -133,3 +133,15 @@ def test_packed_fast_llama_matches_transformers_step_by_step():
         ours += [packed(ids[:, t:t + 1], cache=cache, fast=True).logits for t in range(6, 10)]
         want = hf(ids).logits
     torch.testing.assert_close(torch.cat(ours, 1), want, atol=1e-5, rtol=1e-4)
+
+
+def test_fast_is_an_engine_option_of_the_sampling_backend():
+    from thinkfast.eval.sampling import SampleSettings
+    from thinkfast.inference.backends import ENGINE_OPTIONS, engine_generate_fn
+
+    assert "fast" in ENGINE_OPTIONS
+    ref, packed = _pair("AMAM", "mamba2")
+    settings = SampleSettings(task="gsm8k", model="tiny", n=3, temperature=1.0, max_new_tokens=8)
+    want = engine_generate_fn(ref, None, settings, ())(PROMPTS, 5)
+    got = engine_generate_fn(packed, None, settings, (), {"fast": True})(PROMPTS, 5)
+    assert [[s.token_ids for s in o.samples] for o in got] == [[s.token_ids for s in o.samples] for o in want]
