@@ -14,6 +14,10 @@ model (LM head included) over a (batch, in_features) input, in model order, best
 step must do at least these products, so no engine's step beats its floor, and
 ``hf_step_ms / thinkfast_floor_ms`` caps the speed-up any rewrite of the rest could reach
 (``*_vs_hf_ratio_ceiling``).
+
+``decode="both"`` (``thinkfast bench --decode both``) instead times thinkfast's reference and fast
+decode steps (``SamplingParams.fast`` on a packed model) alternated in one process, and the
+batch's step against the bandwidth roofline: weight bytes over the measured read bandwidth.
 """
 
 from __future__ import annotations

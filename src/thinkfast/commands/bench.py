@@ -1,6 +1,7 @@
 """thinkfast bench: decode tokens/s and peak memory, thinkfast vs transformers, one table + JSON.
 
     thinkfast bench --preset smollm2-135m --batch 16 --prompt 64 --gen 256 --json bench.json
+    thinkfast bench --preset smollm2-135m --kinds llama --engines thinkfast --batch 1 --decode both
 """
 
 from __future__ import annotations
