@@ -250,7 +250,7 @@ def run_llamacpp(exe: Path, gguf_path: Path, batches: list[int], prompt: int, ge
     ctx = max(batches) * (prompt + gen)
     cmd = [str(exe), "-m", str(gguf_path), "-c", str(ctx), "-b", "2048", "-ub", "512",
            "-npp", str(prompt), "-ntg", str(gen), "-npl", ",".join(map(str, batches)),
-           "-t", str(threads), "-tb", str(threads), "--output-format", "jsonl"]
+           "-t", str(threads), "-tb", str(threads)]  # Markdown: its --output-format jsonl dropped rows here
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     rows = parse_batched_bench(p.stdout + "\n" + p.stderr)
     if p.returncode != 0 or not rows:
