@@ -56,7 +56,10 @@ directory with --llamacpp-dir DIR or set LLAMA_CPP_DIR=DIR:
           -DLLAMA_BUILD_SERVER=OFF -DLLAMA_OPENSSL=OFF -DBUILD_SHARED_LIBS=OFF
     cmake --build llamacpp-build -j2 --target llama-batched-bench
 
-(or clone https://github.com/ggml-org/llama.cpp and build the same target.)"""
+(or clone https://github.com/ggml-org/llama.cpp and build the same target.) If a Q8_0 run dies
+with an illegal instruction on a CPU that reports AMX, configure with -DGGML_NATIVE=OFF and the
+instruction sets named (e.g. -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON): that
+leaves ggml's AMX kernels out."""
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 # thinkfast --dtype -> the GGUF type of the same weight precision (for the "vs llama.cpp" ratio)
