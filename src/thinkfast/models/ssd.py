@@ -207,6 +207,12 @@ class ChunkScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, A_cum, B, C, h0):
+        # The scan runs in its inputs' precision (fp32) even under autocast, as ssd_chunked does.
+        with torch.autocast(x.device.type, enabled=False):
+            return ChunkScan._forward(ctx, x, A_cum, B, C, h0)
+
+    @staticmethod
+    def _forward(ctx, x, A_cum, B, C, h0):
         b, h, c, l, P = x.shape
         N = B.shape[-1]
         decay = decay_matrix(A_cum)  # (b, h, c, l, l)
@@ -228,11 +234,17 @@ class ChunkScan(torch.autograd.Function):
         y = S @ x  # (b, h, c, l, P)
         y.view(-1, l, P).baddbmm_(Ce.view(-1, l, N), H[:, :, :c].reshape(-1, N, P))
         ctx.save_for_backward(x, B, C, decay, S, w, Bw, e, Ce, H, step)
-        ctx.has_h0 = h0 is not None
+        ctx.has_h0, ctx.scan_dtype = h0 is not None, x.dtype
         return y, H[:, :, c].clone()
 
     @staticmethod
     def backward(ctx, dy, dfinal):
+        dt = ctx.scan_dtype
+        with torch.autocast(dy.device.type, enabled=False):
+            return ChunkScan._backward(ctx, dy.to(dt), None if dfinal is None else dfinal.to(dt))
+
+    @staticmethod
+    def _backward(ctx, dy, dfinal):
         x, B, C, decay, S, w, Bw, e, Ce, H, step = ctx.saved_tensors
         b, h, c, l, P = x.shape
         N = B.shape[-1]
