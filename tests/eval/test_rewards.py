@@ -82,7 +82,7 @@ def test_orm_reads_the_last_real_token_under_left_padding(tmp_path):
     orm = R.OutcomeRewardModel(model, tok, max_len=64, backbone_path=str(tmp_path))
     torch.nn.init.normal_(orm.head.weight)
     short, long = orm.encode("question 1", "2"), orm.encode("question 1 + 2 + 3", "step one : 6")
-    ids, mask = R.left_pad([short, long], R._pad_id(tok))
+    ids, mask = R.left_pad([short, long], R.pad_id(tok))
     with torch.no_grad():
         batch = orm(ids, mask)
         alone = orm(torch.tensor([short]), torch.ones(1, len(short), dtype=torch.long))
@@ -156,7 +156,7 @@ def test_orm_on_a_hugging_face_backbone_is_padding_invariant():
     orm = R.OutcomeRewardModel(hf, tok, max_len=64, backbone_path="unused")
     torch.nn.init.normal_(orm.head.weight)
     short, long = orm.encode("question 1", "2"), orm.encode("question 1 + 2 + 3", "step one : 6")
-    ids, mask = R.left_pad([short, long], R._pad_id(tok))
+    ids, mask = R.left_pad([short, long], R.pad_id(tok))
     with torch.no_grad():
         batch = orm(ids, mask)  # reward logits: positions must skip the padding
         alone = orm(torch.tensor([short]), torch.ones(1, len(short), dtype=torch.long))

@@ -36,8 +36,8 @@ import torch.nn as nn
 from ..config import atomic_directory
 from ..inference.padding import left_pad
 from ..runtime import UserError
-from .rewards import (STEP_SPLITS, _hidden_size, _is_thinkfast, _pad_id, aggregate_steps, encode_dialogue,
-                      has_chat_template, load_backbone, step_spans)
+from .reward_base import (STEP_SPLITS, aggregate_steps, encode_dialogue, has_chat_template, hidden_size, is_thinkfast,
+                          load_backbone, pad_id, write_backbone, step_spans)
 
 PRM_FORMAT = "thinkfast-prm"
 PRM_AGGREGATIONS = ("min", "last")
@@ -181,7 +181,7 @@ class StepRewardModel(nn.Module):
         cfg = backbone.config
         context = getattr(cfg, "max_seq_len", None) or getattr(cfg, "max_position_embeddings", None)
         self.max_len = min(max_len, int(context)) if context else max_len
-        self.head = nn.Linear(_hidden_size(backbone), 1)
+        self.head = nn.Linear(hidden_size(backbone), 1)
         nn.init.zeros_(self.head.weight)  # every step starts at 0.5
         nn.init.zeros_(self.head.bias)
 
@@ -219,9 +219,9 @@ class StepRewardModel(nn.Module):
     def step_features(self, seqs: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]) -> torch.Tensor:
         """Hidden states at the step positions of a batch: (sum of steps, D), row-major."""
         dev = next(self.head.parameters()).device
-        ids, mask = left_pad(seqs, _pad_id(self.tokenizer))
+        ids, mask = left_pad(seqs, pad_id(self.tokenizer))
         ids, mask = ids.to(dev), mask.to(dev)
-        if _is_thinkfast(self.backbone):
+        if is_thinkfast(self.backbone):
             out = self.backbone(ids, mask, output_hidden_states=True)
             h = self.backbone.norm(out.hidden_states[-1])  # (B, T, D); hidden_states[-1] is pre-norm
         else:
@@ -264,18 +264,17 @@ class StepRewardModel(nn.Module):
         """Write the PRM directory atomically (built beside it, then renamed into place)."""
         from safetensors.torch import save_file
 
-        from .rewards import _save_backbone
 
         out = Path(out_dir)
         with atomic_directory(out) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
                       str(tmp / "head.safetensors"))
             if save_backbone:
-                _save_backbone(self.backbone, self.tokenizer, tmp / "backbone")
+                write_backbone(self.backbone, self.tokenizer, tmp / "backbone")
             elif self.backbone_path is None:
                 raise ValueError("a frozen backbone must have a path to be reloaded from")
             meta = {"format": PRM_FORMAT, "backbone": "backbone" if save_backbone else self.backbone_path,
-                    "backbone_kind": "thinkfast" if _is_thinkfast(self.backbone) else "hf",
+                    "backbone_kind": "thinkfast" if is_thinkfast(self.backbone) else "hf",
                     "max_len": self.max_len, "hidden_size": self.head.in_features, "split": self.split,
                     "aggregate": self.aggregate}
             (tmp / "prm.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -21,7 +21,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -29,52 +29,15 @@ import torch.nn as nn
 from ..config import atomic_directory
 from ..inference.padding import left_pad
 from ..runtime import UserError
+# AGGREGATIONS, STEP_SPLITS, Scorer, split_steps and step_spans are re-exported: they were defined here.
+from .reward_base import (AGGREGATIONS, STEP_SPLITS, Scorer, aggregate_steps, encode_dialogue,  # noqa: F401
+                          has_chat_template, hidden_size, is_thinkfast, load_backbone, pad_id, split_steps,
+                          step_spans, write_backbone)
 
-AGGREGATIONS = ("last", "min", "mean", "prod")
 ORM_FORMAT = "thinkfast-orm"
 
 
-class Scorer(Protocol):
-    def score(self, questions: Sequence[str], completions: Sequence[str]) -> list[float]:
-        """One reward per (question, completion); higher is better."""
-        ...
-
-
-# --- text layout shared by training and scoring --------------------------------------------------
-
-
-def has_chat_template(tokenizer: Any) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def encode_dialogue(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    """Token ids of a conversation: the chat template when there is one, else plain turns."""
-    if has_chat_template(tokenizer):
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])  # the template has BOS
-    text = "\n\n".join(m["content"] for m in messages)
-    return list(tokenizer(text)["input_ids"])
-
-
-def _pad_id(tokenizer: Any) -> int:
-    for tok_id in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
-        if tok_id is not None:
-            return int(tok_id)
-    return 0
-
-
 # --- outcome reward model ------------------------------------------------------------------------
-
-
-def _is_thinkfast(model: nn.Module) -> bool:
-    from ..models.lm import LanguageModel
-
-    return isinstance(model, LanguageModel)
-
-
-def _hidden_size(backbone: nn.Module) -> int:
-    cfg = backbone.config
-    return int(getattr(cfg, "d_model", None) or getattr(cfg, "hidden_size"))
 
 
 class OutcomeRewardModel(nn.Module):
@@ -89,13 +52,13 @@ class OutcomeRewardModel(nn.Module):
         context = getattr(cfg, "max_seq_len", None) or getattr(cfg, "max_position_embeddings", None)
         self.max_len = min(max_len, int(context)) if context else max_len
         self.backbone_path = backbone_path
-        self.head = nn.Linear(_hidden_size(backbone), 1)
+        self.head = nn.Linear(hidden_size(backbone), 1)
         nn.init.zeros_(self.head.weight)  # start at reward 0.5 for every input
         nn.init.zeros_(self.head.bias)
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) left-padded ids and mask -> (B, D) final hidden state of the last token."""
-        if _is_thinkfast(self.backbone):
+        if is_thinkfast(self.backbone):
             out = self.backbone(input_ids, attention_mask, output_hidden_states=True)
             h = self.backbone.norm(out.hidden_states[-1][:, -1])  # hidden_states[-1] is pre-norm
         else:
@@ -122,7 +85,7 @@ class OutcomeRewardModel(nn.Module):
         dev = next(self.head.parameters()).device
         for i in range(0, len(questions), batch_size):
             seqs = [self.encode(q, c) for q, c in zip(questions[i:i + batch_size], completions[i:i + batch_size])]
-            ids, mask = left_pad(seqs, _pad_id(self.tokenizer))
+            ids, mask = left_pad(seqs, pad_id(self.tokenizer))
             out += torch.sigmoid(self(ids.to(dev), mask.to(dev))).tolist()
         return out
 
@@ -136,11 +99,11 @@ class OutcomeRewardModel(nn.Module):
             save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
                       str(tmp / "head.safetensors"))
             if save_backbone:
-                _save_backbone(self.backbone, self.tokenizer, tmp / "backbone")
+                write_backbone(self.backbone, self.tokenizer, tmp / "backbone")
             elif self.backbone_path is None:
                 raise ValueError("a frozen backbone must have a path to be reloaded from")
             meta = {"format": ORM_FORMAT, "backbone": "backbone" if save_backbone else self.backbone_path,
-                    "backbone_kind": "thinkfast" if _is_thinkfast(self.backbone) else "hf",
+                    "backbone_kind": "thinkfast" if is_thinkfast(self.backbone) else "hf",
                     "max_len": self.max_len, "hidden_size": self.head.in_features}
             (tmp / "orm.json").write_text(json.dumps(meta, indent=2) + "\n")
         return out
@@ -162,37 +125,6 @@ class OutcomeRewardModel(nn.Module):
         orm = cls(backbone, tok, meta["max_len"], backbone_path=bb_path)
         orm.head.load_state_dict(load_file(str(path / "head.safetensors")))
         return orm.to(device).eval()
-
-
-def load_backbone(path: str, kind: str = "thinkfast", device: str = "cpu") -> tuple[nn.Module, Any]:
-    """(model, tokenizer): ``thinkfast`` reads thinkfast dirs and imports HF Llamas;
-    ``hf`` loads any transformers causal LM as is."""
-    if kind == "thinkfast":
-        from ..checkpoint import load_pretrained
-
-        model, tok = load_pretrained(path, device=device)
-    elif kind == "hf":
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        model = AutoModelForCausalLM.from_pretrained(path).to(device)
-        tok = AutoTokenizer.from_pretrained(path)
-    else:
-        raise UserError(f"unknown backbone kind {kind!r} (thinkfast, hf)")
-    if tok is None:
-        raise UserError(f"{path}: no tokenizer beside the model")
-    return model, tok
-
-
-def _save_backbone(backbone: nn.Module, tokenizer: Any, out: Path) -> None:
-    if _is_thinkfast(backbone):
-        from ..checkpoint import save_model
-
-        save_model(backbone, out, tokenizer=tokenizer)
-    else:
-        from ..checkpoint import save_pretrained_files
-
-        save_pretrained_files(backbone, out)
-        save_pretrained_files(tokenizer, out)
 
 
 # --- training the ORM ----------------------------------------------------------------------------
@@ -230,7 +162,7 @@ def train_orm(orm: OutcomeRewardModel, data: Sequence[tuple[str, str, int]], cfg
               log: Callable[[str], None] = lambda s: None) -> list[float]:
     """Binary cross-entropy on (question, completion, label); returns the mean loss per epoch."""
     torch.manual_seed(cfg.seed)
-    pad = _pad_id(orm.tokenizer)
+    pad = pad_id(orm.tokenizer)
     seqs = [orm.encode(q, c) for q, c, _ in data]
     labels = torch.tensor([float(y) for _, _, y in data])
     orm.backbone.requires_grad_(cfg.train_backbone)
@@ -266,53 +198,6 @@ def train_orm(orm: OutcomeRewardModel, data: Sequence[tuple[str, str, int]], cfg
 
 
 # --- process reward model ------------------------------------------------------------------------
-
-
-STEP_SPLITS = ("blank", "line", "sentence")
-
-
-def step_spans(completion: str, how: str = "blank") -> list[tuple[int, int]]:
-    """(start, end) character spans of the reasoning steps, each stripped of surrounding
-    whitespace, empty ones dropped: ``blank`` paragraphs separated by blank lines (RLHFlow's
-    PRM layout), ``line`` lines (the synthetic task: one step a line), ``sentence`` sentences
-    (a '.', '!' or '?' followed by whitespace, or a line break, ends one)."""
-    import re
-
-    seps = {"blank": r"\n\s*\n", "line": r"\n", "sentence": r"(?<=[.!?])\s+|\n"}
-    if how not in seps:
-        raise ValueError(f"step split must be one of {STEP_SPLITS}, got {how!r}")
-    bounds, start = [], 0
-    for m in re.finditer(seps[how], completion):
-        bounds.append((start, m.start()))
-        start = m.end()
-    bounds.append((start, len(completion)))
-    out = []
-    for a, b in bounds:
-        piece = completion[a:b]
-        if piece.strip():
-            lead = len(piece) - len(piece.lstrip())
-            out.append((a + lead, a + len(piece.rstrip())))
-    return out
-
-
-def split_steps(completion: str, how: str = "blank") -> list[str]:
-    """Reasoning steps (``step_spans``): by default paragraphs separated by blank lines."""
-    return [completion[a:b] for a, b in step_spans(completion, how)]
-
-
-def aggregate_steps(scores: Sequence[float], how: str) -> float:
-    """One reward from step scores: last, min, mean or prod (0.0 for a solution with no steps)."""
-    if how not in AGGREGATIONS:
-        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {how!r}")
-    if not scores:
-        return 0.0
-    if how == "last":
-        return float(scores[-1])
-    if how == "min":
-        return float(min(scores))
-    if how == "mean":
-        return float(sum(scores) / len(scores))
-    return float(math.prod(scores))
 
 
 def prm_conversation(question: str, steps: Sequence[str], upto: Optional[int] = None) -> list[dict[str, str]]:

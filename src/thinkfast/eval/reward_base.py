@@ -1,0 +1,133 @@
+"""What every reward model shares: the ``Scorer`` interface, the text layout of a question and
+its solution, the backbone a reward head reads (load, save, hidden size), and reasoning steps
+(splitting a solution into steps, aggregating step scores). ``eval.rewards`` (ORM, transformers
+PRMs) and ``eval.prm`` (the Math-Shepherd PRM) both build on it."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import torch.nn as nn
+
+from ..runtime import UserError
+
+AGGREGATIONS = ("last", "min", "mean", "prod")
+
+
+class Scorer(Protocol):
+    def score(self, questions: Sequence[str], completions: Sequence[str]) -> list[float]:
+        """One reward per (question, completion); higher is better."""
+        ...
+
+
+# --- text layout shared by training and scoring --------------------------------------------------
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def encode_dialogue(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of a conversation: the chat template when there is one, else plain turns."""
+    if has_chat_template(tokenizer):
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])  # the template has BOS
+    text = "\n\n".join(m["content"] for m in messages)
+    return list(tokenizer(text)["input_ids"])
+
+
+def pad_id(tokenizer: Any) -> int:
+    for tok_id in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if tok_id is not None:
+            return int(tok_id)
+    return 0
+
+
+def is_thinkfast(model: nn.Module) -> bool:
+    from ..models.lm import LanguageModel
+
+    return isinstance(model, LanguageModel)
+
+
+def hidden_size(backbone: nn.Module) -> int:
+    cfg = backbone.config
+    return int(getattr(cfg, "d_model", None) or getattr(cfg, "hidden_size"))
+
+
+def load_backbone(path: str, kind: str = "thinkfast", device: str = "cpu") -> tuple[nn.Module, Any]:
+    """(model, tokenizer): ``thinkfast`` reads thinkfast dirs and imports HF Llamas;
+    ``hf`` loads any transformers causal LM as is."""
+    if kind == "thinkfast":
+        from ..checkpoint import load_pretrained
+
+        model, tok = load_pretrained(path, device=device)
+    elif kind == "hf":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(path).to(device)
+        tok = AutoTokenizer.from_pretrained(path)
+    else:
+        raise UserError(f"unknown backbone kind {kind!r} (thinkfast, hf)")
+    if tok is None:
+        raise UserError(f"{path}: no tokenizer beside the model")
+    return model, tok
+
+
+def write_backbone(backbone: nn.Module, tokenizer: Any, out: Path) -> None:
+    if is_thinkfast(backbone):
+        from ..checkpoint import save_model
+
+        save_model(backbone, out, tokenizer=tokenizer)
+    else:
+        from ..checkpoint import save_pretrained_files
+
+        save_pretrained_files(backbone, out)
+        save_pretrained_files(tokenizer, out)
+
+
+STEP_SPLITS = ("blank", "line", "sentence")
+
+
+def step_spans(completion: str, how: str = "blank") -> list[tuple[int, int]]:
+    """(start, end) character spans of the reasoning steps, each stripped of surrounding
+    whitespace, empty ones dropped: ``blank`` paragraphs separated by blank lines (RLHFlow's
+    PRM layout), ``line`` lines (the synthetic task: one step a line), ``sentence`` sentences
+    (a '.', '!' or '?' followed by whitespace, or a line break, ends one)."""
+    seps = {"blank": r"\n\s*\n", "line": r"\n", "sentence": r"(?<=[.!?])\s+|\n"}
+    if how not in seps:
+        raise ValueError(f"step split must be one of {STEP_SPLITS}, got {how!r}")
+    bounds, start = [], 0
+    for m in re.finditer(seps[how], completion):
+        bounds.append((start, m.start()))
+        start = m.end()
+    bounds.append((start, len(completion)))
+    out = []
+    for a, b in bounds:
+        piece = completion[a:b]
+        if piece.strip():
+            lead = len(piece) - len(piece.lstrip())
+            out.append((a + lead, a + len(piece.rstrip())))
+    return out
+
+
+def split_steps(completion: str, how: str = "blank") -> list[str]:
+    """Reasoning steps (``step_spans``): by default paragraphs separated by blank lines."""
+    return [completion[a:b] for a, b in step_spans(completion, how)]
+
+
+def aggregate_steps(scores: Sequence[float], how: str) -> float:
+    """One reward from step scores: last, min, mean or prod (0.0 for a solution with no steps)."""
+    if how not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {how!r}")
+    if not scores:
+        return 0.0
+    if how == "last":
+        return float(scores[-1])
+    if how == "min":
+        return float(min(scores))
+    if how == "mean":
+        return float(sum(scores) / len(scores))
+    return float(math.prod(scores))
