@@ -1,5 +1,5 @@
 """A demo teacher's sampling headroom on *validation* problems: greedy accuracy, coverage@n and
-their gap (the demo issue asks coverage@32 >= greedy + 20 on test), at the temperature the demo's
+their gap (the demo aims for coverage@32 >= greedy + 20 on test), at the temperature the demo's
 own rule picks (majority@8 on the first 32 train problems).
 
 The validation problems are the train-split problems that follow the demo's ``n_train``: never
