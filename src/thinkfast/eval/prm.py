@@ -23,7 +23,6 @@ Glossary: B batch, T tokens, D hidden size, S steps.
 from __future__ import annotations
 
 import bisect
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,11 +32,10 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ..config import atomic_directory
 from ..inference.padding import left_pad
 from ..runtime import UserError
 from .reward_base import (STEP_SPLITS, aggregate_steps, encode_dialogue, has_chat_template, hidden_size, is_thinkfast,
-                          load_backbone, pad_id, write_backbone, step_spans)
+                          load_backbone, pad_id, read_head_dir, save_head_dir, step_spans)
 
 PRM_FORMAT = "thinkfast-prm"
 PRM_AGGREGATIONS = ("min", "last")
@@ -262,41 +260,18 @@ class StepRewardModel(nn.Module):
     # --- persistence ---------------------------------------------------------------------------
     def save(self, out_dir: str | os.PathLike, save_backbone: bool) -> Path:
         """Write the PRM directory atomically (built beside it, then renamed into place)."""
-        from safetensors.torch import save_file
-
-
-        out = Path(out_dir)
-        with atomic_directory(out) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
-                      str(tmp / "head.safetensors"))
-            if save_backbone:
-                write_backbone(self.backbone, self.tokenizer, tmp / "backbone")
-            elif self.backbone_path is None:
-                raise ValueError("a frozen backbone must have a path to be reloaded from")
-            meta = {"format": PRM_FORMAT, "backbone": "backbone" if save_backbone else self.backbone_path,
-                    "backbone_kind": "thinkfast" if is_thinkfast(self.backbone) else "hf",
-                    "max_len": self.max_len, "hidden_size": self.head.in_features, "split": self.split,
-                    "aggregate": self.aggregate}
-            (tmp / "prm.json").write_text(json.dumps(meta, indent=2) + "\n")
-        return out
+        meta = {"format": PRM_FORMAT, "max_len": self.max_len, "hidden_size": self.head.in_features,
+                "split": self.split, "aggregate": self.aggregate}
+        return save_head_dir(out_dir, "prm.json", meta, self.head, self.backbone, self.tokenizer,
+                             self.backbone_path, save_backbone)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu", aggregate: Optional[str] = None) -> "StepRewardModel":
         """``aggregate`` (min, last) overrides the saved one."""
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        try:
-            meta = json.loads((path / "prm.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError) as e:
-            raise UserError(f"{path}: not a thinkfast process reward model directory ({e})") from None
-        if meta.get("format") != PRM_FORMAT:
-            raise UserError(f"{path}/prm.json: not a thinkfast PRM")
-        bb_path = meta["backbone"]
-        bb_path = str(path / bb_path) if not os.path.isabs(bb_path) and (path / bb_path).exists() else bb_path
-        backbone, tok = load_backbone(bb_path, meta["backbone_kind"], device)
+        meta, backbone, tok, bb_path, head = read_head_dir(path, "prm.json", PRM_FORMAT,
+                                                          "a thinkfast process reward model", "PRM", device)
         prm = cls(backbone, tok, meta["split"], aggregate or meta["aggregate"], meta["max_len"], backbone_path=bb_path)
-        prm.head.load_state_dict(load_file(str(path / "head.safetensors")))
+        prm.head.load_state_dict(head)
         return prm.to(device).eval()
 
 

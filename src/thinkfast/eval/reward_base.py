@@ -5,13 +5,16 @@ PRMs) and ``eval.prm`` (the Math-Shepherd PRM) both build on it."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Optional, Protocol, Sequence
 
 import torch.nn as nn
 
+from ..config import atomic_directory
 from ..runtime import UserError
 
 AGGREGATIONS = ("last", "min", "mean", "prod")
@@ -86,6 +89,47 @@ def write_backbone(backbone: nn.Module, tokenizer: Any, out: Path) -> None:
 
         save_pretrained_files(backbone, out)
         save_pretrained_files(tokenizer, out)
+
+
+def save_head_dir(out_dir: str | os.PathLike, meta_file: str, meta: dict[str, Any], head: nn.Module,
+                  backbone: nn.Module, tokenizer: Any, backbone_path: Optional[str], save_backbone: bool) -> Path:
+    """Write a reward model directory atomically (built beside it, then renamed into place): the
+    head as ``head.safetensors``, the backbone under ``backbone/`` when ``save_backbone`` (else
+    the path it is reloaded from), and ``meta_file`` holding ``meta`` plus the backbone fields."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    with atomic_directory(out) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
+                  str(tmp / "head.safetensors"))
+        if save_backbone:
+            write_backbone(backbone, tokenizer, tmp / "backbone")
+        elif backbone_path is None:
+            raise ValueError("a frozen backbone must have a path to be reloaded from")
+        full = {"format": meta["format"], "backbone": "backbone" if save_backbone else backbone_path,
+                "backbone_kind": "thinkfast" if is_thinkfast(backbone) else "hf",
+                **{k: v for k, v in meta.items() if k != "format"}}
+        (tmp / meta_file).write_text(json.dumps(full, indent=2) + "\n")
+    return out
+
+
+def read_head_dir(path: str | os.PathLike, meta_file: str, fmt: str, what: str, short: str,
+                  device: str = "cpu") -> tuple[dict[str, Any], nn.Module, Any, str, dict[str, Any]]:
+    """(meta, backbone, tokenizer, backbone path, head state dict) of a directory written by
+    ``save_head_dir``; ``what`` / ``short`` name the model in errors ("outcome reward model", "ORM")."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        meta = json.loads((path / meta_file).read_text())
+    except (FileNotFoundError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not {what} directory ({e})") from None
+    if meta.get("format") != fmt:
+        raise UserError(f"{path}/{meta_file}: not a thinkfast {short}")
+    bb_path = meta["backbone"]
+    bb_path = str(path / bb_path) if not os.path.isabs(bb_path) and (path / bb_path).exists() else bb_path
+    backbone, tok = load_backbone(bb_path, meta["backbone_kind"], device)
+    return meta, backbone, tok, bb_path, load_file(str(path / "head.safetensors"))
 
 
 STEP_SPLITS = ("blank", "line", "sentence")

@@ -15,7 +15,6 @@ Glossary: B batch, T tokens, D hidden size.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -26,13 +25,12 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ..config import atomic_directory
 from ..inference.padding import left_pad
 from ..runtime import UserError
 # AGGREGATIONS, STEP_SPLITS, Scorer, split_steps and step_spans are re-exported: they were defined here.
 from .reward_base import (AGGREGATIONS, STEP_SPLITS, Scorer, aggregate_steps, encode_dialogue,  # noqa: F401
-                          has_chat_template, hidden_size, is_thinkfast, load_backbone, pad_id, split_steps,
-                          step_spans, write_backbone)
+                          has_chat_template, hidden_size, is_thinkfast, load_backbone, pad_id, read_head_dir,
+                          save_head_dir, split_steps, step_spans)
 
 ORM_FORMAT = "thinkfast-orm"
 
@@ -92,38 +90,16 @@ class OutcomeRewardModel(nn.Module):
     # --- persistence ---------------------------------------------------------------------------
     def save(self, out_dir: str | os.PathLike, save_backbone: bool) -> Path:
         """Write the ORM directory atomically (built beside it, then renamed into place)."""
-        from safetensors.torch import save_file
-
-        out = Path(out_dir)
-        with atomic_directory(out) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
-                      str(tmp / "head.safetensors"))
-            if save_backbone:
-                write_backbone(self.backbone, self.tokenizer, tmp / "backbone")
-            elif self.backbone_path is None:
-                raise ValueError("a frozen backbone must have a path to be reloaded from")
-            meta = {"format": ORM_FORMAT, "backbone": "backbone" if save_backbone else self.backbone_path,
-                    "backbone_kind": "thinkfast" if is_thinkfast(self.backbone) else "hf",
-                    "max_len": self.max_len, "hidden_size": self.head.in_features}
-            (tmp / "orm.json").write_text(json.dumps(meta, indent=2) + "\n")
-        return out
+        meta = {"format": ORM_FORMAT, "max_len": self.max_len, "hidden_size": self.head.in_features}
+        return save_head_dir(out_dir, "orm.json", meta, self.head, self.backbone, self.tokenizer,
+                             self.backbone_path, save_backbone)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> "OutcomeRewardModel":
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        try:
-            meta = json.loads((path / "orm.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError) as e:
-            raise UserError(f"{path}: not an outcome reward model directory ({e})") from None
-        if meta.get("format") != ORM_FORMAT:
-            raise UserError(f"{path}/orm.json: not a thinkfast ORM")
-        bb_path = meta["backbone"]
-        bb_path = str(path / bb_path) if not os.path.isabs(bb_path) and (path / bb_path).exists() else bb_path
-        backbone, tok = load_backbone(bb_path, meta["backbone_kind"], device)
+        meta, backbone, tok, bb_path, head = read_head_dir(path, "orm.json", ORM_FORMAT, "an outcome reward model",
+                                                          "ORM", device)
         orm = cls(backbone, tok, meta["max_len"], backbone_path=bb_path)
-        orm.head.load_state_dict(load_file(str(path / "head.safetensors")))
+        orm.head.load_state_dict(head)
         return orm.to(device).eval()
 
 
