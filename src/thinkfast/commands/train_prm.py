@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..eval.io import read_jsonl
+    from ..eval.io import read_graded_rows
     from ..eval.prm import train_prm_from_samples
 
     if args.label not in ("soft", "hard"):
@@ -59,13 +59,7 @@ def run(args: argparse.Namespace) -> int:
         from ..eval.tasks.base import task_by_name
 
         task = task_by_name(args.task)
-    rows = []
-    for path in args.inputs:
-        for i, r in enumerate(read_jsonl(path), start=1):
-            if "correct" not in r or not isinstance(r.get("question"), str) or not isinstance(r.get("completion"), str):
-                raise UserError(f"{path}: row {i} needs 'question', 'completion' and 'correct' "
-                                "(grade the samples first with `thinkfast grade`)")
-            rows.append(r)
+    rows = read_graded_rows(args.inputs)
     train = dataclass_from_args(TrainPRMConfig, args, TRAIN)
     recipe = dataclass_from_args(PRMRecipe, args, RECIPE, split=args.split, aggregate=args.aggregate,
                                  prompt_style=args.prompt_style, seed=args.seed, train=train)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..runtime import UserError
 from ..eval.rewards import TrainRMConfig
 from .args import (add_dataclass_arguments, add_threads, dataclass_from_args, existing_file, non_negative_int,
                    output_dir, positive_float, positive_int)
@@ -30,16 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..eval.io import read_jsonl
+    from ..eval.io import read_graded_rows
     from ..eval.rewards import OutcomeRewardModel, balanced_examples, load_backbone, train_orm
 
-    rows = []
-    for path in args.inputs:
-        for i, r in enumerate(read_jsonl(path), start=1):
-            if "correct" not in r or not isinstance(r.get("question"), str) or not isinstance(r.get("completion"), str):
-                raise UserError(f"{path}: row {i} needs 'question', 'completion' and 'correct' "
-                                "(grade the samples first with `thinkfast grade`)")
-            rows.append(r)
+    rows = read_graded_rows(args.inputs)
     cfg = dataclass_from_args(TrainRMConfig, args, SETTINGS)
     data = balanced_examples(rows, cfg.seed, cfg.max_per_class)
     backbone, tok = load_backbone(args.backbone, args.backbone_kind, args.device)

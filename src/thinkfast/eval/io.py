@@ -64,6 +64,19 @@ def read_jsonl(path: str | os.PathLike, allow_truncated_tail: bool = False) -> l
     return [row for _, row in iter_jsonl(path, allow_truncated_tail)]
 
 
+def read_graded_rows(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
+    """The rows of graded samples files (``thinkfast grade``), every row checked for a string
+    'question' and 'completion' and a 'correct' field; a row without them is named by file and row."""
+    rows = []
+    for path in paths:
+        for i, r in enumerate(read_jsonl(path), start=1):
+            if "correct" not in r or not isinstance(r.get("question"), str) or not isinstance(r.get("completion"), str):
+                raise UserError(f"{path}: row {i} needs 'question', 'completion' and 'correct' "
+                                "(grade the samples first with `thinkfast grade`)")
+            rows.append(r)
+    return rows
+
+
 def dumps_row(row: dict[str, Any]) -> str:
     """One JSONL line (with its newline). ``ensure_ascii=False`` keeps LaTeX and text readable;
     a row with a lone surrogate (model output read from a ``\\ud800`` escape), which UTF-8
