@@ -73,11 +73,16 @@ PROBLEMS = {  # 4 samples each; gold is "x"
 
 
 def test_simulated_adaptive_against_brute_force():
-    settings = EvalSettings(n_boot=50, max_subsets=1000)
+    """With one ordering (the index order) the simulation is the rule on each problem's samples in
+    index order; with the default orderings, that single ordering is kept as ``index_order``."""
+    settings = EvalSettings(n_boot=50, max_subsets=1000, adaptive_orderings=1)
     rules = [AdaptiveRule("esc", window=2, max_n=99), AdaptiveRule("beta", window=1, max_n=99, threshold=0.7)]
     run = evaluate_run(rows_of(PROBLEMS, seconds=(1.0, 8.0)), Task(), "toy", "toy.jsonl", settings, adaptive=rules)
+    averaged = evaluate_run(rows_of(PROBLEMS, seconds=(1.0, 8.0)), Task(), "toy", "toy.jsonl",
+                            EvalSettings(n_boot=50, max_subsets=1000), adaptive=rules)
     for rule in rules:
         a = run["adaptive"][rule.method]
+        assert a["orderings"] == 1 and averaged["adaptive"][rule.method]["orderings"] == 64
         fn = (lambda x: esc_should_stop(x, 2)) if rule.rule == "esc" else (lambda x: beta_should_stop(x, 0.7))
         stops, hits = [], []
         for samples in PROBLEMS.values():
@@ -92,6 +97,8 @@ def test_simulated_adaptive_against_brute_force():
             stops.append(m)
             hits.append(float(winner == "x"))
         assert a["samples"] == stops and a["per_problem"] == hits
+        ref = averaged["adaptive"][rule.method]["index_order"]
+        assert ref["samples"] == stops and ref["per_problem"] == hits and ref["mean"] == pytest.approx(sum(hits) / 4)
         assert a["mean"] == pytest.approx(sum(hits) / 4)
         assert a["mean_samples"] == pytest.approx(sum(stops) / 4)
         assert a["stopped_early"] == sum(m < 4 for m in stops) and a["rule"]["max_n"] == 4 and a["simulated"]
@@ -141,14 +148,13 @@ def test_adaptive_point_on_the_front_when_it_beats_fixed_k():
     probs = {"p0": [("x", True)] * 4,
              "p1": [("y", False), ("z", False), ("x", True), ("x", True)]}
     rule = AdaptiveRule("esc", window=1, max_n=4)
-    run = evaluate_run(rows_of(probs, seconds=(0.0, 4.0)), Task(), "a", "a.jsonl",
-                       EvalSettings(n_boot=10, max_subsets=100), adaptive=[rule])
+    index_order = EvalSettings(n_boot=10, max_subsets=100, adaptive_orderings=1)
+    run = evaluate_run(rows_of(probs, seconds=(0.0, 4.0)), Task(), "a", "a.jsonl", index_order, adaptive=[rule])
     run["task"] = "toy"
     a = run["adaptive"]["adaptive-esc"]
     assert a["samples"] == [1, 1] and a["mean"] == 0.5  # window 1 stops at every first answer
     rule2 = AdaptiveRule("esc", window=2, max_n=4)
-    run2 = evaluate_run(rows_of(probs, seconds=(0.0, 4.0)), Task(), "a", "a.jsonl",
-                        EvalSettings(n_boot=10, max_subsets=100), adaptive=[rule2])
+    run2 = evaluate_run(rows_of(probs, seconds=(0.0, 4.0)), Task(), "a", "a.jsonl", index_order, adaptive=[rule2])
     run2["task"] = "toy"
     a2 = run2["adaptive"]["adaptive-esc"]
     assert a2["samples"] == [2, 4] and a2["mean"] == 1.0 and a2["seconds"] == pytest.approx(3.0)
@@ -181,7 +187,8 @@ def test_the_report_plots_and_tabulates_adaptive_majority(tmp_path):
 
     probs = {"p0": [("x", True)] * 4, "p1": [("y", False), ("z", False), ("x", True), ("x", True)]}
     run = evaluate_run(rows_of(probs, seconds=(0.0, 4.0)), Task(), "a", "a.jsonl",
-                       EvalSettings(n_boot=10, max_subsets=100), adaptive=[AdaptiveRule("esc", window=2, max_n=4)])
+                       EvalSettings(n_boot=10, max_subsets=100, adaptive_orderings=1),
+                       adaptive=[AdaptiveRule("esc", window=2, max_n=4)])
     run["task"] = "toy"
     md = write_report([{"runs": [run]}], tmp_path).read_text()
     assert "| adaptive majority (ESC) (simulated) | window=2, max_n=4 | 1.000 [1.000, 1.000] | 3 | 3 | 4 | 1 |" in md

@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_arguments(parser, EvalSettings, SETTINGS,
                             types={"n_boot": positive_int, "max_subsets": positive_int, "seed": non_negative_int},
                             help={"reward_key": "row field holding the reward", "seed": "seed of the resampling"})
-    a = parser.add_argument_group("adaptive majority, simulated on each problem's samples in index order "
-                                  "(docs/adaptive-sampling.md)")
+    a = parser.add_argument_group("adaptive majority, simulated on each problem's samples, averaged over orderings "
+                                  "of them (docs/adaptive-sampling.md)")
     a.add_argument("--adaptive", type=comma_list("esc", "beta", "none"), default=["esc", "beta"],
                    help="rules to simulate, as methods adaptive-esc / adaptive-beta (default: esc,beta; none: off)")
     a.add_argument("--adaptive-window", type=positive_int, default=8,
@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="the beta rule's confidence that the leading answer beats the runner-up (default 0.95)")
     a.add_argument("--adaptive-max-n", type=positive_int, default=None,
                    help="at most this many samples per problem (default and cap: the file's n)")
+    a.add_argument("--adaptive-orderings", type=positive_int, default=EvalSettings.adaptive_orderings,
+                   help="orderings of each problem's samples the simulation averages over: the index order and "
+                        f"seeded random permutations; 1: the index order alone (default {EvalSettings.adaptive_orderings})")
 
 
 def adaptive_rules(args: argparse.Namespace) -> list:
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.evaluation import evaluate_files
     from ..eval.io import write_json_atomic
 
-    settings = dataclass_from_args(EvalSettings, args, SETTINGS)
+    settings = dataclass_from_args(EvalSettings, args, SETTINGS, adaptive_orderings=args.adaptive_orderings)
     result = evaluate_files(args.runs, args.task, settings, log=lambda s: print(s, file=sys.stderr),
                             adaptive=adaptive_rules(args))
     write_json_atomic(args.out, result)

@@ -7,9 +7,12 @@ timings (``thinkfast sample``). Ungraded files are graded here with the task's g
 
 from __future__ import annotations
 
+import collections
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
 
 from ..runtime import UserError
 from . import metrics as M
@@ -32,6 +35,10 @@ class EvalSettings:
     """k-subsets per problem for voting metrics; all of them when there are at most this many."""
     seed: int = 0
     reward_key: str = "reward"
+    adaptive_orderings: int = 64
+    """Orderings of each problem's samples that simulated adaptive majority averages over
+    (``adaptive_over_orderings``): the index order and ``adaptive_orderings - 1`` seeded random
+    permutations; 1 is the index order alone."""
 
 
 @dataclass
@@ -88,7 +95,8 @@ def evaluate_run(rows: list[dict[str, Any]], task: Any, name: str, source: str,
     so two runs on the same problems can be compared pairwise (``per_problem_values``).
 
     ``adaptive`` rules (their ``max_n`` capped at n) add ``run["adaptive"][rule.method]``: the
-    rule simulated on each problem's samples in index order (``simulate_adaptive``). A file made
+    rule simulated on each problem's samples, averaged over ``settings.adaptive_orderings``
+    orderings of them (``simulate_adaptive``). A file made
     by adaptive sampling (its settings name an ``adaptive`` rule) gets that entry from the samples
     it holds instead, whatever ``adaptive`` says (``adaptive_from_stops``)."""
     if rows and any("correct" not in r for r in rows):
@@ -127,7 +135,7 @@ def evaluate_run(rows: list[dict[str, Any]], task: Any, name: str, source: str,
         fixed = fixed_majority_curve(problems, groups, n, settings)
         for rule in adaptive:
             rule = AdaptiveRule(rule.rule, rule.window, min(rule.max_n, n), rule.threshold)
-            adaptive_out[rule.method] = simulate_adaptive(problems, groups, rule, timing, fixed, settings)
+            adaptive_out[rule.method] = simulate_adaptive(problems, groups, rule, timing, fixed, settings, n)
     out = {
         "name": name, "path": source, "model": first.get("model"), "task": getattr(task, "name", None),
         "settings": first.get("settings"), "n": n, "n_max": max(sizes), "problems": len(problems), "ks": ks,
@@ -188,35 +196,171 @@ def majority_of_prefix(groups: Sequence[Optional[int]], correct: Sequence[bool],
     return float(i is not None and correct[i])
 
 
-def adaptive_from_stops(problems: Sequence[ProblemSamples], groups: Sequence[Sequence[Optional[int]]],
-                        stops: Sequence[int], rule: AdaptiveRule, timing: Optional[RunTiming],
-                        fixed: Sequence[float], settings: EvalSettings, simulated: bool) -> dict[str, Any]:
-    """Adaptive majority when problem i stops after ``stops[i]`` samples: accuracy is the majority
-    of each problem's first ``stops[i]`` samples; cost is the run's seconds per problem at the
-    mean samples drawn (``RunTiming.seconds_per_problem``, the fixed-k cost model). Against
-    fixed-k majority (``fixed[k - 1]``): the smallest k reaching the same accuracy and the samples
-    per problem adaptive saves against it (negative: it drew more)."""
-    values = [majority_of_prefix(g, p.correct, m) for p, g, m in zip(problems, groups, stops)]
-    mean_samples = sum(stops) / len(stops)
-    stats = M.mean_ci(values, settings.n_boot, settings.seed)
+ADAPTIVE_ORDERINGS = EvalSettings.adaptive_orderings
+"""Default orderings per problem for simulated adaptive majority (``EvalSettings.adaptive_orderings``)."""
+
+
+@dataclass(frozen=True)
+class AdaptiveValue:
+    """Adaptive majority on one problem at one cap, as an expectation over orderings of its samples."""
+
+    value: float
+    """Expected 0/1 correctness of the majority of the samples drawn at the stop."""
+    samples: float
+    """Expected samples drawn."""
+    early: float
+    """Probability that the rule closes the problem before the cap."""
+    max_samples: int
+    """The most samples drawn in any ordering (exact mode: any ordering with nonzero probability)."""
+
+
+def _first_stops(groups: Sequence[Optional[int]], rule: AdaptiveRule, below: int) -> Optional[int]:
+    """The first whole round m (a multiple of ``rule.window``, m < ``below``) after which ``rule``
+    stops on ``groups[:m]``; None when it does not before ``below``."""
+    for m in range(rule.window, below, rule.window):
+        if rule.should_stop(groups[:m]):
+            return m
+    return None
+
+
+def _exact_over_orderings(groups: Sequence[Optional[int]], correct: Sequence[bool], rule: AdaptiveRule,
+                          caps: Sequence[int]) -> dict[int, AdaptiveValue]:
+    """The exact expectation over all orderings of the samples: a walk over the sequences of
+    distinct (answer, correct) labels drawn without replacement, each weighted by its probability,
+    cut where the rule stops or the largest cap is reached. Exponential in the cap for many
+    distinct answers: for small problems (tests, references)."""
+    counts = collections.Counter(zip(groups, correct))  # label -> samples with it
+    labels = list(counts)
+    total = len(groups)
+    acc = {c: [0.0, 0.0, 0.0, 0] for c in caps}  # cap -> [value, samples, early, max samples]
+    top = max(caps)
+
+    def record(cap: int, g: list, ok: list, m: int, w: float, early: bool) -> None:
+        a = acc[cap]
+        a[0] += w * majority_of_prefix(g, ok, m)
+        a[1] += w * m
+        a[2] += w * early
+        a[3] = max(a[3], m)
+
+    def walk(g: list, ok: list, left: dict, w: float) -> None:
+        m = len(g)
+        if m in acc:
+            record(m, g, ok, m, w, False)
+        if m >= top:
+            return
+        if m and m % rule.window == 0 and rule.should_stop(g):
+            for cap in caps:
+                if cap > m:
+                    record(cap, g, ok, m, w, True)
+            return
+        rest = total - m
+        for lab in labels:
+            c = left[lab]
+            if c:
+                left[lab] = c - 1
+                walk(g + [lab[0]], ok + [lab[1]], left, w * c / rest)
+                left[lab] = c
+
+    walk([], [], dict(counts), 1.0)
+    return {c: AdaptiveValue(v, s, e, int(mx)) for c, (v, s, e, mx) in acc.items()}
+
+
+def adaptive_over_orderings(groups: Sequence[Optional[int]], correct: Sequence[bool], rule: AdaptiveRule,
+                            caps: Sequence[int], orderings: Optional[int] = ADAPTIVE_ORDERINGS,
+                            seed: int = 0) -> dict[int, AdaptiveValue]:
+    """Adaptive majority on one problem's samples (``groups``, ``correct``: n each) at each cap
+    max_n in ``caps`` (1 <= cap <= n; ``rule``'s window and threshold, its max_n replaced by the
+    cap), averaged over orderings of the samples. Samples are i.i.d., so every ordering of all n
+    of them is equally likely to be the order a real adaptive run draws, and the average over
+    orderings estimates the expected accuracy and samples of sampling adaptively; one ordering
+    alone is a noisy draw of it.
+
+    ``orderings = R`` averages over R orderings: the index order first, then R - 1 random
+    permutations from ``numpy.random.default_rng(seed)`` (so R = 1 is the index order, as
+    ``rule.stop_after``, and a result is reproducible from the seed). ``orderings = None`` is the
+    exact expectation over all n! orderings (``_exact_over_orderings``; small problems only).
+    In each ordering the problem stops after the first whole round at which the rule stops, or
+    at the cap, and its value is the majority of the samples drawn (ties: the answer seen first).
+    Returns ``{cap: AdaptiveValue}``."""
+    n = len(groups)
+    caps = sorted(set(int(c) for c in caps))
+    if not caps or caps[0] < 1 or caps[-1] > n:
+        raise ValueError(f"caps must be in 1..{n} (the samples given), not {caps}")
+    if orderings is None:
+        return _exact_over_orderings(list(groups), list(correct), rule, caps)
+    if orderings < 1:
+        raise ValueError(f"orderings must be at least 1 (or None: exact), not {orderings}")
+    rng = np.random.default_rng(seed)
+    acc = {c: [0.0, 0.0, 0.0, 0] for c in caps}
+    for r in range(orderings):
+        order = range(n) if r == 0 else rng.permutation(n)
+        g = [groups[i] for i in order]
+        ok = [correct[i] for i in order]
+        first = _first_stops(g, rule, caps[-1])
+        for cap in caps:
+            m = first if first is not None and first < cap else cap
+            a = acc[cap]
+            a[0] += majority_of_prefix(g, ok, m)
+            a[1] += m
+            a[2] += m < cap
+            a[3] = max(a[3], m)
+    return {c: AdaptiveValue(v / orderings, s / orderings, e / orderings, mx) for c, (v, s, e, mx) in acc.items()}
+
+
+def adaptive_entry(values: Sequence[float], samples: Sequence[float], early: float, max_samples: float,
+                   rule: AdaptiveRule, timing: Optional[RunTiming], fixed: Sequence[float],
+                   settings: EvalSettings, simulated: bool) -> dict[str, Any]:
+    """One run's adaptive entry from each problem's value and samples drawn: the accuracy with its
+    bootstrap interval over problems, the cost (the run's seconds per problem at the mean samples
+    drawn, ``RunTiming.seconds_per_problem``, the fixed-k cost model) and, against fixed-k
+    majority (``fixed[k - 1]``), the smallest k reaching the same accuracy and the samples per
+    problem adaptive saves against it (negative: it drew more)."""
+    mean_samples = sum(samples) / len(samples)
+    stats = M.mean_ci(list(values), settings.n_boot, settings.seed)
     k_same = smallest_k_reaching(fixed, stats["mean"])
     return {"rule": rule.to_dict(), "simulated": simulated, **stats,
             "seconds": timing.seconds_per_problem(mean_samples) if timing else None,
-            "mean_samples": mean_samples, "max_samples": max(stops),
-            "stopped_early": sum(m < rule.max_n for m in stops),
+            "mean_samples": mean_samples, "max_samples": max_samples, "stopped_early": early,
             "fixed_k_same_accuracy": k_same,
             "samples_saved": None if k_same is None else k_same - mean_samples,
-            "samples": list(stops), "per_problem": values}
+            "samples": list(samples), "per_problem": list(values)}
+
+
+def adaptive_from_stops(problems: Sequence[ProblemSamples], groups: Sequence[Sequence[Optional[int]]],
+                        stops: Sequence[int], rule: AdaptiveRule, timing: Optional[RunTiming],
+                        fixed: Sequence[float], settings: EvalSettings, simulated: bool) -> dict[str, Any]:
+    """``adaptive_entry`` when problem i stops after ``stops[i]`` samples (one ordering: a file
+    sampled adaptively, or the index order): its value is the majority of its first ``stops[i]``
+    samples."""
+    values = [majority_of_prefix(g, p.correct, m) for p, g, m in zip(problems, groups, stops)]
+    return adaptive_entry(values, list(stops), sum(m < rule.max_n for m in stops), max(stops), rule, timing,
+                          fixed, settings, simulated)
 
 
 def simulate_adaptive(problems: Sequence[ProblemSamples], groups: Sequence[Sequence[Optional[int]]],
                       rule: AdaptiveRule, timing: Optional[RunTiming], fixed: Sequence[float],
-                      settings: EvalSettings) -> dict[str, Any]:
-    """``adaptive_from_stops`` with each problem stopping where ``rule`` stops on its samples in
-    index order: what adaptive sampling with the same seed would have drawn, since its samples are
-    a prefix of the fixed run's."""
+                      settings: EvalSettings, n: Optional[int] = None) -> dict[str, Any]:
+    """``rule`` simulated on a fixed file: each problem's value and samples drawn averaged over
+    ``settings.adaptive_orderings`` orderings of its first ``n`` samples (default: the fewest any
+    problem has; ``adaptive_over_orderings``, problem i seeded ``settings.seed * 1_000_003 + i``
+    as its fixed-k subsets are), so ``samples``, ``max_samples`` (the largest per-problem
+    expectation) and ``stopped_early`` (the expected problems closed before max_n) are
+    expectations. ``orderings`` records how many; ``index_order`` keeps the single ordering of
+    the samples in index order (what an adaptive run with the file's seed would have drawn, its
+    samples a prefix of the fixed run's): its ``mean``, ``lo``, ``hi``, ``mean_samples``,
+    ``stopped_early``, ``samples`` and ``per_problem``."""
+    n = min(len(g) for g in groups) if n is None else n
+    R = settings.adaptive_orderings
+    vals = [adaptive_over_orderings(g[:n], p.correct[:n], rule, [rule.max_n], R, settings.seed * 1_000_003 + i)
+            [rule.max_n] for i, (p, g) in enumerate(zip(problems, groups))]
+    out = adaptive_entry([v.value for v in vals], [v.samples for v in vals], sum(v.early for v in vals),
+                         max(v.samples for v in vals), rule, timing, fixed, settings, simulated=True)
     stops = [rule.stop_after(g[:rule.max_n]) for g in groups]
-    return adaptive_from_stops(problems, groups, stops, rule, timing, fixed, settings, simulated=True)
+    ref = adaptive_from_stops(problems, groups, stops, rule, timing, fixed, settings, simulated=True)
+    out["orderings"] = R
+    out["index_order"] = {k: ref[k] for k in ("mean", "lo", "hi", "mean_samples", "stopped_early", "samples",
+                                              "per_problem")}
+    return out
 
 
 def per_problem_values(run: dict[str, Any], method: str, k: int) -> Optional[dict[str, float]]:
