@@ -164,7 +164,7 @@ def write_results(out: Path, cfg: DemoConfig, task: Any, task_meta: dict[str, An
         runs[name] = evaluate_run(rows, task, name, str(scored[name]), EvalSettings(seed=cfg.seed), extra_ks=extra,
                                   adaptive=rules)
         for rule in rules:
-            curves[rule.method][name] = adaptive_curve(rows, task, rule, runs[name]["ks"])
+            curves[rule.method][name] = adaptive_curve(rows, task, rule, runs[name]["ks"], seed=cfg.seed)
 
     metrics = {"runs": list(runs.values()), "pareto": pareto_by_task(list(runs.values()))}
     write_json_atomic(out / "metrics.json", metrics)

@@ -117,76 +117,111 @@ def claim_verdict(runs: dict[str, dict[str, Any]], n_boot: int = 2000, seed: int
     return verdict
 
 
-def adaptive_curve(rows: list[dict[str, Any]], task: Any, rule: Any, caps: list[int]) -> dict[str, Any]:
+def adaptive_curve(rows: list[dict[str, Any]], task: Any, rule: Any, caps: list[int],
+                   orderings: Optional[int] = None, seed: int = 0) -> dict[str, Any]:
     """Adaptive majority (``rule``, an ``eval.adaptive.AdaptiveRule``) simulated on one model's
     graded samples at each cap ``max_n`` in ``caps`` (those up to the samples every problem has),
-    as ``thinkfast evaluate`` simulates one: each problem stops where the rule stops on its
-    samples in index order, its value is the majority of the samples drawn, and the cost is the
-    run's seconds per problem at the mean samples drawn. Returns ``{"problem_ids", "points":
-    [{max_n, mean_samples, seconds, mean, per_problem}]}``."""
+    as ``thinkfast evaluate`` simulates one (``eval.evaluation.adaptive_over_orderings``, with its
+    per-problem seeds from ``seed``): each problem's value (the majority of the samples drawn at
+    its stop) and samples drawn are averaged over ``orderings`` orderings of its samples (default
+    ``EvalSettings.adaptive_orderings``; 1: the index order alone), and the cost is the run's
+    seconds per problem at the mean samples drawn. Returns ``{"problem_ids", "orderings",
+    "points": [{max_n, mean_samples, seconds, mean, per_problem, index_order_mean,
+    index_order_samples}]}``, the last two the single ordering of the samples in index order."""
     from ..eval.adaptive import AdaptiveRule
     from ..eval.budget import timing_from_rows
-    from ..eval.evaluation import group_by_problem, majority_of_prefix
+    from ..eval.evaluation import EvalSettings, adaptive_over_orderings, group_by_problem, majority_of_prefix
     from ..eval.grading import answer_key
     from ..eval.metrics import group_answers
 
+    orderings = EvalSettings.adaptive_orderings if orderings is None else orderings
     problems = group_by_problem(rows, "reward", "samples")
     n = min(len(p.preds) for p in problems)
     groups = [group_answers(p.preds, key=answer_key, same=task.same_answer) for p in problems]
     timing = timing_from_rows(rows)
+    caps = sorted({c for c in caps if 1 <= c <= n})
+    per = [adaptive_over_orderings(g[:n], p.correct[:n], rule, caps, orderings, seed * 1_000_003 + i)
+           for i, (p, g) in enumerate(zip(problems, groups))] if caps else []
     points = []
-    for cap in sorted({c for c in caps if 1 <= c <= n}):
+    for cap in caps:
+        values = [v[cap].value for v in per]
+        mean_samples = sum(v[cap].samples for v in per) / len(per)
         r = AdaptiveRule(rule.rule, rule.window, cap, rule.threshold)
         stops = [r.stop_after(g[:cap]) for g in groups]
-        values = [majority_of_prefix(g, p.correct, m) for p, g, m in zip(problems, groups, stops)]
-        mean_samples = sum(stops) / len(stops)
+        first = [majority_of_prefix(g, p.correct, m) for p, g, m in zip(problems, groups, stops)]
         points.append({"max_n": cap, "mean_samples": mean_samples,
                        "seconds": timing.seconds_per_problem(mean_samples) if timing else None,
-                       "mean": sum(values) / len(values), "per_problem": values})
-    return {"problem_ids": [p.problem_id for p in problems], "points": points}
+                       "mean": sum(values) / len(values), "per_problem": values,
+                       "index_order_mean": sum(first) / len(first), "index_order_samples": sum(stops) / len(stops)})
+    return {"problem_ids": [p.problem_id for p in problems], "orderings": orderings, "points": points}
+
+
+def _fitting(curve: dict[str, Any], seconds: float) -> list[dict[str, Any]]:
+    return [p for p in curve["points"] if p["seconds"] is not None and p["seconds"] <= seconds]
 
 
 def _best_adaptive(curve: dict[str, Any], seconds: float) -> Optional[dict[str, Any]]:
     """The cap with the highest accuracy whose seconds fit ``seconds`` (ties: the cheaper)."""
-    fit = [p for p in curve["points"] if p["seconds"] is not None and p["seconds"] <= seconds]
+    fit = _fitting(curve, seconds)
     return max(fit, key=lambda p: (p["mean"], -p["seconds"])) if fit else None
+
+
+def _cost_adaptive(curve: dict[str, Any], seconds: float) -> Optional[dict[str, Any]]:
+    """The largest cap whose seconds fit ``seconds``, whatever its accuracy: chosen by cost alone."""
+    fit = _fitting(curve, seconds)
+    return max(fit, key=lambda p: p["max_n"]) if fit else None
 
 
 def adaptive_claim(runs: dict[str, dict[str, Any]], curves: dict[str, dict[str, Any]], n_boot: int = 2000,
                    seed: int = 0) -> dict[str, Any]:
     """The claim's second reading: at each teacher budget (the seconds per problem of its fixed
-    k >= 2), every model votes adaptively (``curves``: ``adaptive_curve`` of one rule per model)
-    with the cap ``max_n`` that does best within those seconds, and each student is compared with
-    the teacher on the same problems, as ``claim_verdict`` does for fixed k: per budget
-    ``{name}`` / ``{name}_max_n`` / ``{name}_samples`` (accuracy, cap, mean samples drawn), and
-    ``{name}_diff``, ``_lo``, ``_hi``, ``_sd``, ``_detectable``, ``_paired_verdict``, ``_problems``."""
+    k >= 2), every model votes adaptively (``curves``: ``adaptive_curve`` of one rule per model,
+    each cap's accuracy averaged over orderings of the samples) with the cap ``max_n`` that does
+    best within those seconds, and each student is compared with the teacher on the same
+    problems, as ``claim_verdict`` does for fixed k: per budget ``{name}`` / ``{name}_max_n`` /
+    ``{name}_samples`` (accuracy, cap, mean samples drawn), and ``{name}_diff``, ``_lo``, ``_hi``,
+    ``_sd``, ``_detectable``, ``_paired_verdict``, ``_problems``.
+
+    Beside it, the reading with each model's cap chosen by cost alone (the largest cap that fits
+    the budget, so no accuracy on the test problems picks it): ``{name}_by_cost``,
+    ``{name}_by_cost_max_n``, ``{name}_by_cost_samples`` and per student ``{name}_by_cost_diff``,
+    ``_lo``, ``_hi``, ``_paired_verdict``, with ``student_wins_by_cost`` and
+    ``paired_verdicts_by_cost``."""
     order = curves["teacher"]["problem_ids"]
     rows = []
     for e in runs["teacher"]["metrics"]["majority"]:
         if e["k"] < 2 or e["seconds"] is None:
             continue
         row: dict[str, Any] = {"budget_k": e["k"], "seconds": e["seconds"]}
-        best = {name: _best_adaptive(curves[name], e["seconds"]) for name in MODELS}
-        for name in MODELS:
-            b = best[name]
-            row[name] = b["mean"] if b else None
-            row[f"{name}_max_n"] = b["max_n"] if b else None
-            row[f"{name}_samples"] = b["mean_samples"] if b else None
-        for name in STUDENTS:
-            d = None
-            if best[name] and best["teacher"]:
-                d = paired_values(dict(zip(curves[name]["problem_ids"], best[name]["per_problem"])),
-                                  dict(zip(order, best["teacher"]["per_problem"])), order, n_boot, seed)
-            for key in ("diff", "lo", "hi", "sd", "detectable"):
-                row[f"{name}_{key}"] = d[key] if d else None
-            row[f"{name}_paired_verdict"] = d["verdict"] if d else None
-            row[f"{name}_problems"] = d["problems"] if d else None
+        for suffix, pick in (("", _best_adaptive), ("_by_cost", _cost_adaptive)):
+            chosen = {name: pick(curves[name], e["seconds"]) for name in MODELS}
+            for name in MODELS:
+                b = chosen[name]
+                row[f"{name}{suffix}"] = b["mean"] if b else None
+                row[f"{name}{suffix}_max_n"] = b["max_n"] if b else None
+                row[f"{name}{suffix}_samples"] = b["mean_samples"] if b else None
+            for name in STUDENTS:
+                d = None
+                if chosen[name] and chosen["teacher"]:
+                    d = paired_values(dict(zip(curves[name]["problem_ids"], chosen[name]["per_problem"])),
+                                      dict(zip(order, chosen["teacher"]["per_problem"])), order, n_boot, seed)
+                keys = ("diff", "lo", "hi", "sd", "detectable") if not suffix else ("diff", "lo", "hi")
+                for key in keys:
+                    row[f"{name}{suffix}_{key}"] = d[key] if d else None
+                row[f"{name}{suffix}_paired_verdict"] = d["verdict"] if d else None
+                if not suffix:
+                    row[f"{name}_problems"] = d["problems"] if d else None
         rows.append(row)
-    wins = {name: sum(1 for r in rows if r[name] is not None and r["teacher"] is not None and r[name] > r["teacher"])
+    out: dict[str, Any] = {"budgets": rows, "budgets_compared": len(rows),
+                           "orderings": curves["teacher"].get("orderings")}
+    for suffix in ("", "_by_cost"):
+        out[f"student_wins{suffix}"] = {
+            name: sum(1 for r in rows if r[f"{name}{suffix}"] is not None and r[f"teacher{suffix}"] is not None
+                      and r[f"{name}{suffix}"] > r[f"teacher{suffix}"]) for name in STUDENTS}
+        out[f"paired_verdicts{suffix}"] = {
+            name: {v: sum(1 for r in rows if r[f"{name}{suffix}_paired_verdict"] == v) for v in ("above", "tied", "below")}
             for name in STUDENTS}
-    paired = {name: {v: sum(1 for r in rows if r[f"{name}_paired_verdict"] == v) for v in ("above", "tied", "below")}
-              for name in STUDENTS}
-    return {"budgets": rows, "student_wins": wins, "paired_verdicts": paired, "budgets_compared": len(rows)}
+    return out
 
 
 def _pct(x: Optional[float]) -> str:
@@ -272,20 +307,28 @@ def demo_markdown(results: dict[str, Any]) -> list[str]:
         cfg = results["config"]
         md += [f"### adaptive majority ({label}, window {cfg['adaptive_window']})", "",
                "Every model votes adaptively (simulated on its samples): each problem stops once the rule says "
-               "its vote is settled, or at the cap max_n; at each teacher budget every model uses the cap that "
-               "does best within those seconds (cap, mean samples drawn).", "",
+               "its vote is settled, or at the cap max_n; each cap's accuracy and mean samples are averaged over "
+               f"{v.get('orderings') or 1} orderings of each problem's samples. At each teacher budget every model "
+               "uses the cap that does best within those seconds (cap, mean samples drawn); the last two columns "
+               "instead take each model's largest cap that fits the budget, chosen by cost alone.", "",
                "| budget: teacher k | seconds/problem | teacher (cap, samples) | Llamba (cap, samples) | "
-               "Llamba - teacher [95% paired CI] | hybrid (cap, samples) | hybrid - teacher [95% paired CI] |",
-               "|---|---|---|---|---|---|---|"]
+               "Llamba - teacher [95% paired CI] | hybrid (cap, samples) | hybrid - teacher [95% paired CI] | "
+               "Llamba - teacher, cap by cost | hybrid - teacher, cap by cost |",
+               "|---|---|---|---|---|---|---|---|---|"]
         for r in v["budgets"]:
             md.append(f"| {r['budget_k']} | {r['seconds']:.3f} | {_adaptive_cell(r, 'teacher')} | "
                       f"{_adaptive_cell(r, 'llamba')} | {_paired(r, 'llamba')} | {_adaptive_cell(r, 'hybrid')} | "
-                      f"{_paired(r, 'hybrid')} |")
+                      f"{_paired(r, 'hybrid')} | {_paired(r, 'llamba_by_cost')} | {_paired(r, 'hybrid_by_cost')} |")
         paired = v["paired_verdicts"]
         md += ["", "Paired: " + "; ".join(
             f"{lab} above the teacher in {paired[name]['above']}, tied in {paired[name]['tied']}, below in "
             f"{paired[name]['below']}" for name, lab in (("llamba", "Llamba"), ("hybrid", "hybrid")))
             + f" of {v['budgets_compared']} budgets.", ""]
+        by_cost = v.get("paired_verdicts_by_cost")
+        if by_cost:
+            md += ["With the cap chosen by cost alone: " + "; ".join(
+                f"{lab} above in {by_cost[name]['above']}, tied in {by_cost[name]['tied']}, below in "
+                f"{by_cost[name]['below']}" for name, lab in (("llamba", "Llamba"), ("hybrid", "hybrid"))) + ".", ""]
         md += _power_note(v)
     verifier = results["config"].get("verifier", "orm")
     md += [f"Best-of-N and weighted Best-of-N use the {verifier.upper()} "
