@@ -4,14 +4,17 @@ measured side by side in one process (alternating runs), with the losses compare
     OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE python benchmarks/train_step_speed.py --steps 20
 
 Builds, from the demo's own recipes (``thinkfast.demo.recipes``) and the shipped teacher, the
-trainer of each long stage -- llamba kd, llamba sft, hybrid kd, hybrid sft -- on the demo's row
-shape (batch 4, seq_len 512, response-only loss), and for each variant runs the same optimizer
+trainer of each long stage -- llamba kd, llamba sft, hybrid kd, hybrid sft -- on the demo's rows
+(batch 4, one problem per row right-padded to seq_len 512, response-only loss), and for each variant runs the same optimizer
 steps from the same start. Variants:
 
-  reference  THINKFAST_SCAN_BACKEND=torch_reference: the readable chunked scan (``ssd_chunked``)
-             and F.conv1d under autograd, the training path before ``ssd_chunked_fast``
+  reference  THINKFAST_SCAN_BACKEND=torch_reference and train.trim_padding 0: the readable chunked
+             scan (``ssd_chunked``) and F.conv1d under autograd on rows padded to 512 tokens,
+             the training step before either optimisation
+  untrimmed  the default backend, rows padded to 512 (train.trim_padding 0)
   eager      the recipe as the demo runs it (the default backend: ``ssd_chunked_fast`` and
-             ``causal_depthwise_conv``, hand-written backwards)
+             ``causal_depthwise_conv``, hand-written backwards; batches cut to their longest
+             row, train.trim_padding 16)
   chunk0     loss.chunk_size 0: the logit losses on full logits (the demo's vocabulary is 217)
   compile    train.compile: the objective's forward + backward compiled by inductor
   compile+chunk0
@@ -39,7 +42,8 @@ import torch  # noqa: E402
 
 STAGES = ("llamba-kd", "llamba-sft", "hybrid-kd", "hybrid-sft")
 VARIANTS = {
-    "reference": {"scan_backend": "torch_reference"},
+    "reference": {"scan_backend": "torch_reference", "train": {"trim_padding": 0}},
+    "untrimmed": {"train": {"trim_padding": 0}},
     "eager": {},
     "chunk0": {"loss": {"chunk_size": 0}},
     "compile": {"train": {"compile": True}},

@@ -46,6 +46,27 @@ class TokenBlocks:
         return int((self.labels != IGNORE).sum())
 
 
+def trim_right_padding(batch: dict[str, torch.Tensor], multiple: int = 16) -> dict[str, torch.Tensor]:
+    """``batch`` (every (B, T) tensor of it) cut to its longest row's real length, rounded up to
+    ``multiple`` (at most T); other entries are kept as they are.
+
+    Rows are right-padded (``pad_each``) and a causal model never looks right, so every real
+    position's output -- and every loss over real positions -- is the same on the cut batch, to
+    float rounding; the positions cut hold only padding (``valid`` False, labels IGNORE). Packed
+    blocks are full, so nothing is cut. ``multiple`` bounds how many shapes a run sees (compiled
+    steps recompile per shape)."""
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    valid = batch["valid"]  # (B, T) bool
+    T = valid.shape[1]
+    real = valid.any(0).nonzero()
+    length = int(real[-1]) + 1 if real.numel() else 1
+    length = min(T, -(-length // multiple) * multiple)
+    if length == T:
+        return batch
+    return {k: v[:, :length] if v.dim() >= 2 and v.shape[:2] == valid.shape else v for k, v in batch.items()}
+
+
 def _stream(examples: list[Formatted], loss_on: str) -> tuple[torch.Tensor, torch.Tensor]:
     ids, mask = [], []
     for ex in examples:

@@ -57,6 +57,14 @@ class TrainConfig:
     fails to compile falls back to the eager step with a logged warning. On the demo's stages on
     one CPU thread it measured 1.25-1.35x once its recompiles had settled (docs/performance.md,
     "Training speed on CPU"); the demo leaves it off."""
+    trim_padding: int = 16
+    """Cut each micro-batch of right-padded rows (``data.pack: false``) to its longest row, rounded
+    up to this many tokens, before the forward pass; 0 keeps every row at ``data.seq_len``. The
+    cut positions hold only padding, so the losses are those of the full rows to float rounding
+    (a causal model never looks right); packed rows are full and are never cut. Objectives whose
+    loss counts padded positions (MOHAWK's matrix orientation compares whole T x T matrices) are
+    never cut. On the demo's rows (prompt and chain, 199-430 of 512 tokens) it removes about a
+    fifth of every step's work (docs/performance.md, "Training speed on CPU")."""
     teacher_dtype: str = "auto"
     """auto (bf16 on an accelerator when bf16 is on, else fp32) | fp32 | bf16: the dtype the
     frozen teacher is held in."""
@@ -96,6 +104,8 @@ class TrainConfig:
             raise ConfigError("train.betas must be two numbers")
         if self.teacher_dtype not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train.teacher_dtype must be auto, fp32 or bf16, got {self.teacher_dtype!r}")
+        if self.trim_padding < 0:
+            raise ConfigError(f"train.trim_padding must be >= 0 (0: no cut), got {self.trim_padding}")
         if self.peak_tflops is not None and self.peak_tflops <= 0:
             raise ConfigError("train.peak_tflops must be > 0")
 

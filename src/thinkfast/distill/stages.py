@@ -86,6 +86,10 @@ class StageObjective(Protocol):
         """Keep the frozen teacher in ``dtype``."""
 
     # the loss
+    trims_padding: bool
+    """Whether the loss is the same on a batch cut to its real length (``train.trim_padding``):
+    true when only real positions count."""
+
     def units(self, batch: dict[str, torch.Tensor]) -> int: ...
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
     def flops_per_token(self) -> float:
@@ -120,6 +124,7 @@ class Objective(nn.Module):
     """The base of every stage (implements ``StageObjective``)."""
 
     name = "objective"
+    trims_padding = True  # every loss below counts real positions only, except the matrix stage's
 
     def __init__(self, student: LanguageModel, teacher: Optional[LanguageModel] = None, trainable: str = "all"):
         super().__init__()
@@ -270,6 +275,7 @@ class MatrixObjective(_LayerwiseObjective):
     """MOHAWK stage 1 (matrix orientation)."""
 
     name = "matrix"
+    trims_padding = False  # the Frobenius norm runs over whole (T, T) matrices, padded rows included
 
     def __init__(self, student, teacher, trainable="auto"):
         if trainable not in ("auto", "mixers"):

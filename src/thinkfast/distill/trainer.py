@@ -45,7 +45,7 @@ import torch
 from ..checkpoint import CheckpointError, read_config
 from ..config import atomic_write_text
 from ..data.dataset import BatchSchedule, DataBundle
-from ..data.packing import TokenBlocks
+from ..data.packing import TokenBlocks, trim_right_padding
 from .. import runtime
 from ..runtime import UserError
 from . import distributed as D
@@ -56,10 +56,12 @@ from .stages import StageObjective
 
 VOLATILE_TRAIN_KEYS = ("steps", "micro_batch_size", "log_every", "eval_every", "eval_batches", "save_every",
                        "keep_checkpoints", "progress", "tensorboard", "wandb", "wandb_project", "distributed",
-                       "device", "threads", "stop_after", "activation_checkpointing", "peak_tflops")
+                       "device", "threads", "stop_after", "activation_checkpointing", "peak_tflops",
+                       "trim_padding")
 """Train settings that may change between a run and its resumption (they do not change what the
 next step computes, except ``steps``, which moves the end of the schedule; activation
-checkpointing recomputes the same values)."""
+checkpointing recomputes the same values, and cutting padding leaves the losses as they are
+to float rounding)."""
 
 CHECKPOINT_FORMAT = 2
 """trainer_state.json "format": 2 = sharded state/ (DCP); absent = optimizer.pt (read only)."""
@@ -416,6 +418,14 @@ class Trainer:
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.env.device, non_blocking=True) for k, v in batch.items()}
 
+    def _batch(self, blocks: TokenBlocks, index: list[int]) -> dict[str, torch.Tensor]:
+        """Blocks ``index`` as a batch, cut to its real length (``train.trim_padding``) unless the
+        objective's loss counts padded positions."""
+        b = blocks.batch(index)
+        if self.cfg.trim_padding and self.obj.trims_padding:
+            b = trim_right_padding(b, self.cfg.trim_padding)
+        return b
+
     def _forward_sums(self, blocks: TokenBlocks, micro: list[list[int]], train: bool):
         """Over micro-batches, backward when training, each micro-batch's loss weighted by its
         share of the global units: (sums, keys, units, tokens) with ``sums`` a device tensor
@@ -423,7 +433,7 @@ class Trainer:
         on the device: no host sync per micro-batch."""
         # An empty slice (eval, uneven shards) still runs one forward -- FSDP ranks move in
         # lockstep -- on block 0 with weight 0.
-        batches = [blocks.batch(ix or [0]) for ix in micro]
+        batches = [self._batch(blocks, ix or [0]) for ix in micro]
         units = [self.obj.units(b) if ix else 0 for b, ix in zip(batches, micro)]
         tokens = sum(int(b["valid"].sum()) for b, ix in zip(batches, micro) if ix)
         total_units, tokens = D.all_reduce_sum([sum(units), tokens], self.env)
