@@ -52,10 +52,19 @@ def test_fast_path_trains_like_the_reference_path(tmp_path, token_data, monkeypa
     got, got_sd = train(tmp_path, student, stage, token_data, "torch", monkeypatch)
     assert len(got) == len(ref) == 4
     assert got == pytest.approx(ref, rel=1e-5, abs=1e-6)
-    # AdamW's first steps move every weight by about lr whatever the gradient's size, so a
-    # rounding-level gradient difference where a gradient is near zero shows as up to ~1e-4 here.
-    for k in ref_sd:
-        torch.testing.assert_close(got_sd[k], ref_sd[k], rtol=1e-4, atol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
+    assert_weights_close(got_sd, ref_sd, lr=3e-3, steps=4)
+
+
+def assert_weights_close(got: dict, ref: dict, lr: float, steps: int) -> None:
+    """AdamW's first steps move every weight by about lr whatever its gradient's size, so where a
+    gradient is near zero a rounding-level difference (which kernels a CPU dispatches to) can flip
+    an update's sign: a few weights then differ by up to 2 lr per step. A wrong gradient moves most
+    weights by about lr, so: almost every weight within 1e-4, and none beyond 2 lr x steps."""
+    for k in ref:
+        diff = (got[k] - ref[k]).abs()
+        off = (diff > 1e-4 + 1e-4 * ref[k].abs()).float().mean().item()
+        assert off <= 0.005, f"{k}: {off:.2%} of the weights differ by more than 1e-4"
+        assert diff.max().item() <= 2 * lr * steps, f"{k}: a weight differs by {diff.max().item():.3g}"
 
 
 @pytest.mark.parametrize("student", list(STUDENTS))
