@@ -12,7 +12,8 @@ the same table on the demo's test problems is reported after the choice, never u
 
     OMP_NUM_THREADS=1 python benchmarks/verifier_comparison.py OUT [--n-val 100] [--split val|test|both]
 
-Writes OUT/result.json (every figure and the seconds of every stage); samples are resumable.
+Writes OUT/result.json (every figure and the seconds of every stage). A rerun on the same OUT reuses
+every finished stage whose settings match: samples, PRM labels, trained verifiers, scores.
 """
 
 from __future__ import annotations
@@ -92,6 +93,21 @@ def print_table(name: str, t: dict) -> None:
     print("AUC: " + ", ".join(f"{s} {v:.3f}" for s, v in t["auc"].items() if v is not None))
 
 
+def read_cache(path: Path, spec: dict) -> dict | None:
+    """``path``'s JSON if it exists and was written for ``spec``, else None."""
+    if not path.exists():
+        return None
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return d if d.get("spec") == spec else None
+
+
+def write_json(path: Path, d: dict) -> None:
+    atomic_write_text(path, json.dumps(d) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", type=Path)
@@ -105,6 +121,8 @@ def main() -> None:
     ap.add_argument("--rollouts", type=int, default=4)
     ap.add_argument("--prm-label", choices=("soft", "hard"), default="soft")
     ap.add_argument("--no-finetune", action="store_true", help="skip the fine-tuned ORM and PRM (the slow ones)")
+    ap.add_argument("--ft-epochs", type=int, default=3, help="epochs of the fine-tuned ORM and PRM")
+    ap.add_argument("--ft-lr", type=float, default=3e-4, help="learning rate of the fine-tuned ORM and PRM")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -113,14 +131,24 @@ def main() -> None:
     (out / "data").mkdir(parents=True, exist_ok=True)
     cfg, meta = DemoConfig(), demo_task_config()
     task = demo_task(meta)
-    seconds: dict[str, float] = {}
+    # Finished stages are reused: samples resume (``run_sampling``), the PRM labels, every trained
+    # verifier (OUT/models/NAME, with NAME.json holding its settings) and every split's scores
+    # (OUT/scores/NAME_SPLIT.json) are read back when their settings match. A stage's seconds are
+    # those of the run that did it (OUT/seconds.json).
+    seconds_path = out / "seconds.json"
+    seconds: dict[str, float] = json.loads(seconds_path.read_text()) if seconds_path.exists() else {}
 
-    def timed(name, fn):
+    def timed(name, fn, keep=lambda r: True):
         t0 = time.perf_counter()
         r = fn()
-        seconds[name] = round(time.perf_counter() - t0, 1)
-        print(f"[{name}: {seconds[name]} s]", flush=True)
+        if keep(r):
+            seconds[name] = round(time.perf_counter() - t0, 1)
+            write_json(seconds_path, seconds)
+        print(f"[{name}: {seconds.get(name)} s]", flush=True)
         return r
+
+    def sampled(r: dict) -> bool:  # a sampling stage that wrote nothing was reused
+        return r["written"] > 0
 
     # --- problems: the demo's ORM train problems, validation problems, the demo's test problems
     train_all = syn.generate(task.config, "train", cfg.n_train + args.n_val, seed=meta["seed"])
@@ -136,37 +164,69 @@ def main() -> None:
     # --- training samples, as the demo's ORM stage draws them
     train_path = out / "teacher_train_samples.jsonl"
     timed("sample_train", lambda: sample_file(args.teacher, task, train_ex, train_path, "teacher", cfg.orm_samples,
-                                              args.temperature, cfg, print))
+                                              args.temperature, cfg, print), sampled)
     train_rows = grade_rows(task, read_jsonl(train_path), str(train_path))
-    backbone, tok = load_backbone(str(args.teacher), "thinkfast")
+    base_spec = {"teacher": str(args.teacher), "temperature": args.temperature, "seed": args.seed,
+                 "train_samples": len(train_rows)}
 
-    scorers: dict[str, object] = {}
+    # name -> (spec, loader): the loader returns the trained model, training it if no saved one matches
+    verifiers: dict[str, tuple[dict, object]] = {}
     info: dict[str, object] = {}
 
+    def trained(name: str, spec: dict, cls, train) -> object:
+        """The verifier ``name``: read back from OUT/models if trained with ``spec``, else trained
+        (``train(model)`` returns the epochs' losses) and saved (backbone too if fine-tuned)."""
+        model_dir, meta_path = out / "models" / name, out / "models" / f"{name}.json"
+        done = read_cache(meta_path, spec)
+        if done is not None and model_dir.exists():
+            info[name] = done["info"]
+            print(f"[{name}: reusing {model_dir}]", flush=True)
+            return cls.load(model_dir)
+        m = train()
+        m.save(model_dir, save_backbone=spec["train_backbone"])
+        write_json(meta_path, {"spec": spec, "info": info[name]})
+        return m
+
+    def known(name: str, spec: dict) -> None:  # a saved verifier's training figures, even if it is not loaded
+        done = read_cache(out / "models" / f"{name}.json", spec)
+        if done is not None:
+            info[name] = done["info"]
+
     def orm(name: str, rmcfg: TrainRMConfig) -> None:
-        bb, tk = load_backbone(str(args.teacher), "thinkfast")
-        m = OutcomeRewardModel(bb, tk, max_len=bb.config.max_seq_len, backbone_path=str(args.teacher))
-        data = balanced_examples(train_rows, rmcfg.seed)
-        losses = timed(f"train_{name}", lambda: train_orm(m, data, rmcfg))
-        scorers[name] = m
-        info[name] = {"examples": len(data), "loss_first_last": [losses[0], losses[-1]]}
+        spec = {**base_spec, "kind": "orm", **vars(rmcfg)}
+
+        def train():
+            bb, tk = load_backbone(str(args.teacher), "thinkfast")
+            m = OutcomeRewardModel(bb, tk, max_len=bb.config.max_seq_len, backbone_path=str(args.teacher))
+            data = balanced_examples(train_rows, rmcfg.seed)
+            losses = timed(f"train_{name}", lambda: train_orm(m, data, rmcfg, log=print))
+            info[name] = {"examples": len(data), "loss_first_last": [losses[0], losses[-1]]}
+            return m
+
+        verifiers[name] = (spec, lambda: trained(name, spec, OutcomeRewardModel, train))
+        known(name, spec)
 
     orm("orm", TrainRMConfig(epochs=20, lr=3e-3, batch_size=32, seed=args.seed))
     if not args.no_finetune:
-        orm("orm_ft", TrainRMConfig(epochs=3, lr=3e-4, batch_size=32, seed=args.seed, train_backbone=True))
+        orm("orm_ft", TrainRMConfig(epochs=args.ft_epochs, lr=args.ft_lr, batch_size=32, seed=args.seed,
+                                    train_backbone=True))
 
     # --- PRM labels: rollouts from every step of a subset of the training samples
     pids = list(dict.fromkeys(r["problem_id"] for r in train_rows))[: args.prm_problems]
     keep = set(pids)
     prm_rows = [r for r in train_rows if r["problem_id"] in keep and r["sample_index"] < args.prm_samples]
-    examples = {e.id: e for e in train_ex}
-    fn = engine_rollout_fn(backbone, tok, task, examples, args.temperature, cfg.max_new_tokens, seed=args.seed)
     labels_path = out / "prm_labels.jsonl"
-    if labels_path.exists():
+    label_spec = {**base_spec, "prm_problems": args.prm_problems, "prm_samples": args.prm_samples,
+                  "rollouts": args.rollouts}
+    if read_cache(out / "prm_labels.json", label_spec) is not None and labels_path.exists():
         labelled = list(read_jsonl(labels_path))
     else:
+        backbone, tok = load_backbone(str(args.teacher), "thinkfast")
+        examples = {e.id: e for e in train_ex}
+        fn = engine_rollout_fn(backbone, tok, task, examples, args.temperature, cfg.max_new_tokens, seed=args.seed)
         labelled = timed("prm_label", lambda: label_rows(prm_rows, fn, args.rollouts, "line"))
         atomic_write_text(labels_path, "".join(json.dumps(d) + "\n" for d in labelled))
+        write_json(out / "prm_labels.json", {"spec": label_spec})
     n_steps = sum(len(d["soft"]) for d in labelled)
     info["prm_labels"] = {"samples": len(labelled), "steps": n_steps, "rollouts": args.rollouts,
                           "correct_samples": sum(d["correct"] for d in labelled),
@@ -175,47 +235,79 @@ def main() -> None:
     print(info["prm_labels"])
 
     def prm(name: str, pcfg: TrainPRMConfig) -> None:
-        bb, tk = load_backbone(str(args.teacher), "thinkfast")
-        m = StepRewardModel(bb, tk, "line", "min", max_len=bb.config.max_seq_len, backbone_path=str(args.teacher))
-        losses = timed(f"train_{name}", lambda: train_prm(m, labelled, pcfg))
-        scorers[name] = m
-        info[name] = {"loss_first_last": [losses[0], losses[-1]]}
+        spec = {**label_spec, "kind": "prm", "label_steps": n_steps, **vars(pcfg)}
+
+        def train():
+            bb, tk = load_backbone(str(args.teacher), "thinkfast")
+            m = StepRewardModel(bb, tk, "line", "min", max_len=bb.config.max_seq_len, backbone_path=str(args.teacher))
+            losses = timed(f"train_{name}", lambda: train_prm(m, labelled, pcfg, log=print))
+            info[name] = {"loss_first_last": [losses[0], losses[-1]]}
+            return m
+
+        verifiers[name] = (spec, lambda: trained(name, spec, StepRewardModel, train))
+        known(name, spec)
 
     prm("prm", TrainPRMConfig(epochs=20, lr=3e-3, batch_size=32, seed=args.seed, label=args.prm_label))
     if not args.no_finetune:
-        prm("prm_ft", TrainPRMConfig(epochs=3, lr=3e-4, batch_size=32, seed=args.seed, label=args.prm_label,
-                                     train_backbone=True))
+        prm("prm_ft", TrainPRMConfig(epochs=args.ft_epochs, lr=args.ft_lr, batch_size=32, seed=args.seed,
+                                     label=args.prm_label, train_backbone=True))
 
     # --- score the samples of each evaluation split
+    splits = ("val", "test") if args.split == "both" else (args.split,)
+    models: dict[str, object] = {}
+
+    def model(name: str):
+        if name not in models:
+            models[name] = verifiers[name][1]()
+        return models[name]
+
+    split_rows = {}
+    for split in splits:  # train every verifier before sampling: a run's seconds come in the same order
+        exs = task.load("test", path=str(out / "data" / f"{split}.jsonl"))[: args.n_val if split == "val" else None]
+        split_rows[split] = exs
+        for name, (spec, _) in verifiers.items():
+            if read_cache(out / "scores" / f"{name}_{split}.json", {**spec, "split": split}) is None:
+                model(name)
     result = {"temperature": args.temperature, "n_samples": args.n_samples, "prm_problems": args.prm_problems,
               "prm_samples": args.prm_samples, "rollouts": args.rollouts, "prm_label": args.prm_label,
-              "train": info, "splits": {}}
-    splits = ("val", "test") if args.split == "both" else (args.split,)
+              "ft_epochs": None if args.no_finetune else args.ft_epochs, "ft_lr": args.ft_lr, "train": info,
+              "splits": {}}
     for split in splits:
-        exs = task.load("test", path=str(out / "data" / f"{split}.jsonl"))[: args.n_val if split == "val" else None]
+        exs = split_rows[split]
         path = out / f"{split}_samples_T{args.temperature}.jsonl"
         timed(f"sample_{split}", lambda: sample_file(args.teacher, task, exs, path, "teacher", args.n_samples,
-                                                     args.temperature, cfg, print))
+                                                     args.temperature, cfg, print), sampled)
         rows = grade_rows(task, read_jsonl(path), str(path))
         qs, cs = [r["question"] for r in rows], [r["completion"] for r in rows]
+        keys = [[r["problem_id"], r["sample_index"]] for r in rows]
         names = []
-        for name, m in scorers.items():
-            if isinstance(m, StepRewardModel):
-                steps = timed(f"score_{name}_{split}", lambda: m.step_scores_batch(qs, cs, batch_size=32))
-                for r, s in zip(rows, steps):
+        for name, (spec, _) in verifiers.items():
+            score_path, score_spec = out / "scores" / f"{name}_{split}.json", {**spec, "split": split}
+            done = read_cache(score_path, score_spec)
+            if done is not None and done["keys"] == keys:
+                scores = done["scores"]
+                print(f"[score_{name}_{split}: reusing {score_path}]", flush=True)
+            else:
+                m = model(name)
+                if isinstance(m, StepRewardModel):  # per row: its steps' scores
+                    scores = timed(f"score_{name}_{split}", lambda: m.step_scores_batch(qs, cs, batch_size=32))
+                else:
+                    scores = timed(f"score_{name}_{split}", lambda: m.score(qs, cs, batch_size=32))
+                write_json(score_path, {"spec": score_spec, "keys": keys, "scores": scores})
+            if spec["kind"] == "prm":
+                for r, s in zip(rows, scores):
                     r[f"{name}_min"] = min(s) if s else 0.0
                     r[f"{name}_last"] = s[-1] if s else 0.0
                 names += [f"{name}_min", f"{name}_last"]
             else:
-                sc = timed(f"score_{name}_{split}", lambda: m.score(qs, cs, batch_size=32))
-                for r, s in zip(rows, sc):
+                for r, s in zip(rows, scores):
                     r[name] = s
                 names.append(name)
         t = table(rows, names, args.n_boot, args.seed)
         result["splits"][split] = t
         print_table(split, t)
-    result["seconds"] = seconds
-    atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
+        result["seconds"] = seconds  # written after each split: validation's figures come first
+        atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
     print(json.dumps(seconds))
 
 

@@ -256,37 +256,50 @@ def test_eta_scales_the_stages_left_by_the_measured_speed():
 
 
 def test_verifier_is_named_and_checked():
-    assert demo.DemoConfig().verifier == "orm" and set(demo.VERIFIERS) == {"orm", "prm"}
+    # validation's pick (docs/verifiers.md): the PRM, a chain scored by its last step
+    cfg = demo.DemoConfig()
+    assert (cfg.verifier, cfg.prm_aggregate) == ("prm", "last") and set(demo.VERIFIERS) == {"orm", "prm"}
     with pytest.raises(ValueError, match="unknown verifier"):
         demo.DemoConfig(verifier="no-such-verifier")
-    # the PRM's stage is costed only when it runs
-    assert "prm" not in demo.stage_seconds(demo.DemoConfig())
-    assert demo.stage_seconds(demo.DemoConfig(verifier="prm"))["prm"] > 0
+    with pytest.raises(ValueError, match="unknown prm_aggregate"):
+        demo.DemoConfig(prm_aggregate="mean")
+    # the PRM's stage is costed only when it runs, and the ORM stage then only samples
+    orm = demo.stage_seconds(demo.DemoConfig(verifier="orm"))
+    assert "prm" not in orm
+    assert demo.stage_seconds(cfg)["prm"] > 0
+    assert demo.stage_seconds(cfg)["orm"] == pytest.approx(orm["orm"] - demo.REFERENCE.orm_train_s)
 
 
-def test_default_verifier_is_the_orm(quick_run):
-    rows = [json.loads(line) for line in (quick_run / "samples" / "teacher.scored.jsonl").read_text().splitlines()]
-    assert all(isinstance(r["reward"], float) and "reward_steps" not in r for r in rows)
-    assert not (quick_run / "prm").exists()
-    assert "use the ORM (an outcome reward model" in (quick_run / "report.md").read_text()
+def test_default_verifier_is_the_prm_scored_by_its_last_step(quick_run):
+    """The default run trains the PRM from the ORM stage's teacher samples, leaves the ORM untrained,
+    and scores every model's samples by the last step's score."""
+    results = json.loads((quick_run / "results.json").read_text())
+    assert (results["config"]["verifier"], results["config"]["prm_aggregate"]) == ("prm", "last")
+    stages = json.loads((quick_run / "stages.json").read_text())
+    trained_on = len((quick_run / "orm" / "teacher_train_samples.jsonl").read_text().splitlines())
+    assert 0 < stages["prm"]["result"]["samples"] <= trained_on
+    assert stages["orm"]["result"] == {"problems": demo.DemoConfig.preset(True).orm_problems, "trained": False}
+    assert not (quick_run / "orm" / "model").exists()
+    assert (quick_run / "prm" / "model" / "prm.json").exists()
+    for name in ("teacher", "llamba", "hybrid"):
+        rows = [json.loads(line) for line in (quick_run / "samples" / f"{name}.scored.jsonl").read_text().splitlines()]
+        assert rows and all(isinstance(r["reward_steps"], list) for r in rows)
+        assert all(r["reward"] == (r["reward_steps"][-1] if r["reward_steps"] else 0.0) for r in rows)
+    assert "use the PRM (a process reward model" in (quick_run / "report.md").read_text()
+    assert "by its last step: validation's pick" in (quick_run / "report.md").read_text()
 
 
 @pytest.mark.slow
-def test_prm_verifier_trains_a_prm_and_scores_with_it(tmp_path):
-    """``--verifier prm``: a PRM trained from the ORM stage's teacher samples scores every model's
-    samples (a per-step score beside each reward)."""
+def test_orm_verifier_trains_the_orm_and_scores_with_it(tmp_path):
+    """``--verifier orm``: the ORM stage trains an ORM, which scores every model's samples; no PRM."""
     out = tmp_path / "out"
-    assert main(["demo", "--quick", "--verifier", "prm", "--out", str(out), "--threads", "1"]) == 0
+    assert main(["demo", "--quick", "--verifier", "orm", "--out", str(out), "--threads", "1"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["config"]["verifier"] == "prm"
-    stages = json.loads((out / "stages.json").read_text())
-    trained_on = len((out / "orm" / "teacher_train_samples.jsonl").read_text().splitlines())
-    assert 0 < stages["prm"]["result"]["samples"] <= trained_on
-    assert (out / "prm" / "model" / "prm.json").exists()
-    for name in ("teacher", "llamba", "hybrid"):
-        rows = [json.loads(line) for line in (out / "samples" / f"{name}.scored.jsonl").read_text().splitlines()]
-        assert all(isinstance(r["reward"], float) and isinstance(r["reward_steps"], list) for r in rows)
-    assert "use the PRM (a process reward model" in (out / "report.md").read_text()
+    assert results["config"]["verifier"] == "orm"
+    assert (out / "orm" / "model" / "orm.json").exists() and not (out / "prm").exists()
+    rows = [json.loads(line) for line in (out / "samples" / "teacher.scored.jsonl").read_text().splitlines()]
+    assert all(isinstance(r["reward"], float) and "reward_steps" not in r for r in rows)
+    assert "use the ORM (an outcome reward model" in (out / "report.md").read_text()
 
 
 def test_claim_scores_teacher_and_students_at_their_best_within_each_budget():

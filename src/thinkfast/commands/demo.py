@@ -23,10 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "two, see docs/demo-study.md)")
     from ..demo.config import VERIFIERS
 
-    p.add_argument("--verifier", choices=VERIFIERS, default="orm",
-                   help="the verifier whose scores Best-of-N and weighted Best-of-N use: orm (the default), an "
-                        "outcome reward model on the frozen teacher, or prm, a process reward model whose step "
-                        "labels come from teacher rollouts (docs/demo-study.md)")
+    p.add_argument("--verifier", choices=VERIFIERS, default=None,
+                   help="the verifier whose scores Best-of-N and weighted Best-of-N use: prm (the default, "
+                        "validation's pick), a process reward model whose step labels come from teacher "
+                        "rollouts, scored by its last step, or orm, an outcome reward model on the frozen "
+                        "teacher (docs/verifiers.md)")
     p.add_argument("--jobs", type=positive_int, default=None,
                    help="processes for the stages that time nothing (the students, the ORM, scoring), run "
                         "side by side (default: one per core, each with --threads threads, at most 2; 1 runs "

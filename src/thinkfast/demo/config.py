@@ -88,12 +88,17 @@ class DemoConfig:
     (docs/adaptive-sampling.md)."""
     adaptive_threshold: float = 0.95
     """The beta rule's confidence."""
-    verifier: str = "orm"
+    verifier: str = "prm"
     """The verifier whose scores Best-of-N and weighted Best-of-N use (one of ``VERIFIERS``):
-    "orm", an outcome reward model on the frozen teacher, trained on graded teacher samples of
-    train problems (the default, docs/demo-study.md); "prm", a Math-Shepherd process reward model
-    (``eval.prm``) on the frozen teacher, its step labels from rollouts of the teacher on the
-    same samples (stage ``prm``)."""
+    "prm" (the default), a Math-Shepherd process reward model (``eval.prm``) on the frozen teacher,
+    its step labels from rollouts of the teacher on the ORM stage's graded teacher samples of train
+    problems (stage ``prm``), a chain scored by ``prm_aggregate``; "orm", an outcome reward model on
+    the frozen teacher trained on those samples. Chosen on validation problems (docs/verifiers.md):
+    weighted majority with the PRM scored by its last step is at or above majority at every k there,
+    with the highest mean over k of any verifier rule, fine-tuned ones included."""
+    prm_aggregate: str = "last"
+    """How the PRM scores a chain from its steps' scores: "last" (the last step's, validation's
+    pick) or "min" (the lowest)."""
     prm_rollouts: int = 4
     """Teacher continuations per step that label the PRM's training steps (verifier "prm")."""
     prm_problems: int = 64
@@ -104,6 +109,8 @@ class DemoConfig:
     def __post_init__(self) -> None:
         if self.verifier not in VERIFIERS:
             raise ValueError(f"unknown verifier {self.verifier!r}; choose from {', '.join(VERIFIERS)}")
+        if self.prm_aggregate not in ("min", "last"):
+            raise ValueError(f"unknown prm_aggregate {self.prm_aggregate!r}; choose from min, last")
 
     @classmethod
     def preset(cls, quick: bool) -> "DemoConfig":

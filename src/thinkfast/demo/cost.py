@@ -94,7 +94,8 @@ def stage_seconds(cfg: DemoConfig, rates: Rates = REFERENCE,
         if name in STUDENTS:
             out[name] = 2 * o + sum(n * train_step_seconds(rates, key, tok)
                                     for key, (n, tok) in steps.items() if key.startswith(name + "/"))
-    out["orm"] = o + rates.orm_train_s + _decode_s(cfg, rates, "teacher", cfg.orm_problems * cfg.orm_samples)
+    orm_train = rates.orm_train_s if cfg.verifier == "orm" else 0.0  # the PRM needs only the ORM's samples
+    out["orm"] = o + orm_train + _decode_s(cfg, rates, "teacher", cfg.orm_problems * cfg.orm_samples)
     if cfg.verifier == "prm":
         labelled = min(cfg.orm_problems, cfg.prm_problems) * min(cfg.orm_samples, cfg.prm_samples)
         rollouts = labelled * rates.prm_steps_per_sample * cfg.prm_rollouts

@@ -26,11 +26,13 @@ from .stages import (StageRunner, check_out_dir, in_worker, lock_out_dir, out_di
 
 def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teacher: bool = False,
              log: Callable[[str], None] = print, jobs: Optional[int] = None,
-             verifier: str = "orm") -> dict[str, Any]:
+             verifier: Optional[str] = None) -> dict[str, Any]:
     """Run every stage (reusing finished ones), holding OUT's lock; returns results.json's
     content. ``jobs``: processes for the stages that run side by side (default: ``parallel_workers``);
-    ``verifier``: ``DemoConfig.verifier``."""
-    cfg = dataclasses.replace(DemoConfig.preset(quick), verifier=verifier)
+    ``verifier``: ``DemoConfig.verifier`` (None: its default)."""
+    cfg = DemoConfig.preset(quick)
+    if verifier is not None:
+        cfg = dataclasses.replace(cfg, verifier=verifier)
     task_meta = demo_task_config()
     teacher_tag = "retrained" if retrain_teacher else "shipped"
     if not retrain_teacher:
@@ -87,7 +89,8 @@ def run_stages(out: Path, cfg: DemoConfig, task_meta: dict[str, Any], teacher_ta
     temperature("teacher")
     # Stages that time nothing run side by side when there is a core for each (one thread each,
     # the demo's default, keeps the sum of their steps/s): the two students and the ORM (which
-    # needs only the teacher and its temperature), later the grading and scoring of the samples.
+    # needs only the teacher and its temperature; with the PRM verifier it only samples, for the
+    # PRM's labels), later the grading and scoring of the samples.
     stages.run_parallel({
         "llamba": functools.partial(in_worker, threads, 0, distil,
                                     llamba_recipe(cfg, out / "llamba", model_dirs["teacher"], train_path)),
@@ -95,7 +98,7 @@ def run_stages(out: Path, cfg: DemoConfig, task_meta: dict[str, Any], teacher_ta
                                     hybrid_recipe(cfg, out / "hybrid", model_dirs["teacher"], train_path,
                                                   str(layers_json))),
         "orm": functools.partial(in_worker, threads, 1, orm_stage, model_dirs["teacher"], task, orm_ex,
-                                 out / "orm", temps["teacher"], cfg),
+                                 out / "orm", temps["teacher"], cfg, print, cfg.verifier == "orm"),
     }, workers, poll=functools.partial(_first_training_steps, out, cfg, eta))
     if cfg.verifier == "prm":  # its labels roll out the ORM stage's teacher samples
         stages.run("prm", lambda: prm_stage(model_dirs["teacher"], task, orm_ex, out / "orm" / "teacher_train_samples.jsonl",
@@ -129,7 +132,7 @@ def run_stages(out: Path, cfg: DemoConfig, task_meta: dict[str, Any], teacher_ta
     scored = {name: samples / f"{name}.scored.jsonl" for name in MODELS}
     stages.run_parallel({f"score-{name}": functools.partial(
         in_worker, threads, i % 2, score_stage, task, samples / f"{name}.jsonl", scored[name], verifier_dir,
-        verifier_kind)
+        verifier_kind, cfg.prm_aggregate)
         for i, name in enumerate(MODELS)}, workers)
 
     results = write_results(out, cfg, task, task_meta, teacher_tag, stages, scored, temps, speeds, n_by_model,

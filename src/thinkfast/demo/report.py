@@ -331,9 +331,18 @@ def demo_markdown(results: dict[str, Any]) -> list[str]:
                 f"{by_cost[name]['below']}" for name, lab in (("llamba", "Llamba"), ("hybrid", "hybrid"))) + ".", ""]
         md += _power_note(v)
     verifier = results["config"].get("verifier", "orm")
-    md += [f"Best-of-N and weighted Best-of-N use the {verifier.upper()} "
-           f"({'an outcome' if verifier == 'orm' else 'a process'} reward model on the frozen teacher, "
-           "trained on graded teacher samples of train problems).", ""]
+    if verifier == "prm":
+        agg = results["config"].get("prm_aggregate", "min")
+        md += [f"Best-of-N and weighted Best-of-N use the PRM (a process reward model on the frozen teacher, its "
+               f"step labels from teacher rollouts on graded samples of train problems), a chain scored by its "
+               f"{'last' if agg == 'last' else 'lowest'} step"
+               + (": validation's pick, its weighted majority at or above majority at every k on validation "
+                  "problems, with the highest mean over k of any verifier (docs/verifiers.md)." if agg == "last" else
+                  "; validation picks its last step instead (docs/verifiers.md)."), ""]
+    else:
+        md += ["Best-of-N and weighted Best-of-N use the ORM (an outcome reward model on the frozen teacher, trained "
+               "on graded teacher samples of train problems); validation picks the PRM scored by its last step "
+               "instead (docs/verifiers.md).", ""]
     hl = results["hybrid_layers"]
     md += [f"The hybrid keeps attention in layers {hl['layers']} ({hl['pattern']}), chosen by {hl['method']} "
            "KL on train problems.", ""]

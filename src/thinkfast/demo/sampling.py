@@ -149,10 +149,13 @@ def samples_per_problem(cfg: DemoConfig, decode_s_per_sample: dict[str, Optional
 
 
 def orm_stage(teacher_dir: Path, task: Any, examples: list, out_dir: Path, temperature: float,
-              cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Sample the teacher on TRAIN problems, grade the samples and train an ORM on them."""
+              cfg: DemoConfig, log: Callable[[str], None] = print, train: bool = True) -> dict[str, Any]:
+    """Sample the teacher on TRAIN problems, grade the samples and train an ORM on them (unless
+    ``train`` is false: the PRM verifier needs only the samples)."""
     path = out_dir / "teacher_train_samples.jsonl"
-    sample_file(teacher_dir, task, examples, path, "teacher", cfg.orm_samples, temperature, cfg, log)
+    rep = sample_file(teacher_dir, task, examples, path, "teacher", cfg.orm_samples, temperature, cfg, log)
+    if not train:
+        return {"problems": rep["written"] + rep["skipped"], "trained": False}
     return train_orm_stage(teacher_dir, task, path, out_dir / "model", cfg, log)
 
 
@@ -199,22 +202,24 @@ def prm_stage(teacher_dir: Path, task: Any, examples: list, samples: Path, out_d
     rows = grade_rows(task, read_jsonl(samples), str(samples))
     recipe = PRMRecipe(problems=cfg.prm_problems, samples_per_problem=cfg.prm_samples,
                        rollouts=cfg.prm_rollouts, temperature=temperature, max_new_tokens=cfg.max_new_tokens,
-                       split="line", seed=cfg.seed, add_bos=TASK_FORMAT["add_bos"],
+                       split="line", aggregate=cfg.prm_aggregate, seed=cfg.seed, add_bos=TASK_FORMAT["add_bos"],
                        batch_rows=cfg.batch_problems * cfg.n_samples)
     summary = train_prm_from_samples(teacher_dir, task, rows, out_dir, recipe,
                                      examples={e.id: e for e in examples}, log=log)
     return {k: v for k, v in summary.items() if k != "recipe"}
 
 
-def score_stage(task: Any, raw: Path, scored: Path, orm_dir: Path, kind: str = "orm") -> dict[str, Any]:
+def score_stage(task: Any, raw: Path, scored: Path, orm_dir: Path, kind: str = "orm",
+                aggregate: str = "min") -> dict[str, Any]:
     """Grade the samples in ``raw`` and add the verifier's scores: ``thinkfast grade`` then ``thinkfast
-    score --kind KIND`` (``orm``, or ``thinkfast-prm`` for the demo's PRM), into ``scored``."""
+    score --kind KIND --aggregate AGGREGATE`` (``orm``, or ``thinkfast-prm`` for the demo's PRM,
+    which scores a chain by its steps' min or last), into ``scored``."""
     from ..eval.grading import grade_rows, summarize
     from ..eval.io import read_jsonl, write_jsonl_atomic
     from ..eval.rewards import load_scorer, score_rows
 
     rows = grade_rows(task, read_jsonl(raw), str(raw))
-    rows, failed = score_rows(load_scorer(str(orm_dir), kind), rows, batch_size=32)
+    rows, failed = score_rows(load_scorer(str(orm_dir), kind, aggregate), rows, batch_size=32)
     write_jsonl_atomic(scored, rows)
     return {"grading": summarize(rows).to_dict(), "unscored": failed}
 
