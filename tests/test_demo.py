@@ -244,6 +244,15 @@ def test_eta_scales_the_stages_left_by_the_measured_speed():
     left = demo.stage_seconds(cfg)
     del left["data"]
     assert eta.remaining_seconds() == pytest.approx(2 * demo.total_seconds(left, 2))
+    # a stage measured again is ignored; another stage's first steps join, weighted by its expected seconds
+    eta.training_steps("llamba/kd", 10, 90 * demo.REFERENCE.train_s_per_step["llamba/kd"], tokens)
+    assert eta.speed == pytest.approx(2.0)
+    eta.training_steps("hybrid/sft", 10, 40 * demo.REFERENCE.train_s_per_step["hybrid/sft"], tokens)
+    w_kd = cfg.mohawk_steps[2] * demo.REFERENCE.train_s_per_step["llamba/kd"]
+    w_sft = cfg.hybrid_sft_steps * demo.REFERENCE.train_s_per_step["hybrid/sft"]
+    assert eta.speed == pytest.approx((2 * w_kd + 4 * w_sft) / (w_kd + w_sft))
+    assert "hybrid/sft" in printed[-1] and printed[-1].startswith("ETA ")
+    eta.speed = 2.0  # as before the second stage, for what follows
     # the probe's decode speeds replace the model for the sampling stages, which the factor no longer scales
     n_by = {"teacher": 32, "llamba": 64, "hybrid": 32}
     eta.decode_measured({"teacher": 1000.0, "llamba": 2000.0, "hybrid": 1000.0}, n_by)

@@ -180,7 +180,9 @@ class Eta:
     started: float = 0.0
     first_expected: float = 0.0
     """The expected duration ``announce`` printed, in seconds."""
-    _from_steps: bool = False
+    step_speeds: dict = field(default_factory=dict)
+    """``{"student/stage": (actual / expected seconds per step, the stage's expected seconds)}``
+    of each student stage whose first steps have been measured (``training_steps``)."""
 
     def __post_init__(self) -> None:
         self.started = self.clock()
@@ -210,16 +212,22 @@ class Eta:
     @property
     def has_step_speed(self) -> bool:
         """Whether ``training_steps`` has measured the machine's speed."""
-        return self._from_steps
+        return bool(self.step_speeds)
 
     def training_steps(self, stage: str, steps: int, train_seconds: float, tokens_per_step: int) -> None:
-        """The first measured steps of a student stage (``"llamba/kd"``, ...): the machine's speed
-        from them, and the ETA printed, once."""
-        if self._from_steps or steps <= 0 or train_seconds <= 0:
+        """The first measured steps of a student stage (``"llamba/kd"``, ...), once per stage: the
+        machine's speed becomes the mean of the measured stages' speeds, each weighted by the
+        stage's expected seconds (a short stage says little about a long one: MOHAWK's matrix
+        stage runs other shapes than KD and SFT), and the ETA is printed."""
+        if stage in self.step_speeds or steps <= 0 or train_seconds <= 0:
             return
-        self._from_steps = True
-        self.speed = (train_seconds / steps) / train_step_seconds(self.rates, stage, tokens_per_step)
-        self.report(f"{steps} steps of {stage}")
+        ref = train_step_seconds(self.rates, stage, tokens_per_step)
+        stage_steps = student_steps(self.cfg).get(stage, (steps, tokens_per_step))[0]
+        self.step_speeds[stage] = ((train_seconds / steps) / ref, stage_steps * ref)
+        weight = sum(w for _, w in self.step_speeds.values())
+        self.speed = sum(r * w for r, w in self.step_speeds.values()) / weight
+        self.report(f"{steps} steps of {stage}" + (f" and the first steps of {len(self.step_speeds) - 1} "
+                                                   f"earlier stages" if len(self.step_speeds) > 1 else ""))
 
     def decode_measured(self, tokens_per_s: dict[str, float], n_by_model: dict[str, int]) -> None:
         """The probe's decode speeds and the samples each model will draw."""
@@ -238,6 +246,6 @@ class Eta:
         predicted = sum(exp[k] for k in ran)
         if predicted > 0:
             self.speed = sum(self.done[k] for k in ran) / predicted
-        if self._from_steps or set(STUDENTS) & (set(self.done) - self.reused):
+        if self.step_speeds or set(STUDENTS) & (set(self.done) - self.reused):
             # before the first training steps the stages that ran are too short to tell the speed
             self.report(f"the stages run so far, {name} last")

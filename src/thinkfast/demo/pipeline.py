@@ -99,7 +99,7 @@ def run_stages(out: Path, cfg: DemoConfig, task_meta: dict[str, Any], teacher_ta
                                                   str(layers_json))),
         "orm": functools.partial(in_worker, threads, 1, orm_stage, model_dirs["teacher"], task, orm_ex,
                                  out / "orm", temps["teacher"], cfg, print, cfg.verifier == "orm"),
-    }, workers, poll=functools.partial(_first_training_steps, out, cfg, eta))
+    }, workers, poll=functools.partial(_training_step_speeds, out, cfg, eta))
     if cfg.verifier == "prm":  # its labels roll out the ORM stage's teacher samples
         stages.run("prm", lambda: prm_stage(model_dirs["teacher"], task, orm_ex, out / "orm" / "teacher_train_samples.jsonl",
                                             out / "prm" / "model", temps["teacher"], cfg, log))
@@ -189,25 +189,23 @@ def write_results(out: Path, cfg: DemoConfig, task: Any, task_meta: dict[str, An
     return results
 
 
-def _first_training_steps(out: Path, cfg: DemoConfig, eta: Eta, min_seconds: float = 5.0) -> None:
-    """Hand ``eta`` a student's first measured training steps, once: the first record of its
-    stage's metrics.jsonl (the trainer appends one every ``log_every`` steps) with at least
-    ``min_seconds`` of training, or a finished stage's last record (a later stage has begun)."""
-    if eta.has_step_speed:
-        return
+def _training_step_speeds(out: Path, cfg: DemoConfig, eta: Eta, min_seconds: float = 5.0) -> None:
+    """Hand ``eta`` each student stage's first measured training steps, once per stage: the first
+    record of the stage's metrics.jsonl (the trainer appends one every ``log_every`` steps) with
+    at least ``min_seconds`` of training, or a finished stage's last record (a later stage has
+    begun)."""
     steps = student_steps(cfg)
     for name in STUDENTS:
         files = sorted((out / name).glob("*-*/metrics.jsonl"))
         for i, metrics in enumerate(files):
             key = f"{name}/{metrics.parent.name.split('-', 1)[1]}"
-            if key not in steps:
+            if key not in steps or key in eta.step_speeds:
                 continue
             records = [r for r in _records(metrics) if r.get("train_time_s") and r.get("step")]
             long_enough = [r for r in records if r["train_time_s"] >= min_seconds]
             rec = long_enough[0] if long_enough else records[-1] if records and i + 1 < len(files) else None
             if rec is not None:
                 eta.training_steps(key, int(rec["step"]), float(rec["train_time_s"]), steps[key][1])
-                return
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
