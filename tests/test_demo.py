@@ -5,10 +5,12 @@ import json
 import operator
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
 import thinkfast.demo as demo
+import thinkfast.demo.cost as demo_cost
 import thinkfast.demo.pipeline as pipeline
 import thinkfast.demo.recipes as recipes
 from thinkfast.cli import main
@@ -217,14 +219,38 @@ def test_cost_model_counts_each_stage_by_its_units():
     assert s2["llamba"] == s["llamba"] and s2["orm"] == s["orm"]
     # one worker: every stage after another; two: the parallel groups overlap
     assert demo.total_seconds(s, 1) == pytest.approx(sum(s.values()))
+    grouped = [st for g in demo_cost.PARALLEL_GROUPS for st in g]
     assert demo.total_seconds(s, 2) == pytest.approx(
-        sum(s.values()) - s["hybrid"] - s["orm"] - s["score-teacher"] - s["score-hybrid"]
-        + max(0, s["hybrid"] + s["orm"] - s["llamba"]) + max(0, s["score-teacher"] + s["score-hybrid"] - s["score-llamba"]))
+        sum(v for k, v in s.items() if k not in grouped)
+        + sum(demo_cost.schedule({st: s[st] for st in g if st in s}, 2, demo_cost.PARALLEL_AFTER)
+              for g in demo_cost.PARALLEL_GROUPS))
+    # the training group: the stages after the hybrid fill the core it frees while Llamba trains
+    train = {st: s[st] for st in demo_cost.TRAINING_GROUP if st in s}
+    beside = ("hybrid", "orm", "greedy-teacher", "temperature-hybrid", "greedy-hybrid", "prm")
+    assert sum(s[st] for st in beside) < s["llamba"]  # all of it fits beside Llamba's training
+    assert demo_cost.schedule(train, 2, demo_cost.TRAINING_AFTER) == pytest.approx(
+        s["llamba"] + max(s["temperature-llamba"], s["greedy-llamba"]))
     assert demo.makespan([3, 2, 2], 2) == 4 and demo.makespan([], 2) == 0
     # the largest n_test that fits a limit fits it, and one step more does not
     n = demo.largest_n_test(cfg, 1800)
     fits = lambda n: demo.total_seconds(demo.stage_seconds(replace(cfg, n_test=n), rates, n_by), 2) <= 1800
     assert n % 8 == 0 and fits(n) and not fits(n + 8)
+
+
+def test_schedule_hands_a_stage_over_once_what_it_waits_for_has_finished():
+    """``schedule`` models ``run_parallel``: jobs handed over in order once ready, FIFO onto the
+    first free worker; checked on cases worked by hand."""
+    sched = demo_cost.schedule
+    assert sched({}, 2) == 0
+    assert sched({"a": 3, "b": 2, "c": 2}, 2) == 4  # c starts when b ends
+    assert sched({"a": 3, "b": 2, "c": 2}, 2, {"c": ("a",)}) == 5  # c waits for a, not b
+    assert sched({"a": 3, "b": 2, "c": 2}, 1, {"c": ("a",)}) == 7
+    # d (ready at once) is handed over before c (ready when b ends), so it takes the first free core
+    assert sched({"a": 10, "b": 1, "c": 5, "d": 4}, 2, {"c": ("b",)}) == 10  # b, d on one core, then c
+    assert sched({"a": 10, "b": 1, "c": 5, "d": 4}, 2, {"c": ("b",), "d": ("a",)}) == 14
+    # the Llamba-shaped case: a long job, a short one and what waits for each
+    assert sched({"long": 100, "short": 30, "after-short": 20, "after-long": 5}, 2,
+                 {"after-short": ("short",), "after-long": ("long",)}) == 105
 
 
 def test_eta_scales_the_stages_left_by_the_measured_speed():
@@ -445,6 +471,35 @@ def test_parallel_stages_record_each_and_name_a_failure(tmp_path):
     again = demo.StageRunner(tmp_path, False, lambda msg: None)
     assert again.run_parallel({"good": functools.partial(pow, 3, 3), "bad": functools.partial(pow, 2, 3)},
                               workers=2) == {"good": 1024, "bad": 8}
+
+
+def test_parallel_stage_waits_for_the_stages_it_names(tmp_path):
+    """A stage listed in ``after`` starts only once those have finished: here it reads the file the
+    slow stage writes (without the wait it would start at once, on the free worker, and find no
+    file); a stage waiting for a failed one is not run, and a rerun runs it."""
+    import subprocess
+    made = tmp_path / "made.txt"
+    jobs = {"slow": functools.partial(subprocess.check_call, ["sh", "-c", f"sleep 1; echo done > {made}"]),
+            "other": functools.partial(pow, 2, 2),
+            "reader": functools.partial(Path.read_text, made)}
+    runner = demo.StageRunner(tmp_path / "a", False, lambda msg: None)
+    (tmp_path / "a").mkdir()
+    assert runner.run_parallel(jobs, workers=2, after={"reader": ("slow",)}) == {
+        "slow": 0, "other": 4, "reader": "done\n"}
+    with pytest.raises(ValueError, match="listed before it"):
+        runner.run_parallel({"reader": jobs["reader"], "slow": jobs["slow"]}, workers=2, after={"reader": ("slow",)})
+    # a failed stage: what waits for it is not run, the rest is kept
+    out_b = tmp_path / "b"
+    out_b.mkdir()
+    failing = {"bad": functools.partial(operator.truediv, 1, 0), "waits": functools.partial(pow, 3, 2),
+               "free": functools.partial(pow, 5, 2)}
+    with pytest.raises(UserError, match="stage 'bad' failed"):
+        demo.StageRunner(out_b, False, lambda msg: None).run_parallel(failing, workers=2, after={"waits": ("bad",)})
+    state = json.loads((out_b / "stages.json").read_text())
+    assert "waits" not in state and state["free"]["result"] == 25
+    fixed = {**failing, "bad": functools.partial(operator.truediv, 4, 2)}
+    assert demo.StageRunner(out_b, False, lambda msg: None).run_parallel(
+        fixed, workers=2, after={"waits": ("bad",)}) == {"bad": 2.0, "waits": 9, "free": 25}
 
 
 def test_parallel_workers_fit_the_cores(monkeypatch):

@@ -80,6 +80,16 @@ def _decode_s(cfg: DemoConfig, rates: Rates, model: str, samples: int) -> float:
     return samples * tokens / rates.decode_tokens_per_s[model]
 
 
+TRAINING_GROUP = ("llamba", "hybrid", "orm", "greedy-teacher", "temperature-hybrid", "greedy-hybrid", "prm",
+                  "temperature-llamba", "greedy-llamba")
+"""The stages ``run_stages`` runs side by side with the students' training, in this order: the
+teacher's verifier data, and whatever needs only a finished student and times nothing that the
+claim reads, so the core the hybrid frees while Llamba still trains is not left idle."""
+TRAINING_AFTER = {"prm": ("orm",), "temperature-hybrid": ("hybrid",), "greedy-hybrid": ("hybrid",),
+                  "temperature-llamba": ("llamba",), "greedy-llamba": ("llamba",)}
+"""What each stage of ``TRAINING_GROUP`` waits for (``StageRunner.run_parallel``'s ``after``)."""
+
+
 def stage_seconds(cfg: DemoConfig, rates: Rates = REFERENCE,
                   n_by_model: Optional[dict[str, int]] = None, probe_repeats: int = 3) -> dict[str, float]:
     """Expected wall seconds of every stage of ``run_stages``, in the order they run, each as if
@@ -111,33 +121,58 @@ def stage_seconds(cfg: DemoConfig, rates: Rates = REFERENCE,
     for name in MODELS:
         out[f"score-{name}"] = o + cfg.n_test * n_by_model[name] * rates.score_s_per_sample
     out["report"] = 1.0 + cfg.n_test * rates.report_s_per_problem
-    order = ["data", "teacher", "select", "temperature-teacher", "llamba", "hybrid", "orm", "prm",
-             "temperature-llamba", "temperature-hybrid", *[f"speed-{m}" for m in MODELS],
-             *[s for m in MODELS for s in (f"sample-{m}", f"greedy-{m}")], *[f"score-{m}" for m in MODELS], "report"]
+    order = ["data", "teacher", "select", "temperature-teacher", *TRAINING_GROUP, *[f"speed-{m}" for m in MODELS],
+             *[f"sample-{m}" for m in MODELS], *[f"score-{m}" for m in MODELS], "report"]
     return {k: out[k] for k in order if k in out}
 
 
-PARALLEL_GROUPS = (("llamba", "hybrid", "orm"), ("score-teacher", "score-llamba", "score-hybrid"))
+PARALLEL_GROUPS = (TRAINING_GROUP, ("score-teacher", "score-llamba", "score-hybrid"))
 """The stages ``run_stages`` runs side by side, each group in this order (``StageRunner.run_parallel``)."""
+PARALLEL_AFTER = TRAINING_AFTER
 
 
 def makespan(durations: list[float], workers: int) -> float:
     """Wall seconds of jobs handed in order to the first free of ``workers`` processes (what a
     process pool does with jobs submitted in order)."""
-    free = [0.0] * max(1, workers)
-    for d in durations:
-        i = min(range(len(free)), key=free.__getitem__)
-        free[i] += d
-    return max(free) if durations else 0.0
+    return schedule(dict(enumerate(durations)), workers)
+
+
+def schedule(durations: dict, workers: int, after: Optional[dict] = None) -> float:
+    """Wall seconds of ``durations``' jobs run as ``StageRunner.run_parallel`` runs them: each job
+    is handed to the pool, in the dict's order, once the jobs it waits for (``after``) have
+    finished, and the pool starts the jobs handed to it, in the order handed, on its first free
+    worker (a pure function; an event simulation)."""
+    after = after or {}
+    waiting, queue, running, done = list(durations), [], [], set()
+    free, now = max(1, workers), 0.0
+
+    def hand_over() -> None:
+        for j in list(waiting):
+            if all(d in done or d not in durations for d in after.get(j, ())):
+                waiting.remove(j)
+                queue.append(j)
+
+    hand_over()
+    while queue or running:
+        while queue and free:
+            j = queue.pop(0)
+            running.append((now + durations[j], j))
+            free -= 1
+        running.sort(key=lambda r: r[0])
+        now, j = running.pop(0)
+        free += 1
+        done.add(j)
+        hand_over()
+    return now
 
 
 def total_seconds(seconds: dict[str, float], workers: int) -> float:
     """Wall seconds of a run whose stages take ``seconds``: every stage one after another, but
-    each of ``PARALLEL_GROUPS`` across ``workers`` processes."""
+    each of ``PARALLEL_GROUPS`` across ``workers`` processes, as ``schedule`` runs them."""
     grouped = {s for g in PARALLEL_GROUPS for s in g}
     total = sum(v for k, v in seconds.items() if k not in grouped)
     for g in PARALLEL_GROUPS:
-        total += makespan([seconds[s] for s in g if s in seconds], workers)
+        total += schedule({s: seconds[s] for s in g if s in seconds}, workers, PARALLEL_AFTER)
     return total
 
 

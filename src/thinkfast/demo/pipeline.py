@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 from ..config import atomic_write_text, to_dict
 from ..runtime import UserError
 from .config import MODELS, STUDENTS, DemoConfig, demo_task, demo_task_config
-from .cost import Eta, student_steps
+from .cost import TRAINING_AFTER, TRAINING_GROUP, Eta, student_steps
 from .recipes import (distil, hybrid_recipe, llamba_recipe, select_hybrid_layers, shipped_teacher_digest,
                       shipped_teacher_task, teacher_stage)
 from .report import adaptive_claim, adaptive_curve, budget_ks, claim_verdict, demo_markdown, throughput_table
@@ -53,8 +53,9 @@ def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teache
 def run_stages(out: Path, cfg: DemoConfig, task_meta: dict[str, Any], teacher_tag: str, stages: StageRunner,
                retrain_teacher: bool, log: Callable[[str], None], jobs: Optional[int]) -> dict[str, Any]:
     """``run_demo``'s stages, in a prepared and locked OUT: data, teacher, select, the teacher's
-    temperature, the students and the ORM (side by side), the students' temperatures, then per
-    model its samples and greedy pass, the scores (side by side), and the report."""
+    temperature; side by side, the students, the verifier's data and training, each model's greedy
+    pass and the students' temperatures; then each model's speed probe and test samples, one at a
+    time; the scores (side by side), and the report."""
     import torch
 
     from ..data import synthetic as syn
@@ -81,32 +82,55 @@ def run_stages(out: Path, cfg: DemoConfig, task_meta: dict[str, Any], teacher_ta
     orm_ex = train_examples[cfg.temp_problems: cfg.temp_problems + cfg.orm_problems]
     temps, speeds = {}, {}
 
-    def temperature(name: str) -> None:  # timed: runs with nothing beside it
-        chosen = stages.run(f"temperature-{name}", lambda: choose_temperature(
-            model_dirs[name], task, temp_ex, out / "temperature", name, cfg, log))
+    def took_temperature(name: str, chosen: dict[str, Any]) -> None:
         temps[name], speeds[name] = chosen["temperature"], chosen.get("decode_s_per_sample")
 
-    temperature("teacher")
-    # Stages that time nothing run side by side when there is a core for each (one thread each,
-    # the demo's default, keeps the sum of their steps/s): the two students and the ORM (which
-    # needs only the teacher and its temperature; with the PRM verifier it only samples, for the
-    # PRM's labels), later the grading and scoring of the samples.
-    stages.run_parallel({
-        "llamba": functools.partial(in_worker, threads, 0, distil,
-                                    llamba_recipe(cfg, out / "llamba", model_dirs["teacher"], train_path)),
-        "hybrid": functools.partial(in_worker, threads, 1, distil,
-                                    hybrid_recipe(cfg, out / "hybrid", model_dirs["teacher"], train_path,
-                                                  str(layers_json))),
-        "orm": functools.partial(in_worker, threads, 1, orm_stage, model_dirs["teacher"], task, orm_ex,
-                                 out / "orm", temps["teacher"], cfg, print, cfg.verifier == "orm"),
-    }, workers, poll=functools.partial(_training_step_speeds, out, cfg, eta))
-    if cfg.verifier == "prm":  # its labels roll out the ORM stage's teacher samples
-        stages.run("prm", lambda: prm_stage(model_dirs["teacher"], task, orm_ex, out / "orm" / "teacher_train_samples.jsonl",
-                                            out / "prm" / "model", temps["teacher"], cfg, log))
-    verifier_dir, verifier_kind = out / cfg.verifier / "model", {"orm": "orm", "prm": "thinkfast-prm"}[cfg.verifier]
-    for name in MODELS[1:]:
-        temperature(name)
+    took_temperature("teacher", stages.run("temperature-teacher", lambda: choose_temperature(
+        model_dirs["teacher"], task, temp_ex, out / "temperature", "teacher", cfg, log)))
     test_examples = task.load("test", path=str(test_path))
+    samples = out / "samples"
+    # Stages that time nothing the claim reads run side by side when there is a core for each (one
+    # thread each, the demo's default, keeps the sum of their steps/s): the two students, the
+    # teacher samples of train problems the verifier learns from (the ORM stage; with the PRM
+    # verifier it only samples, for the PRM's labels, then the PRM), and each greedy pass and
+    # student temperature as soon as its model exists, so the core the hybrid frees while Llamba
+    # still trains does not idle (cost.TRAINING_GROUP; the students' temperature stages record
+    # their decode speed only for the record: the speed probes below set the sample counts).
+    def job(position: int, fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+        return functools.partial(in_worker, threads, position, fn, *args)
+
+    def temperature_job(name: str, position: int) -> Callable[[], Any]:
+        return job(position, choose_temperature, model_dirs[name], task, temp_ex, out / "temperature", name, cfg,
+                   print)
+
+    def greedy_job(name: str, position: int) -> Callable[[], Any]:
+        return job(position, greedy_stage, model_dirs[name], task, test_examples, samples / f"{name}.greedy.jsonl",
+                   name, cfg, print)
+
+    training = {
+        "llamba": job(0, distil, llamba_recipe(cfg, out / "llamba", model_dirs["teacher"], train_path)),
+        "hybrid": job(1, distil, hybrid_recipe(cfg, out / "hybrid", model_dirs["teacher"], train_path,
+                                               str(layers_json))),
+        "orm": job(1, orm_stage, model_dirs["teacher"], task, orm_ex, out / "orm", temps["teacher"], cfg, print,
+                   cfg.verifier == "orm"),
+        "greedy-teacher": greedy_job("teacher", 1),
+        "temperature-hybrid": temperature_job("hybrid", 1),
+        "greedy-hybrid": greedy_job("hybrid", 1),
+        # its labels roll out the ORM stage's teacher samples
+        "prm": job(1, prm_stage, model_dirs["teacher"], task, orm_ex, out / "orm" / "teacher_train_samples.jsonl",
+                   out / "prm" / "model", temps["teacher"], cfg, print),
+        "temperature-llamba": temperature_job("llamba", 1),
+        "greedy-llamba": greedy_job("llamba", 0),
+    }
+    if cfg.verifier != "prm":
+        del training["prm"]
+    assert tuple(training) == tuple(s for s in TRAINING_GROUP if s in training), "cost.TRAINING_GROUP's order"
+    done = stages.run_parallel(training, workers, poll=functools.partial(_training_step_speeds, out, cfg, eta),
+                               after=TRAINING_AFTER)
+    for name in STUDENTS:
+        took_temperature(name, done[f"temperature-{name}"])
+    greedy = {name: done[f"greedy-{name}"] for name in MODELS}
+    verifier_dir, verifier_kind = out / cfg.verifier / "model", {"orm": "orm", "prm": "thinkfast-prm"}[cfg.verifier]
     # Each model's speed where the test sampling spends it: its calls' rows, prompts and
     # max_new_tokens (timed: one model at a time, nothing beside it).
     probes = {name: stages.run(f"speed-{name}", lambda name=name: decode_speed(
@@ -120,15 +144,11 @@ def run_stages(out: Path, cfg: DemoConfig, task_meta: dict[str, Any], teacher_ta
     eta.decode_measured({name: p["decode_tokens_per_s"] for name, p in probes.items() if p["decode_tokens_per_s"]},
                         n_by_model)
 
-    samples = out / "samples"
-    greedy: dict[str, dict[str, Any]] = {}
-    for name in MODELS:  # timed: one model at a time
+    for name in MODELS:  # timed: one model at a time, nothing beside it (the claim's seconds)
         n = n_by_model[name]  # same rows per call for every model: fewer problems when n is larger
         stages.run(f"sample-{name}", lambda name=name, n=n: sample_file(
             model_dirs[name], task, test_examples, samples / f"{name}.jsonl", name, n, temps[name], cfg, log,
             batch_problems=max(1, cfg.batch_problems * cfg.n_samples // n)))
-        greedy[name] = stages.run(f"greedy-{name}", lambda name=name: greedy_stage(
-            model_dirs[name], task, test_examples, samples / f"{name}.greedy.jsonl", name, cfg, log))
     scored = {name: samples / f"{name}.scored.jsonl" for name in MODELS}
     stages.run_parallel({f"score-{name}": functools.partial(
         in_worker, threads, i % 2, score_stage, task, samples / f"{name}.jsonl", scored[name], verifier_dir,

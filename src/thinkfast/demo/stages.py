@@ -78,13 +78,23 @@ class StageRunner:
         return result
 
     def run_parallel(self, jobs: dict[str, Callable[[], Any]], workers: int,
-                     poll: Optional[Callable[[], None]] = None) -> dict[str, Any]:
+                     poll: Optional[Callable[[], None]] = None,
+                     after: Optional[dict[str, tuple[str, ...]]] = None) -> dict[str, Any]:
         """Run independent stages at once, each in a spawned worker process, and record each as it
         finishes (its own wall time; they overlap). ``jobs`` values must pickle (module-level
-        functions, ``functools.partial`` of them). With ``workers`` <= 1, or one stage left to do,
-        they run here one after another. A failing stage is named; the others still finish and
-        are kept, so a rerun redoes only the failed one. ``poll()`` is called every few seconds
-        while workers run (e.g. to read their progress)."""
+        functions, ``functools.partial`` of them). ``after``: stages that wait for others of
+        ``jobs`` (``{"prm": ("orm",)}``); a stage is handed to the pool once those have finished,
+        and the pool gives its free workers the stages handed to it in order (``cost.schedule``
+        models exactly this). ``jobs`` must list every stage after those it waits for. With
+        ``workers`` <= 1, or one stage left to do, they run here one after another. A failing
+        stage is named; the others still finish and are kept (a stage waiting for a failed one is
+        not run), so a rerun redoes only those. ``poll()`` is called every few seconds while
+        workers run (e.g. to read their progress)."""
+        after = {k: tuple(v) for k, v in (after or {}).items()}
+        names = list(jobs)
+        for name, deps in after.items():
+            if name not in jobs or any(d not in jobs or names.index(d) > names.index(name) for d in deps):
+                raise ValueError(f"stage {name!r} waits for {deps}: each must be one of the jobs, listed before it")
         todo = [name for name in jobs if name not in self.state]
         if workers <= 1 or len(todo) <= 1:
             with _polling(poll):
@@ -102,7 +112,18 @@ class StageRunner:
         # writing into OUT beside a rerun.
         with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
                                  initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-            futures = {pool.submit(_timed, jobs[name]): name for name in todo}
+            waiting, futures = list(todo), {}
+
+            def hand_over() -> None:  # every waiting stage whose stages ran, in jobs' order
+                for name in list(waiting):
+                    deps = after.get(name, ())
+                    if any(d in errors or (d in waiting) for d in deps):
+                        continue
+                    if all(d in self.state for d in deps):
+                        waiting.remove(name)
+                        futures[pool.submit(_timed, jobs[name])] = name
+
+            hand_over()
             pending = set(futures)
             while pending:
                 finished, pending = wait(pending, timeout=5.0, return_when=FIRST_COMPLETED)
@@ -110,6 +131,10 @@ class StageRunner:
                     poll()
                 for future in finished:
                     self._collect(futures[future], future, errors)
+                if finished:
+                    known = set(futures)
+                    hand_over()
+                    pending |= set(futures) - known
         for name, e in errors.items():
             raise self._failure(name, e) from e
         return {name: self.state[name]["result"] for name in jobs}
