@@ -290,6 +290,37 @@ def test_eta_scales_the_stages_left_by_the_measured_speed():
     assert eta.speed == pytest.approx(2.0) and eta.remaining_seconds() < before
 
 
+def test_eta_counts_a_parallel_group_under_way_from_when_it_began():
+    """While the students train, the stages of their group already run count the time they have
+    had: with the hybrid done on time, the ETA is what is left of Llamba's stage (and what waits
+    for it), not the whole of it."""
+    cfg = demo.DemoConfig()
+    now = [0.0]
+    eta = demo.Eta(cfg, workers=2, log=lambda msg: None, clock=lambda: now[0])
+    exp = eta.expected()
+    after_group = {k: v for k, v in exp.items()
+                   if k not in demo_cost.TRAINING_GROUP and list(exp).index(k) > list(exp).index("llamba")}
+    for st in ("data", "teacher", "select", "temperature-teacher"):  # before the group, reused: no speed
+        eta.stage_finished(st, 1.0, reused=True)
+    eta.begin_group(tuple(s for s in demo_cost.TRAINING_GROUP if s in exp))
+    now[0] = exp["hybrid"]
+    eta.stage_finished("hybrid", exp["hybrid"], reused=False)  # on time: the speed stays 1
+    assert eta.speed == pytest.approx(1.0)
+    llamba_left = exp["llamba"] + max(exp["temperature-llamba"], exp["greedy-llamba"]) - exp["hybrid"]
+    assert eta.remaining_seconds() == pytest.approx(llamba_left + demo.total_seconds(after_group, 2))
+    # a resumed run whose hybrid was reused: that stage takes no time in this run's schedule
+    resumed = demo.Eta(cfg, workers=2, log=lambda msg: None, clock=lambda: now[0])
+    now[0] = 0.0
+    for st in ("data", "teacher", "select", "temperature-teacher", "hybrid"):
+        resumed.stage_finished(st, 999.0, reused=True)
+    resumed.begin_group(tuple(s for s in demo_cost.TRAINING_GROUP if s in exp))
+    now[0] = 100.0
+    rest = {s: exp[s] for s in demo_cost.TRAINING_GROUP if s in exp and s != "hybrid"}
+    assert resumed.remaining_seconds() == pytest.approx(
+        demo_cost.schedule({**rest, "hybrid": 0.0}, 2, demo_cost.TRAINING_AFTER) - 100.0
+        + demo.total_seconds(after_group, 2))
+
+
 def test_verifier_is_named_and_checked():
     # validation's pick (docs/verifiers.md): the PRM, a chain scored by its last step
     cfg = demo.DemoConfig()

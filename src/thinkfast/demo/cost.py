@@ -218,6 +218,8 @@ class Eta:
     step_speeds: dict = field(default_factory=dict)
     """``{"student/stage": (actual / expected seconds per step, the stage's expected seconds)}``
     of each student stage whose first steps have been measured (``training_steps``)."""
+    group_started: dict = field(default_factory=dict)
+    """``{index in PARALLEL_GROUPS: clock when it began}`` (``begin_group``)."""
 
     def __post_init__(self) -> None:
         self.started = self.clock()
@@ -225,10 +227,29 @@ class Eta:
     def expected(self) -> dict[str, float]:
         return stage_seconds(self.cfg, self.rates, self.n_by_model)
 
+    def begin_group(self, stages: tuple[str, ...]) -> None:
+        """The stages of one of ``PARALLEL_GROUPS`` have begun, side by side, now."""
+        for i, g in enumerate(PARALLEL_GROUPS):
+            if set(stages) <= set(g):
+                self.group_started.setdefault(i, self.clock())
+
     def remaining_seconds(self) -> float:
+        """Seconds left: the stages not done at their expected seconds (times ``speed`` where not
+        measured), in order; a parallel group under way is scheduled whole, its finished stages
+        at their actual seconds (reused ones at none), less the time it has run so far."""
         exp = self.expected()
-        left = {k: (v if k in self.measured else v * self.speed) for k, v in exp.items() if k not in self.done}
-        return total_seconds(left, self.workers)
+        scaled = {k: (v if k in self.measured else v * self.speed) for k, v in exp.items()}
+        left = {k: v for k, v in scaled.items() if k not in self.done}
+        total = total_seconds(left, self.workers)
+        for i, start in self.group_started.items():
+            g = [s for s in PARALLEL_GROUPS[i] if s in scaled]
+            if not any(s in left for s in g):
+                continue
+            pending = schedule({s: left[s] for s in g if s in left}, self.workers, PARALLEL_AFTER)
+            ran = {s: 0.0 if s in self.reused else self.done.get(s, scaled[s]) for s in g}  # reused: not rerun
+            whole = schedule(ran, self.workers, PARALLEL_AFTER)
+            total += max(0.0, whole - (self.clock() - start)) - pending
+        return total
 
     def announce(self) -> float:
         """Print the expected duration before the run starts; returns it in seconds."""

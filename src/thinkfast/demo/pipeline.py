@@ -125,6 +125,7 @@ def run_stages(out: Path, cfg: DemoConfig, task_meta: dict[str, Any], teacher_ta
     if cfg.verifier != "prm":
         del training["prm"]
     assert tuple(training) == tuple(s for s in TRAINING_GROUP if s in training), "cost.TRAINING_GROUP's order"
+    eta.begin_group(tuple(training))
     done = stages.run_parallel(training, workers, poll=functools.partial(_training_step_speeds, out, cfg, eta),
                                after=TRAINING_AFTER)
     for name in STUDENTS:
@@ -150,6 +151,7 @@ def run_stages(out: Path, cfg: DemoConfig, task_meta: dict[str, Any], teacher_ta
             model_dirs[name], task, test_examples, samples / f"{name}.jsonl", name, n, temps[name], cfg, log,
             batch_problems=max(1, cfg.batch_problems * cfg.n_samples // n)))
     scored = {name: samples / f"{name}.scored.jsonl" for name in MODELS}
+    eta.begin_group(tuple(f"score-{name}" for name in MODELS))
     stages.run_parallel({f"score-{name}": functools.partial(
         in_worker, threads, i % 2, score_stage, task, samples / f"{name}.jsonl", scored[name], verifier_dir,
         verifier_kind, cfg.prm_aggregate)
