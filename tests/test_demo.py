@@ -13,12 +13,13 @@ import thinkfast.demo as demo
 import thinkfast.demo.cost as demo_cost
 import thinkfast.demo.pipeline as pipeline
 import thinkfast.demo.recipes as recipes
+import thinkfast.demo.report as demo_report
 from thinkfast.cli import main
 from thinkfast.runtime import UserError
 
 RESULT_KEYS = {"config", "task", "teacher", "temperatures", "greedy", "runs", "pareto", "throughput", "claim",
                "stage_seconds", "models", "hybrid_layers", "samples_per_problem", "train_decode_s_per_sample",
-               "decisions", "decode_speed"}
+               "decisions", "decode_speed", "distillation"}
 
 
 @pytest.fixture(scope="module")
@@ -319,6 +320,28 @@ def test_eta_counts_a_parallel_group_under_way_from_when_it_began():
     assert resumed.remaining_seconds() == pytest.approx(
         demo_cost.schedule({**rest, "hybrid": 0.0}, 2, demo_cost.TRAINING_AFTER) - 100.0
         + demo.total_seconds(after_group, 2))
+
+
+def test_a_student_that_did_not_distil_is_flagged_first_in_the_report(quick_run):
+    """Under half the teacher's greedy accuracy, a student is marked as not distilled (a pure
+    check, at the boundary) and the report says so before the claim; a distilled one is not named."""
+    check = demo_report.distillation_check
+    greedy = {"teacher": {"accuracy": 0.6}, "llamba": {"accuracy": 0.01}, "hybrid": {"accuracy": 0.3}}
+    got = check(greedy)
+    assert got["llamba"] == {"greedy": 0.01, "teacher_greedy": 0.6, "share": pytest.approx(0.01 / 0.6),
+                             "distilled": False}
+    assert got["hybrid"]["distilled"] is True  # exactly half
+    assert check({**greedy, "hybrid": {"accuracy": 0.29}})["hybrid"]["distilled"] is False
+    assert check({"teacher": {"accuracy": 0.0}, "llamba": {"accuracy": 0.0}, "hybrid": {"accuracy": 0.0}})[
+        "llamba"]["distilled"] is True  # no teacher accuracy to fall short of
+    results = json.loads((quick_run / "results.json").read_text())
+    assert results["distillation"] == check(results["greedy"])
+    md = "\n".join(demo_report.demo_markdown({**results, "distillation": got}))
+    assert md.index("did not distil") < md.index("Does a student beat its teacher")
+    assert "llamba greedy 1.0%" in md and "hybrid greedy" not in md
+    fine = "\n".join(demo_report.demo_markdown({**results, "distillation": check(
+        {**greedy, "llamba": {"accuracy": 0.5}})}))
+    assert "did not distil" not in fine
 
 
 def test_verifier_is_named_and_checked():

@@ -17,7 +17,8 @@ from .config import MODELS, STUDENTS, DemoConfig, demo_task, demo_task_config
 from .cost import TRAINING_AFTER, TRAINING_GROUP, Eta, student_steps
 from .recipes import (distil, hybrid_recipe, llamba_recipe, select_hybrid_layers, shipped_teacher_digest,
                       shipped_teacher_task, teacher_stage)
-from .report import adaptive_claim, adaptive_curve, budget_ks, claim_verdict, demo_markdown, throughput_table
+from .report import (adaptive_claim, adaptive_curve, budget_ks, claim_verdict, demo_markdown, distillation_check,
+                     throughput_table)
 from .sampling import (choose_temperature, decode_speed, greedy_stage, orm_stage, prm_stage, sample_file,
                        samples_per_problem, score_stage)
 from .stages import (StageRunner, check_out_dir, in_worker, lock_out_dir, out_dir_meta, parallel_workers,
@@ -159,6 +160,10 @@ def run_stages(out: Path, cfg: DemoConfig, task_meta: dict[str, Any], teacher_ta
 
     results = write_results(out, cfg, task, task_meta, teacher_tag, stages, scored, temps, speeds, n_by_model,
                             greedy, hybrid_layers, model_dirs, probes)
+    for name, v in results["distillation"].items():
+        if not v["distilled"]:
+            log(f"warning: {name} did not distil (greedy {v['greedy']:.1%} against the teacher's "
+                f"{v['teacher_greedy']:.1%}); its comparisons do not test the claim (report.md)")
     log(f"finished in {(eta.clock() - eta.started) / 60:.1f} min (expected at the start: "
         f"{eta.first_expected / 60:.1f} min at the reference speed)")
     return results
@@ -196,7 +201,7 @@ def write_results(out: Path, cfg: DemoConfig, task: Any, task_meta: dict[str, An
     results = {
         "config": to_dict(cfg), "task": task_meta, "teacher": teacher_tag, "temperatures": temps,
         "samples_per_problem": n_by_model, "train_decode_s_per_sample": speeds,
-        "decisions": stages.decisions, "greedy": greedy,
+        "decisions": stages.decisions, "greedy": greedy, "distillation": distillation_check(greedy),
         "hybrid_layers": {k: hybrid_layers[k] for k in ("layers", "pattern", "method", "scores")},
         "runs": runs, "pareto": metrics["pareto"], "throughput": throughput_table(list(runs.values())),
         "claim": {**claim_verdict(runs, seed=cfg.seed),
