@@ -129,6 +129,7 @@ def stage_seconds(cfg: DemoConfig, rates: Rates = REFERENCE,
 PARALLEL_GROUPS = (TRAINING_GROUP, ("score-teacher", "score-llamba", "score-hybrid"))
 """The stages ``run_stages`` runs side by side, each group in this order (``StageRunner.run_parallel``)."""
 PARALLEL_AFTER = TRAINING_AFTER
+"""What a stage of any of ``PARALLEL_GROUPS`` waits for (the score stages wait for nothing)."""
 
 
 def makespan(durations: list[float], workers: int) -> float:
@@ -240,15 +241,13 @@ class Eta:
         exp = self.expected()
         scaled = {k: (v if k in self.measured else v * self.speed) for k, v in exp.items()}
         left = {k: v for k, v in scaled.items() if k not in self.done}
-        total = total_seconds(left, self.workers)
+        under_way = {s for i in self.group_started for s in PARALLEL_GROUPS[i]}
+        total = total_seconds({k: v for k, v in left.items() if k not in under_way}, self.workers)
         for i, start in self.group_started.items():
             g = [s for s in PARALLEL_GROUPS[i] if s in scaled]
-            if not any(s in left for s in g):
-                continue
-            pending = schedule({s: left[s] for s in g if s in left}, self.workers, PARALLEL_AFTER)
-            ran = {s: 0.0 if s in self.reused else self.done.get(s, scaled[s]) for s in g}  # reused: not rerun
-            whole = schedule(ran, self.workers, PARALLEL_AFTER)
-            total += max(0.0, whole - (self.clock() - start)) - pending
+            if any(s in left for s in g):
+                ran = {s: 0.0 if s in self.reused else self.done.get(s, scaled[s]) for s in g}  # reused: not rerun
+                total += max(0.0, schedule(ran, self.workers, PARALLEL_AFTER) - (self.clock() - start))
         return total
 
     def announce(self) -> float:

@@ -114,17 +114,16 @@ class StageRunner:
                                  initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             waiting, futures = list(todo), {}
 
-            def hand_over() -> None:  # every waiting stage whose stages ran, in jobs' order
-                for name in list(waiting):
-                    deps = after.get(name, ())
-                    if any(d in errors or (d in waiting) for d in deps):
-                        continue
-                    if all(d in self.state for d in deps):
-                        waiting.remove(name)
-                        futures[pool.submit(_timed, jobs[name])] = name
+            def hand_over() -> set:
+                """Submit every waiting stage whose stages have finished (a failed one never
+                does), in jobs' order; returns the new futures."""
+                ready = [name for name in waiting if all(d in self.state for d in after.get(name, ()))]
+                for name in ready:
+                    waiting.remove(name)
+                    futures[pool.submit(_timed, jobs[name])] = name
+                return {f for f, name in futures.items() if name in ready}
 
-            hand_over()
-            pending = set(futures)
+            pending = hand_over()
             while pending:
                 finished, pending = wait(pending, timeout=5.0, return_when=FIRST_COMPLETED)
                 if poll is not None:
@@ -132,9 +131,7 @@ class StageRunner:
                 for future in finished:
                     self._collect(futures[future], future, errors)
                 if finished:
-                    known = set(futures)
-                    hand_over()
-                    pending |= set(futures) - known
+                    pending |= hand_over()
         for name, e in errors.items():
             raise self._failure(name, e) from e
         return {name: self.state[name]["result"] for name in jobs}
