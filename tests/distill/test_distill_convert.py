@@ -112,3 +112,37 @@ def test_random_mixer_init_keeps_everything_else():
     assert not torch.equal(rand.layers[0].mixer.out_proj.weight, teacher.layers[0].mixer.o_proj.weight)
     assert torch.equal(rand.layers[0].mixer.conv1d.weight, attn.layers[0].mixer.conv1d.weight)
     assert torch.equal(rand.layers[0].mlp.up_proj.weight, teacher.layers[0].mlp.up_proj.weight)
+
+
+@pytest.mark.parametrize("kind", ["mamba2", "discrete"])
+def test_identity_conv_init_passes_the_current_token(kind):
+    teacher = tiny_teacher()
+    student = student_from_teacher(teacher, 0.0, kind, seed=0, conv_init="identity")
+    mx = student.layers[0].mixer
+    xbc = torch.randn(2, 7, mx.conv_dim, generator=torch.Generator().manual_seed(0))
+    raw = mx.conv1d(xbc.transpose(1, 2))[..., :7].transpose(1, 2)  # the causal conv before its activation
+    assert torch.equal(raw, xbc)
+    default = student_from_teacher(teacher, 0.0, kind, seed=0)
+    assert not torch.equal(default.layers[0].mixer.conv1d.weight, mx.conv1d.weight)
+    with pytest.raises(ConversionError, match="conv_init"):
+        student_from_teacher(teacher, 0.0, kind, conv_init="zeros")
+
+
+def test_identity_conv_discrete_mixer_is_the_linear_attention_it_was_read_from():
+    """With the identity conv, Llamba's mixing matrix at initialisation is attention without its
+    softmax: decay(t, s) * <W_Q u_t, W_K u_s> per head (K repeated over its GQA group)."""
+    teacher = tiny_teacher()
+    student = student_from_teacher(teacher, 0.0, "discrete", seed=0, conv_init="identity")
+    attn, mx = teacher.layers[0].mixer, student.layers[0].mixer
+    u = torch.randn(2, 6, teacher.config.d_model, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        M = mx.mixing_matrix(u)  # (b, h, t, s)
+        a = torch.split(mx.in_proj(u), mx.splits, dim=-1)[2]
+        log_a = -torch.nn.functional.softplus(a)  # (b, t, h)
+        hd = attn.head_dim
+        q = attn.q_proj(u).unflatten(-1, (attn.n_heads, hd))
+        k = attn.k_proj(u).unflatten(-1, (attn.n_kv_heads, hd)).repeat_interleave(attn.n_heads // attn.n_kv_heads, 2)
+        cum = log_a.cumsum(1).transpose(1, 2)  # (b, h, t)
+        decay = (cum[..., :, None] - cum[..., None, :]).exp().tril()
+        expect = decay * torch.einsum("bthn,bshn->bhts", q, k)
+    torch.testing.assert_close(M, expect, rtol=1e-5, atol=1e-6)

@@ -124,6 +124,27 @@ def _default_conv_init(conv: nn.Conv1d, g: torch.Generator) -> None:
         conv.bias.copy_(torch.rand(conv.bias.shape, generator=g) * 2 * bound - bound)
 
 
+CONV_INITS = ("default", "identity")
+
+
+@torch.no_grad()
+def _init_conv(conv: nn.Conv1d, how: str, g: torch.Generator) -> None:
+    """The converted mixer's causal conv over x|B|C (with padding K - 1, tap K - 1 multiplies
+    token t).
+
+    default: PyTorch's init, seeded (each channel a random mix of the last K tokens, as in
+    MambaInLlama; training moves it by only about a quarter, so these random filters stay part of
+    what the seed picks); identity: every channel passes token t, so the mixer starts as exactly
+    the linear attention it was read from (an ablation: docs/demo-study.md)."""
+    if how == "default":
+        _default_conv_init(conv, g)
+        return
+    conv.weight.zero_()
+    conv.weight[..., -1] = 1.0
+    if conv.bias is not None:
+        conv.bias.zero_()
+
+
 def _groups(w: torch.Tensor, n_src: int, n_dst: int, what: str) -> torch.Tensor:
     """Rows of w (n_src*hd, D) repeated to n_dst groups, GQA order (group g -> g // rep)."""
     if n_dst % n_src:
@@ -147,7 +168,7 @@ def _check_mixer_shapes(mixer: MambaMixerBase, attn: Attention) -> None:
 
 @torch.no_grad()
 def init_mamba2_from_attention(mixer: Mamba2Mixer, attn: Attention, g: torch.Generator,
-                               std: float, mcfg) -> None:
+                               std: float, mcfg, conv_init: str = "default") -> None:
     """MambaInLlama: in_proj rows [z | x <- W_V | B <- W_K | C <- W_Q | dt], out_proj <- W_O."""
     _check_mixer_shapes(mixer, attn)
     D = attn.q_proj.weight.shape[1]
@@ -161,14 +182,14 @@ def init_mamba2_from_attention(mixer: Mamba2Mixer, attn: Attention, g: torch.Gen
     ]
     mixer.in_proj.weight.copy_(torch.cat(rows, dim=0))
     mixer.out_proj.weight.copy_(attn.o_proj.weight)
-    _default_conv_init(mixer.conv1d, g)
+    _init_conv(mixer.conv1d, conv_init, g)
     mixer.reset_ssm_parameters(mcfg.dt_min, mcfg.dt_max, mcfg.A_init_min, mcfg.A_init_max, generator=g)
     mixer.norm.weight.fill_(1.0)
 
 
 @torch.no_grad()
 def init_discrete_from_attention(mixer: DiscreteMamba2Mixer, attn: Attention, g: torch.Generator,
-                                 std: float, mcfg=None) -> None:
+                                 std: float, mcfg=None, conv_init: str = "default") -> None:
     """Llamba: in_proj rows [x <- W_V | B <- W_K | C <- W_Q | z | a], per-head (K, V repeated
     from their GQA groups to every head), out_proj <- W_O."""
     _check_mixer_shapes(mixer, attn)
@@ -185,7 +206,7 @@ def init_discrete_from_attention(mixer: DiscreteMamba2Mixer, attn: Attention, g:
     mixer.out_proj.weight.copy_(attn.o_proj.weight)
     mixer.z_bias.zero_()
     mixer.D.fill_(1.0)
-    _default_conv_init(mixer.conv1d, g)
+    _init_conv(mixer.conv1d, conv_init, g)
 
 
 # --- whole models -----------------------------------------------------------------------------
@@ -208,7 +229,7 @@ def student_config(teacher_cfg: ModelConfig, pattern: str, kind: str,
 @torch.no_grad()
 def student_from_teacher(teacher: LanguageModel, keep: KeepSpec = 0.0, kind: str = "mamba2",
                          seed: int = 0, mamba: Optional[dict[str, Any]] = None,
-                         mixer_init: str = "attention") -> LanguageModel:
+                         mixer_init: str = "attention", conv_init: str = "default") -> LanguageModel:
     """A student with attention kept where ``keep`` says and attention-initialised Mamba elsewhere.
 
     teacher: any LanguageModel; its attention layers may be kept or converted, its Mamba layers
@@ -216,10 +237,13 @@ def student_from_teacher(teacher: LanguageModel, keep: KeepSpec = 0.0, kind: str
     ``attention_layers``. kind: "mamba2" (MambaInLlama) or "discrete" (Llamba). Deterministic in
     ``seed`` whatever the global RNG state. mixer_init="random" replaces the copied projections
     (in_proj, out_proj) by N(0, init_std) draws -- the ablation baseline of attention init.
+    conv_init: the mixers' causal conv, "default" or "identity" (see ``_init_conv``).
     Returns the student in fp32 on the teacher's device.
     """
     if mixer_init not in ("attention", "random"):
         raise ConversionError(f"mixer_init must be 'attention' or 'random', got {mixer_init!r}")
+    if conv_init not in CONV_INITS:
+        raise ConversionError(f"conv_init must be one of {', '.join(CONV_INITS)}, got {conv_init!r}")
     if kind not in ("mamba2", "discrete"):
         raise ConversionError(f"student kind must be 'mamba2' or 'discrete', got {kind!r}")
     tcfg = teacher.config
@@ -242,7 +266,7 @@ def student_from_teacher(teacher: LanguageModel, keep: KeepSpec = 0.0, kind: str
     init = init_mamba2_from_attention if kind == "mamba2" else init_discrete_from_attention
     for i in converted:
         mx = student.layers[i].mixer
-        init(mx, teacher.layers[i].mixer, g, cfg.init_std, cfg.mamba)
+        init(mx, teacher.layers[i].mixer, g, cfg.init_std, cfg.mamba, conv_init)
         if mixer_init == "random":
             for lin in (mx.in_proj, mx.out_proj):
                 lin.weight.copy_(_normal(lin.weight.shape, cfg.init_std, g))

@@ -54,7 +54,7 @@ def initial_student(cfg: DistillConfig, teacher: Optional[LanguageModel], vocab_
     if s.init == "teacher":
         if teacher is None:
             raise UserError("student.init=teacher needs teacher=PATH")
-        return student_from_teacher(teacher, s.keep, s.kind, s.seed, s.mamba or None, s.mixer_init)
+        return student_from_teacher(teacher, s.keep, s.kind, s.seed, s.mamba or None, s.mixer_init, s.conv_init)
     if s.init == "new":
         return new_model(s.model, s.seed, vocab_size)
     return load_model(s.init)
