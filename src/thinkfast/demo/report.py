@@ -19,16 +19,25 @@ then compares the teacher with a broken student, and the report says so first.""
 
 def distillation_check(greedy: dict[str, dict[str, Any]], share: float = DISTILLED_SHARE) -> dict[str, Any]:
     """Each student's greedy accuracy on the test problems against the teacher's (a pure function):
-    ``{student: {"greedy", "teacher_greedy", "share", "distilled"}}``, ``distilled`` false when
-    its greedy accuracy is under ``share`` of the teacher's."""
+    ``{student: {"greedy", "teacher_greedy", "share", "distilled", "lookup", "teacher_lookup"}}``,
+    ``distilled`` false when its greedy accuracy is under ``share`` of the teacher's; ``lookup``
+    the share of the look-ups of sentence 3 and on it gets right, teacher-forced
+    (``demo.lookup``; None in a run whose greedy stages predate the probe)."""
     teacher = greedy["teacher"]["accuracy"]
     out = {}
     for name in STUDENTS:
         acc = greedy[name]["accuracy"]
         ratio = acc / teacher if teacher > 0 else None
         out[name] = {"greedy": acc, "teacher_greedy": teacher, "share": ratio,
-                     "distilled": ratio is None or ratio >= share}
+                     "distilled": ratio is None or ratio >= share,
+                     "lookup": greedy[name].get("lookup_share"), "teacher_lookup": greedy["teacher"].get("lookup_share")}
     return out
+
+
+def _lookup_note(v: dict[str, Any]) -> str:
+    if v.get("lookup") is None or v.get("teacher_lookup") is None:
+        return ""
+    return f", look-up of sentences 3 and on {_pct(v['lookup'])} right against {_pct(v['teacher_lookup'])}"
 
 
 def throughput_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -297,7 +306,8 @@ def demo_markdown(results: dict[str, Any]) -> list[str]:
     failed = [(n, v) for n, v in (results.get("distillation") or {}).items() if not v["distilled"]]
     if failed:
         md += ["**A student did not distil:** " + "; ".join(
-            f"{n} greedy {_pct(v['greedy'])} against the teacher's {_pct(v['teacher_greedy'])}" for n, v in failed)
+            f"{n} greedy {_pct(v['greedy'])} against the teacher's {_pct(v['teacher_greedy'])}{_lookup_note(v)}"
+            for n, v in failed)
                + f" (under {DISTILLED_SHARE:.0%} of it). The comparisons below then set the teacher against a "
                "broken student, not a distilled one, and do not test the claim; see docs/demo-study.md, "
                "\"When a student does not distil\".", ""]

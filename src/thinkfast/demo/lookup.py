@@ -1,0 +1,68 @@
+"""Has a model learned the look-up of sentence k in the question? A teacher-forced probe.
+
+Each line of a synthetic chain of thought restates sentence k of the question ("Third Vic has 28
+more apples than Tom."). The name after the marker ("Third") can only come from the question, so
+whether a model predicts it, with the reference chain fed in, probes the look-up directly: the
+step a small model learns last, and the one a student that does not distil is missing
+(docs/demo-study.md, "When a student does not distil"). One forward pass per problem.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+
+from ..data.synthetic import MARKERS
+
+PROBED = MARKERS[1:]
+"""Every marker but "First", whose sentence is the question's first line."""
+
+
+def question_names(question: str) -> list[str]:
+    """The name after each marker at the start of a question line, in order."""
+    names = []
+    for line in question.split("\n"):
+        words = line.split()
+        if len(words) > 1 and words[0] in MARKERS:
+            names.append(words[1])
+    return names
+
+
+@torch.inference_mode()
+def lookup_probe(model, tok, problems: Iterable[tuple[str, str]], prompt_template: str = "Question: {question}\nAnswer:",
+                 response_template: str = " {answer}\n\n") -> dict[str, dict[str, int]]:
+    """{marker: {"right", "total", "other_sentence", "nobody"}} over ``problems`` (question, chain)
+    in the training layout (the demo's templates): for each marker after the first at which a
+    chain line starts, whether the argmax after it is the reference's name; a wrong one names a
+    person of another sentence of the same question (a look-up that found the wrong line) or
+    nobody in it (no look-up). Markers never met are left out."""
+    out = {m: {"right": 0, "total": 0, "other_sentence": 0, "nobody": 0} for m in PROBED}
+    device = next(model.parameters()).device
+    for question, chain in problems:
+        p = tok(prompt_template.format(question=question), add_special_tokens=False)["input_ids"]
+        a = tok(response_template.format(answer=chain), add_special_tokens=False)["input_ids"]
+        logits = model(torch.tensor([p + a], device=device)).logits[0]  # (T, V)
+        pred = logits[len(p) - 1:-1].argmax(-1).tolist()  # pred[i] predicts a[i]
+        names = set(question_names(question))
+        for i in range(len(a) - 1):
+            cell = out.get(tok.decode([a[i]]).strip())
+            if cell is None:
+                continue
+            cell["total"] += 1
+            if pred[i + 1] == a[i + 1]:
+                cell["right"] += 1
+            elif tok.decode([pred[i + 1]]).strip() in names:
+                cell["other_sentence"] += 1
+            else:
+                cell["nobody"] += 1
+    return {m: v for m, v in out.items() if v["total"]}
+
+
+def lookup_share(probe: dict[str, dict[str, int]], skip: tuple[str, ...] = ("Second",)) -> Any:
+    """The share of right names over the probed markers but ``skip`` (None when there are none):
+    by default from sentence 3 on, the look-ups a student learns last (sentence 2's, a short
+    distance back, every student gets)."""
+    cells = [v for m, v in probe.items() if m not in skip]
+    total = sum(v["total"] for v in cells)
+    return sum(v["right"] for v in cells) / total if total else None

@@ -1,0 +1,54 @@
+"""thinkfast.demo.lookup: the teacher-forced probe of the look-up of sentence k in the question."""
+
+from __future__ import annotations
+
+import torch
+
+from thinkfast.demo.lookup import lookup_probe, lookup_share, question_names
+
+
+def _problems(n: int) -> list[tuple[str, str, list[str]]]:
+    from thinkfast.data import synthetic as syn
+    from thinkfast.demo import demo_task_config
+
+    meta = demo_task_config()
+    probs = syn.generate(syn.SyntheticConfig.from_dict(meta["config"]), "test", n, seed=meta["seed"])
+    return [(p.question, p.solution, [s.name for s in p.steps]) for p in probs]
+
+
+def test_question_names_are_the_names_after_the_markers():
+    for question, _, names in _problems(6):
+        assert question_names(question) == names
+
+
+def test_every_restated_line_is_probed_once_and_the_shipped_teacher_looks_up():
+    from thinkfast.demo.recipes import load_shipped_teacher
+
+    problems = _problems(12)
+    teacher, tok = load_shipped_teacher()
+    probe = lookup_probe(teacher.eval(), tok, [(q, a) for q, a, _ in problems])
+    # one marker per chain line after the first: "Second" ... up to the problem's last sentence
+    assert sum(v["total"] for v in probe.values()) == sum(len(names) - 1 for _, _, names in problems)
+    assert probe["Second"]["total"] == len(problems)
+    for v in probe.values():
+        assert v["right"] + v["other_sentence"] + v["nobody"] == v["total"]
+    assert lookup_share(probe) >= 0.9  # the shipped teacher learned the look-up (100% on the demo's test problems)
+
+
+def test_a_model_without_the_look_up_fails_it():
+    from thinkfast.demo.recipes import load_shipped_teacher
+    from thinkfast.models.lm import LanguageModel
+
+    teacher, tok = load_shipped_teacher()
+    torch.manual_seed(0)
+    blank = LanguageModel(teacher.config).eval()  # same shapes, untrained
+    probe = lookup_probe(blank, tok, [(q, a) for q, a, _ in _problems(8)])
+    assert lookup_share(probe, skip=()) <= 0.05
+
+
+def test_lookup_share_skips_sentence_two_by_default():
+    probe = {"Second": {"right": 10, "total": 10, "other_sentence": 0, "nobody": 0},
+             "Third": {"right": 1, "total": 4, "other_sentence": 1, "nobody": 2}}
+    assert lookup_share(probe) == 0.25
+    assert lookup_share(probe, skip=()) == 11 / 14
+    assert lookup_share({"Second": probe["Second"]}) is None
