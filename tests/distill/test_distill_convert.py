@@ -81,6 +81,26 @@ def test_discrete_rows_repeat_kv_groups_per_head():
     assert bool((mx.z_bias == 0).all()) and bool((mx.D == 1).all())
 
 
+def test_a_wider_llamba_state_keeps_the_attention_rows_and_adds_unread_keys():
+    teacher = tiny_teacher()  # head_dim 8
+    narrow = student_from_teacher(teacher, keep=0.0, kind="discrete", seed=0)
+    wide = student_from_teacher(teacher, keep=0.0, kind="discrete", seed=0, mamba={"d_state": 12})
+    attn, mx = teacher.layers[1].mixer, wide.layers[1].mixer
+    hd, N = attn.head_dim, mx.N
+    assert N == 12 and mx.conv_dim == mx.d_inner + 2 * mx.H * N
+    x, B, C, z, a = torch.split(mx.in_proj.weight.detach(), [mx.d_inner, mx.H * N, mx.H * N, mx.d_inner, mx.H], dim=0)
+    k, q = attn.k_proj.weight.view(2, hd, -1), attn.q_proj.weight.view(4, hd, -1)
+    for h in range(4):
+        assert torch.equal(B[h * N:h * N + hd], k[h // 2]) and torch.equal(C[h * N:h * N + hd], q[h])
+        assert bool((C[h * N + hd:(h + 1) * N] == 0).all())  # extra keys are not read at first ...
+        assert float(B[h * N + hd:(h + 1) * N].abs().sum()) > 0  # ... but exist, so queries can learn them
+    assert torch.equal(x, narrow.layers[1].mixer.in_proj.weight[:mx.d_inner])
+    with pytest.raises(ConversionError, match="N >= head_dim"):
+        student_from_teacher(teacher, 0.0, "discrete", mamba={"d_state": 4})
+    with pytest.raises(ConversionError, match="N = head_dim"):  # MambaInLlama's mixer keeps N = head_dim
+        student_from_teacher(teacher, 0.0, "mamba2", mamba={"d_state": 12})
+
+
 def test_seeded_and_independent_of_global_rng():
     teacher = tiny_teacher()
     torch.manual_seed(123)

@@ -155,15 +155,17 @@ def _groups(w: torch.Tensor, n_src: int, n_dst: int, what: str) -> torch.Tensor:
     return w.view(n_src, hd, -1).repeat_interleave(n_dst // n_src, dim=0).reshape(n_dst * hd, -1)
 
 
-def _check_mixer_shapes(mixer: MambaMixerBase, attn: Attention) -> None:
+def _check_mixer_shapes(mixer: MambaMixerBase, attn: Attention, wider_state: bool = False) -> None:
     if attn.q_proj.bias is not None:
         raise ConversionError("the teacher's attention has biases; the Mamba in_proj has none, so the "
                               "initialisation would drop them -- refusing")
-    if (mixer.H, mixer.P, mixer.N) != (attn.n_heads, attn.head_dim, attn.head_dim):
+    state_ok = mixer.N >= attn.head_dim if wider_state else mixer.N == attn.head_dim
+    if (mixer.H, mixer.P) != (attn.n_heads, attn.head_dim) or not state_ok:
+        need = "N >= head_dim" if wider_state else "N = head_dim"
         raise ConversionError(
             f"head-count mismatch: the Mamba mixer has H={mixer.H} heads, head_dim P={mixer.P}, "
             f"d_state N={mixer.N}, but attention has {attn.n_heads} heads of size {attn.head_dim}; "
-            f"attention initialisation needs H = n_heads and P = N = head_dim")
+            f"attention initialisation needs H = n_heads, P = head_dim and {need}")
 
 
 @torch.no_grad()
@@ -191,14 +193,23 @@ def init_mamba2_from_attention(mixer: Mamba2Mixer, attn: Attention, g: torch.Gen
 def init_discrete_from_attention(mixer: DiscreteMamba2Mixer, attn: Attention, g: torch.Generator,
                                  std: float, mcfg=None, conv_init: str = "default") -> None:
     """Llamba: in_proj rows [x <- W_V | B <- W_K | C <- W_Q | z | a], per-head (K, V repeated
-    from their GQA groups to every head), out_proj <- W_O."""
-    _check_mixer_shapes(mixer, attn)
+    from their GQA groups to every head), out_proj <- W_O.
+
+    A state wider than the head (``mamba.d_state`` N > head_dim P) gives each head N - P more
+    key dimensions: their B rows are drawn N(0, std) and their C rows start at zero, so they add
+    nothing to the read-out until training gives them queries."""
+    _check_mixer_shapes(mixer, attn, wider_state=True)
     D = attn.q_proj.weight.shape[1]
-    H, P = mixer.H, mixer.P
+    H, P, N = mixer.H, mixer.P, mixer.N
+    B = _groups(attn.k_proj.weight, attn.n_kv_heads, H, "key")  # (H*P, D)
+    C = attn.q_proj.weight.detach().float().cpu()  # (H*P, D)
+    if N > P:
+        B = torch.cat([B.view(H, P, D), _normal((H, N - P, D), std, g)], 1).reshape(H * N, D)
+        C = torch.cat([C.view(H, P, D), torch.zeros(H, N - P, D)], 1).reshape(H * N, D)
     rows = [
         _groups(attn.v_proj.weight, attn.n_kv_heads, H, "value"),      # x (H*P)
-        _groups(attn.k_proj.weight, attn.n_kv_heads, H, "key"),        # B (H*N)
-        attn.q_proj.weight.detach().float().cpu(),                     # C (H*N)
+        B,                                                             # B (H*N)
+        C,                                                             # C (H*N)
         _normal((H * P, D), std, g),                                   # z
         _normal((H, D), std, g),                                       # a
     ]
