@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import thinkfast.demo as demo
+import thinkfast.demo.config as demo_config
 import thinkfast.demo.cost as demo_cost
 import thinkfast.demo.pipeline as pipeline
 import thinkfast.demo.recipes as recipes
@@ -215,8 +216,11 @@ def test_cost_model_counts_each_stage_by_its_units():
     # twice the test problems: every test stage's variable part doubles, nothing else moves
     s2 = demo.stage_seconds(replace(cfg, n_test=2 * cfg.n_test), rates, n_by)
     o = rates.stage_overhead_s
+    probe = min(cfg.n_test, demo_config.LOOKUP_PROBLEMS) * rates.lookup_s_per_problem  # capped, not doubled
+    assert s["greedy-hybrid"] == pytest.approx(o + cfg.n_test * tokens / rates.greedy_tokens_per_s + probe)
     for name in ("sample-teacher", "greedy-hybrid", "score-llamba"):
-        assert s2[name] - o == pytest.approx(2 * (s[name] - o))
+        fixed = o + (probe if name.startswith("greedy") else 0.0)
+        assert s2[name] - fixed == pytest.approx(2 * (s[name] - fixed))
     assert s2["llamba"] == s["llamba"] and s2["orm"] == s["orm"]
     # one worker: every stage after another; two: the parallel groups overlap
     assert demo.total_seconds(s, 1) == pytest.approx(sum(s.values()))

@@ -16,6 +16,9 @@ ASSETS = Path(__file__).parent.parent / "assets"
 SHIPPED_TEACHER = ASSETS / "demo_teacher"
 TEACHER_RECIPE = ASSETS / "demo_teacher_recipe.yaml"
 MODELS = ("teacher", "llamba", "hybrid")
+LOOKUP_PROBLEMS = 100
+"""Test problems (the first ones) each greedy stage's look-up probe reads (``demo.lookup``):
+about 300 look-ups, enough to tell a student that has it from one that does not, in a few seconds."""
 VERIFIERS = ("orm", "prm")
 """The verifiers ``DemoConfig.verifier`` may name."""
 TASK_FORMAT = {"prompt_template": "Question: {question}\nAnswer:", "response_template": " {answer}\n\n",

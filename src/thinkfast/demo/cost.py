@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
-from .config import MODELS, STUDENTS, DemoConfig
+from .config import LOOKUP_PROBLEMS, MODELS, STUDENTS, DemoConfig
 
 REF_TOKENS_PER_STEP = 4 * 512
 """Rows x row length of a training step at the reference rates (the demo's batch_size x seq_len)."""
@@ -33,9 +33,10 @@ class Rates:
     """Mean new tokens per sample (capped by ``max_new_tokens``)."""
     greedy_tokens_per_s: float = 6000.0
     """Decode tokens per second of a greedy pass (``batch_problems`` rows per call)."""
-    lookup_s_per_problem: float = 0.025
-    """The greedy stage's teacher-forced look-up probe (``demo.lookup``), per test problem (about
-    5 s for 200 on a shared 2-core machine)."""
+    lookup_s_per_problem: float = 0.015
+    """The greedy stage's teacher-forced look-up probe (``demo.lookup``), per problem probed
+    (``config.LOOKUP_PROBLEMS`` at most; 1.4-1.6 s for 100 with each of the three models, one
+    thread, beside a training run on the other core)."""
     score_s_per_sample: float = 0.0112
     """Grading and ORM scoring, per sample."""
     orm_train_s: float = 20.0
@@ -119,8 +120,8 @@ def stage_seconds(cfg: DemoConfig, rates: Rates = REFERENCE,
             / rates.decode_tokens_per_s["teacher"]
     for name in MODELS:
         out[f"sample-{name}"] = o + _decode_s(cfg, rates, name, cfg.n_test * n_by_model[name])
-        out[f"greedy-{name}"] = o + cfg.n_test * (min(cfg.max_new_tokens, rates.new_tokens_per_sample)
-                                                  / rates.greedy_tokens_per_s + rates.lookup_s_per_problem)
+        out[f"greedy-{name}"] = o + cfg.n_test * min(cfg.max_new_tokens, rates.new_tokens_per_sample) \
+            / rates.greedy_tokens_per_s + min(cfg.n_test, LOOKUP_PROBLEMS) * rates.lookup_s_per_problem
     for name in MODELS:
         out[f"score-{name}"] = o + cfg.n_test * n_by_model[name] * rates.score_s_per_sample
     out["report"] = 1.0 + cfg.n_test * rates.report_s_per_problem

@@ -57,15 +57,15 @@ def greedy_stage(model_dir: Path, task: Any, examples: list, out_path: Path, nam
     from ..eval.io import read_jsonl
 
     from ..checkpoint import load_model, load_tokenizer
-    from .config import TASK_FORMAT
+    from .config import LOOKUP_PROBLEMS, TASK_FORMAT
     from .lookup import lookup_probe, lookup_share
 
     sample_file(model_dir, task, examples, out_path, name, 1, 0.0, cfg, log)
     rows = grade_rows(task, read_jsonl(out_path), str(out_path))
     acc = sum(bool(r["correct"]) for r in rows) / max(len(rows), 1)
-    # The look-up of sentence k, teacher-forced on the same problems (docs/demo-study.md).
+    # The look-up of sentence k, teacher-forced on the first of the same problems (docs/demo-study.md).
     probe = lookup_probe(load_model(model_dir).eval(), load_tokenizer(model_dir),
-                         [(ex.question, ex.gold) for ex in examples],
+                         [(ex.question, ex.gold) for ex in examples[:LOOKUP_PROBLEMS]],
                          TASK_FORMAT["prompt_template"], TASK_FORMAT["response_template"])
     share = lookup_share(probe)
     log(f"{name}: greedy accuracy {acc:.3f} on {len(rows)} test problems"
