@@ -17,16 +17,14 @@ import json
 import torch
 
 from thinkfast.checkpoint import load_model, load_tokenizer
+from thinkfast.demo.lookup import teacher_forced
 
 
-@torch.inference_mode()
 def answer_predictions(model, tok, row: dict) -> tuple[list[int], torch.Tensor]:
     """The chain's token ids (the training layout's response) and the model's argmax prediction
     of each, with the question and the chain before it fed in (teacher forcing)."""
-    p = tok("Question: " + row["question"] + "\nAnswer:", add_special_tokens=False)["input_ids"]
-    a = tok(" " + row["answer"] + "\n\n", add_special_tokens=False)["input_ids"]
-    x = torch.tensor([p + a])  # (1, T)
-    return a, model(x).logits[0, -len(a) - 1:-1].argmax(-1)  # (len(a),)
+    a, pred = teacher_forced(model, tok, row["question"], row["answer"])
+    return a, torch.tensor(pred)  # (len(a),)
 
 
 @torch.inference_mode()

@@ -14,6 +14,7 @@ from typing import Any, Iterable
 import torch
 
 from ..data.synthetic import MARKERS
+from .config import TASK_FORMAT
 
 PROBED = MARKERS[1:]
 """Every marker but "First", whose sentence is the question's first line."""
@@ -30,20 +31,24 @@ def question_names(question: str) -> list[str]:
 
 
 @torch.inference_mode()
-def lookup_probe(model, tok, problems: Iterable[tuple[str, str]], prompt_template: str = "Question: {question}\nAnswer:",
-                 response_template: str = " {answer}\n\n") -> dict[str, dict[str, int]]:
-    """{marker: {"right", "total", "other_sentence", "nobody"}} over ``problems`` (question, chain)
-    in the training layout (the demo's templates): for each marker after the first at which a
-    chain line starts, whether the argmax after it is the reference's name; a wrong one names a
-    person of another sentence of the same question (a look-up that found the wrong line) or
-    nobody in it (no look-up). Markers never met are left out."""
+def teacher_forced(model, tok, question: str, chain: str) -> tuple[list[int], list[int]]:
+    """The chain's token ids in the demo's training layout (``TASK_FORMAT``) and the model's argmax
+    prediction of each, with the question and the chain before it fed in."""
+    p = tok(TASK_FORMAT["prompt_template"].format(question=question), add_special_tokens=False)["input_ids"]
+    a = tok(TASK_FORMAT["response_template"].format(answer=chain), add_special_tokens=False)["input_ids"]
+    logits = model(torch.tensor([p + a], device=next(model.parameters()).device)).logits[0]  # (T, V)
+    return a, logits[len(p) - 1:-1].argmax(-1).tolist()  # pred[i] predicts a[i]
+
+
+def lookup_probe(model, tok, problems: Iterable[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    """{marker: {"right", "total", "other_sentence", "nobody"}} over ``problems`` (question, chain),
+    teacher-forced (``teacher_forced``): for each marker after the first at which a chain line
+    starts, whether the argmax after it is the reference's name; a wrong one names a person of
+    another sentence of the same question (a look-up that found the wrong line) or nobody in it
+    (no look-up). Markers never met are left out."""
     out = {m: {"right": 0, "total": 0, "other_sentence": 0, "nobody": 0} for m in PROBED}
-    device = next(model.parameters()).device
     for question, chain in problems:
-        p = tok(prompt_template.format(question=question), add_special_tokens=False)["input_ids"]
-        a = tok(response_template.format(answer=chain), add_special_tokens=False)["input_ids"]
-        logits = model(torch.tensor([p + a], device=device)).logits[0]  # (T, V)
-        pred = logits[len(p) - 1:-1].argmax(-1).tolist()  # pred[i] predicts a[i]
+        a, pred = teacher_forced(model, tok, question, chain)
         names = set(question_names(question))
         for i in range(len(a) - 1):
             cell = out.get(tok.decode([a[i]]).strip())

@@ -53,11 +53,10 @@ def sample_file(model_dir: Path, task: Any, examples: list, out_path: Path, name
 def greedy_stage(model_dir: Path, task: Any, examples: list, out_path: Path, name: str, cfg: DemoConfig,
                  log: Callable[[str], None]) -> dict[str, Any]:
     """Greedy (temperature 0) accuracy on ``examples``: the teacher's acceptance figure."""
+    from ..checkpoint import load_model, load_tokenizer
     from ..eval.grading import grade_rows
     from ..eval.io import read_jsonl
-
-    from ..checkpoint import load_model, load_tokenizer
-    from .config import LOOKUP_PROBLEMS, TASK_FORMAT
+    from .config import LOOKUP_PROBLEMS
     from .lookup import lookup_probe, lookup_share
 
     sample_file(model_dir, task, examples, out_path, name, 1, 0.0, cfg, log)
@@ -65,8 +64,7 @@ def greedy_stage(model_dir: Path, task: Any, examples: list, out_path: Path, nam
     acc = sum(bool(r["correct"]) for r in rows) / max(len(rows), 1)
     # The look-up of sentence k, teacher-forced on the first of the same problems (docs/demo-study.md).
     probe = lookup_probe(load_model(model_dir).eval(), load_tokenizer(model_dir),
-                         [(ex.question, ex.gold) for ex in examples[:LOOKUP_PROBLEMS]],
-                         TASK_FORMAT["prompt_template"], TASK_FORMAT["response_template"])
+                         [(ex.question, ex.gold) for ex in examples[:LOOKUP_PROBLEMS]])
     share = lookup_share(probe)
     log(f"{name}: greedy accuracy {acc:.3f} on {len(rows)} test problems"
         + (f"; look-up of sentences 3 and on {share:.1%} right" if share is not None else ""))
