@@ -8,7 +8,9 @@ accuracy:
 
 For each model it prints the share of right names after each marker (Second, Third, ...) and, of
 the wrong ones, how many name a person of another sentence of the same question (a look-up that
-found the wrong line) and how many name nobody in it (no look-up at all). ``--json`` writes it.
+found the wrong line) and how many name nobody in it (no look-up at all); then, per digit place,
+the share of right digits of the number each restated sentence copies from the question.
+``--json`` writes both.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 from pathlib import Path
 
 from thinkfast.checkpoint import load_model, load_tokenizer
-from thinkfast.demo.lookup import lookup_probe
+from thinkfast.demo.lookup import lookup_probes
 
 
 def main() -> None:
@@ -32,12 +34,15 @@ def main() -> None:
         rows = [json.loads(line) for line in f if line.strip()][: args.problems]
     result = {}
     for path in args.models:
-        probe = lookup_probe(load_model(path).eval(), load_tokenizer(path), [(r["question"], r["answer"]) for r in rows])
-        result[str(path)] = probe
+        probe, operands = lookup_probes(load_model(path).eval(), load_tokenizer(path),
+                                        [(r["question"], r["answer"]) for r in rows])
+        result[str(path)] = {"names": probe, "operands": operands}
         cells = "  ".join(f"{m} {v['right']}/{v['total']}" for m, v in probe.items())
         wrong_other = sum(v["other_sentence"] for v in probe.values())
         wrong_nobody = sum(v["nobody"] for v in probe.values())
-        print(f"{path}: {cells}  (wrong: {wrong_other} another sentence's name, {wrong_nobody} nobody's)")
+        ops = "  ".join(f"{k} {v['right']}/{v['total']}" for k, v in operands.items())
+        print(f"{path}: {cells}  (wrong: {wrong_other} another sentence's name, {wrong_nobody} nobody's)"
+              f"  | operands: {ops}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

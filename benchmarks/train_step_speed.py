@@ -18,6 +18,9 @@ steps from the same start. Variants:
   chunk0     loss.chunk_size 0: the logit losses on full logits (the demo's vocabulary is 217)
   compile    train.compile: the objective's forward + backward compiled by inductor
   compile+chunk0
+  long32     loss.long_window 32, long_cap 10: long-context token weights (distill.token_weights),
+             one more teacher pass over twice the tokens per step; a different loss, so its loss
+             column is not a rounding check
 
 Prints tokens/s per variant, the ratio to eager (each variant's median over alternated rounds
 divided by eager's), and the largest loss difference from eager over the steps. ``--profile``
@@ -48,6 +51,7 @@ VARIANTS = {
     "chunk0": {"loss": {"chunk_size": 0}},
     "compile": {"train": {"compile": True}},
     "compile+chunk0": {"train": {"compile": True}, "loss": {"chunk_size": 0}},
+    "long32": {"loss": {"long_window": 32, "long_cap": 10.0}},
 }
 
 

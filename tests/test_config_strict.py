@@ -173,7 +173,7 @@ def test_distill_and_compress_losses_are_one_set_of_weights(tmp_path):
     assert issubclass(LossConfig, LossWeights) and issubclass(CompressLoss, LossWeights)
     assert to_dict(CompressLoss()) == {"temperature": 1.0, "kl_weight": 1.0, "ce_weight": 1.0, "hidden_weight": 1.0}
     assert to_dict(LossConfig()) == {"kind": "forward", "temperature": 1.0, "kl_weight": 1.0, "ce_weight": 0.0,
-                                     "hidden_weight": 0.0, "chunk_size": 1024}
+                                     "hidden_weight": 0.0, "chunk_size": 1024, "long_window": 0, "long_cap": 5.0}
     shared = {f.name for f in fields(LossWeights)}
     assert shared == {f.name for f in fields(CompressLoss)} < {f.name for f in fields(LossConfig)}
     recipe = _distill_recipe(tmp_path)

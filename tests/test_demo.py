@@ -333,7 +333,8 @@ def test_a_student_that_did_not_distil_is_flagged_first_in_the_report(quick_run)
     greedy = {"teacher": {"accuracy": 0.6}, "llamba": {"accuracy": 0.01}, "hybrid": {"accuracy": 0.3}}
     got = check(greedy)
     assert got["llamba"] == {"greedy": 0.01, "teacher_greedy": 0.6, "share": pytest.approx(0.01 / 0.6),
-                             "distilled": False, "lookup": None, "teacher_lookup": None}
+                             "distilled": False, "lookup": None, "teacher_lookup": None,
+                             "operands": None, "teacher_operands": None}
     assert got["hybrid"]["distilled"] is True  # exactly half
     assert check({**greedy, "hybrid": {"accuracy": 0.29}})["hybrid"]["distilled"] is False
     assert check({"teacher": {"accuracy": 0.0}, "llamba": {"accuracy": 0.0}, "hybrid": {"accuracy": 0.0}})[
@@ -344,14 +345,17 @@ def test_a_student_that_did_not_distil_is_flagged_first_in_the_report(quick_run)
     assert md.index("did not distil") < md.index("Does a student beat its teacher")
     assert "llamba greedy 1.0%" in md and "hybrid greedy" not in md and "look-up" not in md
     # with the greedy stages' look-up probe, the flag says what the student is missing
-    probed = {**greedy, "teacher": {"accuracy": 0.6, "lookup_share": 1.0},
-              "llamba": {"accuracy": 0.01, "lookup_share": 0.04}}
+    probed = {**greedy, "teacher": {"accuracy": 0.6, "lookup_share": 1.0, "operand_share": 1.0},
+              "llamba": {"accuracy": 0.01, "lookup_share": 0.04, "operand_share": 0.2}}
     md = "\n".join(demo_report.demo_markdown({**results, "distillation": check(probed)}))
-    assert "llamba greedy 1.0% against the teacher's 60.0%, look-up of sentences 3 and on 4.0% right against 100.0%" in md
+    assert ("llamba greedy 1.0% against the teacher's 60.0%, look-up of sentences 3 and on 4.0% right against "
+            "100.0%, copied operands' second digits 20.0% right against 100.0%") in md
     # the quick run's greedy stages recorded the probe for every model
     for name in ("teacher", "llamba", "hybrid"):
         probe = results["greedy"][name]["lookup"]
         assert probe and all(v["right"] + v["other_sentence"] + v["nobody"] == v["total"] for v in probe.values())
+        operands = results["greedy"][name]["operands"]
+        assert set(operands) >= {"digit 1", "digit 2"} and all(0 <= v["right"] <= v["total"] for v in operands.values())
     fine = "\n".join(demo_report.demo_markdown({**results, "distillation": check(
         {**greedy, "llamba": {"accuracy": 0.5}})}))
     assert "did not distil" not in fine

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from thinkfast.demo.lookup import lookup_probe, lookup_share, question_names
+from thinkfast.demo.lookup import lookup_probe, lookup_probes, lookup_share, operand_share, question_names
 
 
 def _problems(n: int) -> list[tuple[str, str, list[str]]]:
@@ -52,3 +52,43 @@ def test_lookup_share_skips_sentence_two_by_default():
     assert lookup_share(probe) == 0.25
     assert lookup_share(probe, skip=()) == 11 / 14
     assert lookup_share({"Second": probe["Second"]}) is None
+
+
+def test_the_operand_probe_reads_each_copied_numbers_digits_and_the_teacher_gets_them():
+    """One cell per digit place; its totals are the digits of the operands that sentences 2 and
+    on copy from the question (the generator's own), and the shipped teacher copies them."""
+    from thinkfast.data import synthetic as syn
+    from thinkfast.demo import demo_task_config
+    from thinkfast.demo.recipes import load_shipped_teacher
+
+    meta = demo_task_config()
+    probs = syn.generate(syn.SyntheticConfig.from_dict(meta["config"]), "test", 12, seed=meta["seed"])
+    teacher, tok = load_shipped_teacher()
+    names, operands = lookup_probes(teacher.eval(), tok, [(p.question, p.solution) for p in probs])
+    assert names == lookup_probe(teacher.eval(), tok, [(p.question, p.solution) for p in probs])
+    want: dict[str, int] = {}
+    for p in probs:
+        for step in p.steps[1:]:
+            for place in range(1, len(str(step.operand)) + 1):
+                want[f"digit {place}"] = want.get(f"digit {place}", 0) + 1
+    assert {k: v["total"] for k, v in operands.items()} == want
+    assert want.get("digit 2", 0) > 0
+    assert operand_share(operands) >= 0.9  # 100% on the demo's test problems
+
+
+def test_a_model_without_the_look_up_gets_no_operand():
+    from thinkfast.demo.recipes import load_shipped_teacher
+    from thinkfast.models.lm import LanguageModel
+
+    teacher, tok = load_shipped_teacher()
+    torch.manual_seed(0)
+    blank = LanguageModel(teacher.config).eval()
+    _, operands = lookup_probes(blank, tok, [(q, a) for q, a, _ in _problems(8)])
+    assert operand_share(operands, skip=()) <= 0.2
+
+
+def test_operand_share_skips_the_first_digit_by_default():
+    ops = {"digit 1": {"right": 9, "total": 10}, "digit 2": {"right": 2, "total": 8}}
+    assert operand_share(ops) == 0.25
+    assert operand_share(ops, skip=()) == 11 / 18
+    assert operand_share({"digit 1": ops["digit 1"]}) is None

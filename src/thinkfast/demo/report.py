@@ -19,9 +19,10 @@ then compares the teacher with a broken student, and the report says so first.""
 
 def distillation_check(greedy: dict[str, dict[str, Any]], share: float = DISTILLED_SHARE) -> dict[str, Any]:
     """Each student's greedy accuracy on the test problems against the teacher's (a pure function):
-    ``{student: {"greedy", "teacher_greedy", "share", "distilled", "lookup", "teacher_lookup"}}``,
-    ``distilled`` false when its greedy accuracy is under ``share`` of the teacher's; ``lookup``
-    the share of the look-ups of sentence 3 and on it gets right, teacher-forced
+    ``{student: {"greedy", "teacher_greedy", "share", "distilled", "lookup", "teacher_lookup",
+    "operands", "teacher_operands"}}``, ``distilled`` false when its greedy accuracy is under
+    ``share`` of the teacher's; ``lookup`` the share of the look-ups of sentence 3 and on it gets
+    right and ``operands`` that of the copied operands' second digits, teacher-forced
     (``demo.lookup``; None in a run whose greedy stages predate the probe)."""
     teacher = greedy["teacher"]["accuracy"]
     out = {}
@@ -30,14 +31,20 @@ def distillation_check(greedy: dict[str, dict[str, Any]], share: float = DISTILL
         ratio = acc / teacher if teacher > 0 else None
         out[name] = {"greedy": acc, "teacher_greedy": teacher, "share": ratio,
                      "distilled": ratio is None or ratio >= share,
-                     "lookup": greedy[name].get("lookup_share"), "teacher_lookup": greedy["teacher"].get("lookup_share")}
+                     "lookup": greedy[name].get("lookup_share"), "teacher_lookup": greedy["teacher"].get("lookup_share"),
+                     "operands": greedy[name].get("operand_share"),
+                     "teacher_operands": greedy["teacher"].get("operand_share")}
     return out
 
 
 def _lookup_note(v: dict[str, Any]) -> str:
-    if v.get("lookup") is None or v.get("teacher_lookup") is None:
-        return ""
-    return f", look-up of sentences 3 and on {_pct(v['lookup'])} right against {_pct(v['teacher_lookup'])}"
+    note = ""
+    if v.get("lookup") is not None and v.get("teacher_lookup") is not None:
+        note += f", look-up of sentences 3 and on {_pct(v['lookup'])} right against {_pct(v['teacher_lookup'])}"
+    if v.get("operands") is not None and v.get("teacher_operands") is not None:
+        note += (f", copied operands' second digits {_pct(v['operands'])} right against "
+                 f"{_pct(v['teacher_operands'])}")
+    return note
 
 
 def throughput_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

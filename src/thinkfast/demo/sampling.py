@@ -57,18 +57,20 @@ def greedy_stage(model_dir: Path, task: Any, examples: list, out_path: Path, nam
     from ..eval.grading import grade_rows
     from ..eval.io import read_jsonl
     from .config import LOOKUP_PROBLEMS
-    from .lookup import lookup_probe, lookup_share
+    from .lookup import lookup_probes, lookup_share, operand_share
 
     sample_file(model_dir, task, examples, out_path, name, 1, 0.0, cfg, log)
     rows = grade_rows(task, read_jsonl(out_path), str(out_path))
     acc = sum(bool(r["correct"]) for r in rows) / max(len(rows), 1)
     # The look-up of sentence k, teacher-forced on the first of the same problems (docs/demo-study.md).
-    probe = lookup_probe(load_model(model_dir).eval(), load_tokenizer(model_dir),
-                         [(ex.question, ex.gold) for ex in examples[:LOOKUP_PROBLEMS]])
-    share = lookup_share(probe)
+    probe, operands = lookup_probes(load_model(model_dir).eval(), load_tokenizer(model_dir),
+                                    [(ex.question, ex.gold) for ex in examples[:LOOKUP_PROBLEMS]])
+    share, op_share = lookup_share(probe), operand_share(operands)
     log(f"{name}: greedy accuracy {acc:.3f} on {len(rows)} test problems"
-        + (f"; look-up of sentences 3 and on {share:.1%} right" if share is not None else ""))
-    return {"accuracy": acc, "problems": len(rows), "lookup": probe, "lookup_share": share}
+        + (f"; look-up of sentences 3 and on {share:.1%} right" if share is not None else "")
+        + (f", of operands' second digits {op_share:.1%}" if op_share is not None else ""))
+    return {"accuracy": acc, "problems": len(rows), "lookup": probe, "lookup_share": share,
+            "operands": operands, "operand_share": op_share}
 
 
 def choose_temperature(model_dir: Path, task: Any, examples: list, out_dir: Path, name: str,

@@ -78,8 +78,10 @@ def _chunk_logits(heads, a: int, b: int, spec: _Spec):
     return zs, zt
 
 
-def _chunk_values(heads, a: int, b: int, y: Optional[torch.Tensor], spec: _Spec):
-    """Sums over positions a:b of (KL per token * temperature^2, CE per token), as fp32 scalars.
+def _chunk_values(heads, a: int, b: int, y: Optional[torch.Tensor], spec: _Spec,
+                  w: Optional[torch.Tensor] = None):
+    """Sums over positions a:b of (KL per token * temperature^2, CE per token), each position
+    times its weight w (c,) where given, as fp32 scalars.
 
     The same operations as the reference, in place where it can: only a few (c, V) tensors live."""
     zs, zt = _chunk_logits(heads, a, b, spec)
@@ -88,7 +90,8 @@ def _chunk_values(heads, a: int, b: int, y: Optional[torch.Tensor], spec: _Spec)
     ls = None
     if spec.want_ce:
         ls1 = F.log_softmax(zs, dim=-1)
-        ce = -ls1.gather(1, y[:, None]).sum()
+        ce_tok = -ls1.gather(1, y[:, None]).squeeze(1)  # (c,)
+        ce = (ce_tok if w is None else ce_tok * w).sum()
         if tau == 1.0 and spec.kind is not None:
             ls = ls1  # the tempered and untempered log-probabilities coincide
         del ls1
@@ -104,13 +107,16 @@ def _chunk_values(heads, a: int, b: int, y: Optional[torch.Tensor], spec: _Spec)
         else:  # sum p_s (log p_s - log p_t)
             diff = lt.neg_().add_(ls)
             p = ls.exp_()
-        kl = (p.mul_(diff).sum(-1) * tau**2).sum()
+        kl_tok = p.mul_(diff).sum(-1) * tau**2  # (c,)
+        kl = (kl_tok if w is None else kl_tok * w).sum()
     return kl, ce
 
 
 def _chunk_grad(heads, a: int, b: int, y: Optional[torch.Tensor], spec: _Spec,
-                g_kl: Optional[torch.Tensor], g_ce: Optional[torch.Tensor]) -> torch.Tensor:
-    """d(g_kl * KL_sum + g_ce * CE_sum)/d(student logits) for positions a:b: (c, V) fp32."""
+                g_kl: Optional[torch.Tensor], g_ce: Optional[torch.Tensor],
+                w: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """d(g_kl * KL_sum + g_ce * CE_sum)/d(student logits) for positions a:b: (c, V) fp32, each
+    row times its position's weight w (c,) where given."""
     zs, zt = _chunk_logits(heads, a, b, spec)
     tau = spec.temperature
     gz = None
@@ -134,6 +140,8 @@ def _chunk_grad(heads, a: int, b: int, y: Optional[torch.Tensor], spec: _Spec,
             g = d.sub_(k).mul_(p)
         g.mul_(g_kl * tau)
         gz = g if gz is None else gz.add_(g)
+    if w is not None:
+        gz.mul_(w[:, None])
     return gz
 
 
@@ -156,19 +164,21 @@ def _heads(hs, ws, bs, ht, wt, bt, spec: _Spec):
 class _ChunkedHeadLoss(torch.autograd.Function):
     """(KL_sum, CE_sum) over N positions from hidden states and LM heads, chunk by chunk.
 
-    Saves only the (N, D) inputs and references to the weights; backward recomputes the logits."""
+    Saves only the (N, D) inputs and references to the weights; backward recomputes the logits.
+    pw (N,) or None: each position's weight in both sums (``token_weights``), not differentiated."""
 
     @staticmethod
-    def forward(ctx, hs, ws, bs, ht, wt, bt, y, spec: _Spec):
+    def forward(ctx, hs, ws, bs, ht, wt, bt, y, spec: _Spec, pw=None):
         ctx.spec = spec
-        ctx.save_for_backward(hs, ws, bs, ht, wt, bt, y)
+        ctx.save_for_backward(hs, ws, bs, ht, wt, bt, y, pw)
         kl_sum = hs.new_zeros((), dtype=spec.acc_dtype)
         ce_sum = hs.new_zeros((), dtype=spec.acc_dtype)
         with torch.autocast(spec.device_type, enabled=False):
             heads = _heads(hs, ws, bs, ht, wt, bt, spec)
             for a in range(0, hs.shape[0], spec.chunk):
                 b = min(a + spec.chunk, hs.shape[0])
-                kl, ce = _chunk_values(heads, a, b, y[a:b] if y is not None else None, spec)
+                kl, ce = _chunk_values(heads, a, b, y[a:b] if y is not None else None, spec,
+                                       pw[a:b] if pw is not None else None)
                 if kl is not None:
                     kl_sum += kl
                 if ce is not None:
@@ -177,7 +187,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_kl, g_ce):
-        hs, ws, bs, ht, wt, bt, y = ctx.saved_tensors
+        hs, ws, bs, ht, wt, bt, y, pw = ctx.saved_tensors
         spec: _Spec = ctx.spec
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         if spec.kind is None:
@@ -189,13 +199,14 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         grad_b = torch.zeros(bs.shape, dtype=spec.acc_dtype, device=bs.device) if need_b else None
         if g_kl is None and g_ce is None:
             return grad_h, _cast(grad_w, ws.dtype), _cast(grad_b, None if bs is None else bs.dtype), \
-                None, None, None, None, None
+                None, None, None, None, None, None
         with torch.autocast(spec.device_type, enabled=False):
             heads = _heads(hs, ws, bs, ht, wt, bt, spec)
             hs_c, ws_c = heads[0], heads[1]
             for a in range(0, hs.shape[0], spec.chunk):
                 b = min(a + spec.chunk, hs.shape[0])
-                gz = _chunk_grad(heads, a, b, y[a:b] if y is not None else None, spec, g_kl, g_ce)  # (c, V) fp32
+                gz = _chunk_grad(heads, a, b, y[a:b] if y is not None else None, spec, g_kl, g_ce,
+                                 pw[a:b] if pw is not None else None)  # (c, V) fp32
                 if need_b:
                     grad_b += gz.sum(0)
                 gz_c = gz.to(spec.s_dtype)
@@ -206,12 +217,19 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                     _accumulate_mm(grad_w, gz_c.t(), hs_c[a:b])
                 del gz_c
         return (grad_h, _cast(grad_w, ws.dtype), _cast(grad_b, None if bs is None else bs.dtype),
-                None, None, None, None, None)
+                None, None, None, None, None, None)
 
 
 def _gather(hidden: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """(B, T, D) -> (N, D): the counted positions, in order."""
     return hidden.reshape(-1, hidden.shape[-1]).index_select(0, idx)
+
+
+def _gather_weights(weights: Optional[torch.Tensor], idx: torch.Tensor, spec: _Spec) -> Optional[torch.Tensor]:
+    """(B, T) position weights -> (N,) at the counted positions, detached, in the sums' dtype."""
+    if weights is None:
+        return None
+    return weights.detach().reshape(-1).index_select(0, idx).to(spec.acc_dtype)
 
 
 def _check_chunk(chunk_size: int) -> int:
@@ -226,14 +244,15 @@ def chunked_distillation_loss(student_hidden: torch.Tensor, student_weight: torc
                               kind: str = "forward", temperature: float = 1.0, kl_weight: float = 1.0,
                               ce_weight: float = 0.0, chunk_size: int = DEFAULT_CHUNK,
                               student_bias: Optional[torch.Tensor] = None,
-                              teacher_bias: Optional[torch.Tensor] = None):
+                              teacher_bias: Optional[torch.Tensor] = None,
+                              weights: Optional[torch.Tensor] = None):
     """``losses.distillation_loss`` on ``F.linear(hidden, weight, bias)`` of each model, without
     ever materialising the (B, T, V) logits.
 
     student_hidden, teacher_hidden: (B, T, D) -- what goes into each LM head (after the final
     norm); D may differ between them. student_weight (V, D), teacher_weight (V, D_t); biases (V,)
-    or None. labels, mask (B, T) as in ``losses``. Returns (total, kl, ce); gradients reach the
-    student's hidden states, weight and bias; the teacher's inputs are detached.
+    or None. labels, mask, weights (B, T) as in ``losses``. Returns (total, kl, ce); gradients reach
+    the student's hidden states, weight and bias; the teacher's inputs and the weights are detached.
     """
     if kind not in ("forward", "reverse"):
         raise ValueError(f"KL kind must be 'forward' or 'reverse', got {kind!r}")
@@ -252,7 +271,7 @@ def chunked_distillation_loss(student_hidden: torch.Tensor, student_weight: torc
     kl_sum, ce_sum = _ChunkedHeadLoss.apply(
         _gather(student_hidden, idx), student_weight, student_bias,
         _gather(teacher_hidden.detach(), idx), teacher_weight.detach(),
-        None if teacher_bias is None else teacher_bias.detach(), y, spec)
+        None if teacher_bias is None else teacher_bias.detach(), y, spec, _gather_weights(weights, idx, spec))
     n = m.sum().clamp(min=1)
     kl = kl_sum / n
     ce = ce_sum / n if ce_weight else student_hidden.new_zeros((), dtype=torch.float32)
@@ -261,14 +280,15 @@ def chunked_distillation_loss(student_hidden: torch.Tensor, student_weight: torc
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                           mask: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
-                          chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
+                          chunk_size: int = DEFAULT_CHUNK, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``losses.cross_entropy`` of ``F.linear(hidden, weight, bias)`` without the (B, T, V) logits."""
     _check_chunk(chunk_size)
     m = token_mask(labels, mask)
     idx = m.reshape(-1).nonzero().squeeze(1)
     y = labels.reshape(-1).index_select(0, idx).clamp(min=0)
     spec = _Spec(None, 1.0, True, chunk_size, hidden.device.type, _matmul_dtype(weight), None, _acc_dtype(weight))
-    _, ce_sum = _ChunkedHeadLoss.apply(_gather(hidden, idx), weight, bias, None, None, None, y, spec)
+    _, ce_sum = _ChunkedHeadLoss.apply(_gather(hidden, idx), weight, bias, None, None, None, y, spec,
+                                       _gather_weights(weights, idx, spec))
     return ce_sum / m.sum().clamp(min=1)
 
 

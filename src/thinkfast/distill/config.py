@@ -139,10 +139,21 @@ class LossConfig(LossWeights):
     """Positions per chunk of the logit losses (objectives kd and lm): each chunk is projected
     through the LM heads, reduced and dropped (backward recomputes it), so no (B, T, V) logits are
     ever held. 0 = the reference path on full logits (same result, O(B*T*V) memory)."""
+    long_window: int = 0
+    """Long-context token weights (objectives kd and lm, scored by the teacher; ``token_weights``):
+    each counted position's loss times min(exp(LSD), long_cap), LSD the teacher's log-probability
+    of the label with the whole prefix minus with only the last long_window..2*long_window tokens.
+    0 = off (every position weighs 1)."""
+    long_cap: float = 5.0
+    """The largest weight a position can get from ``long_window``."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("forward", "reverse"):
             raise ConfigError(f"loss.kind must be forward or reverse, got {self.kind!r}")
+        if not isinstance(self.long_window, int) or self.long_window < 0:
+            raise ConfigError(f"loss.long_window must be a whole number of tokens >= 0, got {self.long_window!r}")
+        if self.long_cap <= 0:
+            raise ConfigError(f"loss.long_cap must be > 0, got {self.long_cap!r}")
         super().__post_init__()
 
 

@@ -40,8 +40,12 @@ def token_mask(labels: Optional[torch.Tensor] = None, mask: Optional[torch.Tenso
     return m
 
 
-def _masked_mean(values: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Mean of values (B, T) over m (B, T); 0 when m is empty."""
+def _masked_mean(values: torch.Tensor, m: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean of values (B, T) over m (B, T), each position times ``weights`` (B, T) where given
+    (the sum of weight * value over the count of positions, as LongCE weights its cross-entropy);
+    0 when m is empty."""
+    if weights is not None:
+        values = values * weights
     # where(), not a product: a NaN at an ignored position must not leak into the mean.
     return torch.where(m, values, values.new_zeros(())).sum() / m.sum().clamp(min=1)
 
@@ -60,40 +64,44 @@ def kl_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
     return (p * (log_p - log_q)).sum(-1) * temperature**2
 
 
-def forward_kl(student_logits, teacher_logits, labels=None, mask=None, temperature: float = 1.0):
-    """Mean KL(teacher || student) over counted positions."""
+def forward_kl(student_logits, teacher_logits, labels=None, mask=None, temperature: float = 1.0, weights=None):
+    """Mean KL(teacher || student) over counted positions (each times ``weights`` (B, T) if given)."""
     m = token_mask(labels, mask, student_logits.shape[:2], student_logits.device)
-    return _masked_mean(kl_per_token(student_logits, teacher_logits, temperature, reverse=False), m)
+    return _masked_mean(kl_per_token(student_logits, teacher_logits, temperature, reverse=False), m, weights)
 
 
-def reverse_kl(student_logits, teacher_logits, labels=None, mask=None, temperature: float = 1.0):
-    """Mean KL(student || teacher) over counted positions."""
+def reverse_kl(student_logits, teacher_logits, labels=None, mask=None, temperature: float = 1.0, weights=None):
+    """Mean KL(student || teacher) over counted positions (each times ``weights`` (B, T) if given)."""
     m = token_mask(labels, mask, student_logits.shape[:2], student_logits.device)
-    return _masked_mean(kl_per_token(student_logits, teacher_logits, temperature, reverse=True), m)
+    return _masked_mean(kl_per_token(student_logits, teacher_logits, temperature, reverse=True), m, weights)
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Mean next-token cross-entropy over counted positions (labels aligned, IGNORE skipped)."""
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                  weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean next-token cross-entropy over counted positions (labels aligned, IGNORE skipped), each
+    position times ``weights`` (B, T) where given."""
     m = token_mask(labels, mask)
     ce = F.cross_entropy(logits.float().flatten(0, 1), labels.clamp(min=0).flatten(), reduction="none")
-    return _masked_mean(ce.view(labels.shape), m)
+    return _masked_mean(ce.view(labels.shape), m, weights)
 
 
 def distillation_loss(student_logits, teacher_logits, labels=None, mask=None, kind: str = "forward",
-                      temperature: float = 1.0, kl_weight: float = 1.0, ce_weight: float = 0.0):
+                      temperature: float = 1.0, kl_weight: float = 1.0, ce_weight: float = 0.0,
+                      weights: Optional[torch.Tensor] = None):
     """kl_weight * KL(kind, temperature) + ce_weight * CE(labels): the end-to-end KD loss.
 
-    kind: "forward" or "reverse". Returns (total, kl, ce); ce is 0 when ce_weight is 0.
+    kind: "forward" or "reverse". weights (B, T): each position's KL and CE times its weight
+    (``token_weights``), None = 1 everywhere. Returns (total, kl, ce); ce is 0 when ce_weight is 0.
     """
     if kind not in ("forward", "reverse"):
         raise ValueError(f"KL kind must be 'forward' or 'reverse', got {kind!r}")
     kl_fn = forward_kl if kind == "forward" else reverse_kl
-    kl = kl_fn(student_logits, teacher_logits, labels, mask, temperature)
+    kl = kl_fn(student_logits, teacher_logits, labels, mask, temperature, weights)
     ce = student_logits.new_zeros((), dtype=torch.float32)
     if ce_weight:
         if labels is None:
             raise ValueError("ce_weight > 0 needs labels")
-        ce = cross_entropy(student_logits, labels, mask)
+        ce = cross_entropy(student_logits, labels, mask, weights)
     return kl_weight * kl + ce_weight * ce, kl, ce
 
 

@@ -37,6 +37,7 @@ from ..runtime import UserError
 from .chunked_loss import DEFAULT_CHUNK, chunked_cross_entropy, chunked_distillation_loss, has_head, head_inputs
 from .losses import IGNORE, cross_entropy, distillation_loss, hidden_alignment_loss, hidden_mse, \
     matrix_orientation_loss
+from .token_weights import long_context_weights, weights_summary
 
 # Mixer parameters that shape the mixing matrix (stage 1 trains these and nothing else).
 MATRIX_PARAMS = ("in_proj", "conv1d", "dt_bias", "A_log", "a_bias")
@@ -222,24 +223,40 @@ class LMObjective(Objective):
     """Cross-entropy on the labels; the data decides which tokens count (all or response only).
 
     chunk_size > 0: the loss from the LM head's input, chunk by chunk (``chunked_loss``), never the
-    (B, T, V) logits; 0: the reference on full logits."""
+    (B, T, V) logits; 0: the reference on full logits. long_window > 0: each position's loss times
+    its long-context weight (``token_weights``), which the teacher scores."""
 
     name = "lm"
 
-    def __init__(self, student, teacher=None, trainable="all", chunk_size: int = DEFAULT_CHUNK):
+    def __init__(self, student, teacher=None, trainable="all", chunk_size: int = DEFAULT_CHUNK,
+                 long_window: int = 0, long_cap: float = 5.0):
         if chunk_size < 0:
             raise UserError(f"loss.chunk_size must be >= 0, got {chunk_size}")
-        self.chunk_size = chunk_size
-        super().__init__(student, teacher, trainable)
+        if long_window and teacher is None:
+            raise UserError("loss.long_window needs a teacher to score the tokens (teacher=PATH)")
+        self.chunk_size, self.long_window, self.long_cap = chunk_size, long_window, long_cap
+        super().__init__(student, teacher if long_window else None, trainable)
+
+    def flops_per_token(self) -> float:
+        """6 N of the student; with long_window, 2 N_teacher for each of its 3 token-passes."""
+        n = 6 * matmul_params(self.student)
+        return float(n + (6 * matmul_params(self.teacher) if self.teacher is not None else 0))
 
     def forward(self, batch):
+        ids, labels = batch["input_ids"], batch["labels"]
+        w = metrics = None
+        if self.long_window:
+            w = long_context_weights(self.teacher, ids, labels, self.long_window, self.long_cap,
+                                     chunk_size=self.chunk_size or DEFAULT_CHUNK)
+            metrics = weights_summary(w, labels, self.long_cap)
         if self.chunk_size and has_head(self.student):
-            _, h = head_inputs(self.student, batch["input_ids"])  # (B, T, D)
+            _, h = head_inputs(self.student, ids)  # (B, T, D)
             head = self.student.lm_head
-            return chunked_cross_entropy(h, head.weight, batch["labels"], None, head.bias, self.chunk_size), {}
-        logits = self.student(batch["input_ids"]).logits  # (B, T, V)
-        loss = cross_entropy(logits, batch["labels"])
-        return loss, {}
+            loss = chunked_cross_entropy(h, head.weight, labels, None, head.bias, self.chunk_size, w)
+            return loss, metrics or {}
+        logits = self.student(ids).logits  # (B, T, V)
+        loss = cross_entropy(logits, labels, None, w)
+        return loss, metrics or {}
 
 
 class _LayerwiseObjective(Objective):
@@ -390,26 +407,40 @@ class KDObjective(Objective):
         self.set_trainable()
         return True
 
+    def flops_per_token(self) -> float:
+        """The base's 6 N + 2 N_teacher; long-context weights add 2 N_teacher for the short pass's
+        2 tokens per token."""
+        extra = 4 * matmul_params(self.teacher) if self.loss_cfg.long_window else 0
+        return super().flops_per_token() + float(extra)
+
     def forward(self, batch):
         ids, labels = batch["input_ids"], batch["labels"]
         c = self.loss_cfg
         want_h = c.hidden_weight > 0
+        w, metrics = None, {}
         if c.chunk_size and has_head(self.student) and has_head(self.teacher):
             # The LM heads' inputs, not their (B, T, V) outputs: the loss projects chunk by chunk.
             with torch.no_grad():
                 t, th = head_inputs(self.teacher, ids, output_hidden_states=want_h)
+                if c.long_window:
+                    w = long_context_weights(self.teacher, ids, labels, c.long_window, c.long_cap,
+                                             full_hidden=th, chunk_size=c.chunk_size)
             s, sh = head_inputs(self.student, ids, output_hidden_states=want_h)
             sw, tw = self.student.lm_head, self.teacher.lm_head
             loss, kl, ce = chunked_distillation_loss(sh, sw.weight, th, tw.weight, labels, None, c.kind,
                                                      c.temperature, c.kl_weight, c.ce_weight, c.chunk_size,
-                                                     sw.bias, tw.bias)
+                                                     sw.bias, tw.bias, w)
         else:
             with torch.no_grad():
                 t = self.teacher(ids, output_hidden_states=want_h)
+                if c.long_window:
+                    w = long_context_weights(self.teacher, ids, labels, c.long_window, c.long_cap)
             s = self.student(ids, output_hidden_states=want_h)
             loss, kl, ce = distillation_loss(s.logits, t.logits, labels, None, c.kind, c.temperature,
-                                             c.kl_weight, c.ce_weight)
-        metrics = {"kl": kl.detach()}
+                                             c.kl_weight, c.ce_weight, w)
+        if w is not None:
+            metrics.update(weights_summary(w, labels, c.long_cap))
+        metrics["kl"] = kl.detach()
         if c.ce_weight:
             metrics["ce"] = ce.detach()
         if want_h:
@@ -427,8 +458,8 @@ def build_objective(stage, student: LanguageModel, teacher: Optional[LanguageMod
         if stage.hybrid_schedule:
             raise UserError("hybrid_schedule with objective lm is not supported: it needs a teacher "
                             "to initialise from; use objective kd with ce_weight")
-        return LMObjective(student, None, "all" if stage.trainable == "auto" else stage.trainable,
-                           stage.loss.chunk_size)
+        return LMObjective(student, teacher, "all" if stage.trainable == "auto" else stage.trainable,
+                           stage.loss.chunk_size, stage.loss.long_window, stage.loss.long_cap)
     if stage.objective == "matrix":
         return MatrixObjective(student, teacher, stage.trainable)
     if stage.objective == "hidden":
