@@ -148,6 +148,41 @@ def test_identity_conv_init_passes_the_current_token(kind):
         student_from_teacher(teacher, 0.0, kind, conv_init="zeros")
 
 
+def test_shifted_conv_init_gives_each_key_its_querys_window_one_token_later():
+    """With the same input in B and C, B's conv output at t is C's at t - 1 (bias aside): a key
+    holds the tokens before it exactly as the query a step earlier did. x and C keep the default."""
+    teacher = tiny_teacher()
+    student = student_from_teacher(teacher, 0.0, "discrete", seed=0, conv_init="shifted")
+    default = student_from_teacher(teacher, 0.0, "discrete", seed=0)
+    mx, ref = student.layers[0].mixer, default.layers[0].mixer
+    nx, nb = mx.d_inner, mx.H * mx.N
+    w, w0 = mx.conv1d.weight, ref.conv1d.weight
+    assert torch.equal(w[:nx], w0[:nx]) and torch.equal(w[nx + nb:], w0[nx + nb:])
+    u = torch.randn(2, 9, nb, generator=torch.Generator().manual_seed(1))
+    xbc = torch.cat([torch.zeros(2, 9, nx), u, u], dim=-1)
+    with torch.no_grad():
+        out = mx.conv1d(xbc.transpose(1, 2))[..., :9].transpose(1, 2)  # (B, T, channels), before the activation
+    b_part = out[..., nx:nx + nb] - mx.conv1d.bias[nx:nx + nb]
+    c_part = out[..., nx + nb:] - mx.conv1d.bias[nx + nb:]
+    # B at t = C at t - 1 without C's oldest tap (which reaches t - K, beyond B's window)
+    torch.testing.assert_close(b_part[:, 1:], _c_without_oldest_tap(u, w[nx + nb:, 0])[:, :-1])
+    assert c_part.abs().sum() > 0
+    assert not b_part[:, 0].any()  # token 0 has nothing before it
+    # a mamba2 mixer whose B is grouped (fewer groups than heads) has no one-to-one B and C
+    with pytest.raises(ConversionError, match="shifted"):
+        student_from_teacher(teacher, 0.0, "mamba2", seed=0, conv_init="shifted")
+
+
+def _c_without_oldest_tap(u: torch.Tensor, wc: torch.Tensor) -> torch.Tensor:
+    """C's causal conv of u (B, T, n) without its oldest tap (taps 1..K-1 of wc (n, K))."""
+    K = wc.shape[1]
+    out = torch.zeros_like(u)
+    for j in range(1, K):  # tap j multiplies token t - (K - 1 - j)
+        lag = K - 1 - j
+        out[:, lag:] += u[:, : u.shape[1] - lag] * wc[:, j]
+    return out
+
+
 def test_identity_conv_discrete_mixer_is_the_linear_attention_it_was_read_from():
     """With the identity conv, Llamba's mixing matrix at initialisation is attention without its
     softmax: decay(t, s) * <W_Q u_t, W_K u_s> per head (K repeated over its GQA group)."""

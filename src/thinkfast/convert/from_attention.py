@@ -124,20 +124,32 @@ def _default_conv_init(conv: nn.Conv1d, g: torch.Generator) -> None:
         conv.bias.copy_(torch.rand(conv.bias.shape, generator=g) * 2 * bound - bound)
 
 
-CONV_INITS = ("default", "identity")
+CONV_INITS = ("default", "identity", "shifted")
 
 
 @torch.no_grad()
-def _init_conv(conv: nn.Conv1d, how: str, g: torch.Generator) -> None:
+def _init_conv(conv: nn.Conv1d, how: str, g: torch.Generator, bc: tuple[int, int] = (0, 0)) -> None:
     """The converted mixer's causal conv over x|B|C (with padding K - 1, tap K - 1 multiplies
-    token t).
+    token t). bc: the sizes of the x and B parts (C is the rest).
 
     default: PyTorch's init, seeded (each channel a random mix of the last K tokens, as in
     MambaInLlama; training moves it by only about a quarter, so these random filters stay part of
     what the seed picks); identity: every channel passes token t, so the mixer starts as exactly
-    the linear attention it was read from (an ablation: docs/demo-study.md)."""
-    if how == "default":
+    the linear attention it was read from (an ablation: docs/demo-study.md); shifted: the default,
+    then each B channel takes its C channel's filter one token later (B's weight on token t-1-l is
+    C's on token t-l, and nothing on token t), so a key holds the tokens before it exactly as the
+    query one step earlier does: the match then reads the token after it, an induction head's
+    copy (needs B and C of one size; an ablation: docs/demo-study.md)."""
+    if how in ("default", "shifted"):
         _default_conv_init(conv, g)
+        if how == "shifted":
+            n_x, n_b = bc
+            n_c = conv.weight.shape[0] - n_x - n_b
+            if n_b == 0 or n_b != n_c:
+                raise ConversionError(f"conv_init shifted needs B and C parts of one size, got {n_b} and {n_c}")
+            w = conv.weight[:, 0]  # (channels, K)
+            w[n_x:n_x + n_b, :-1] = w[n_x + n_b:, 1:]
+            w[n_x:n_x + n_b, -1] = 0.0
         return
     conv.weight.zero_()
     conv.weight[..., -1] = 1.0
@@ -184,7 +196,7 @@ def init_mamba2_from_attention(mixer: Mamba2Mixer, attn: Attention, g: torch.Gen
     ]
     mixer.in_proj.weight.copy_(torch.cat(rows, dim=0))
     mixer.out_proj.weight.copy_(attn.o_proj.weight)
-    _init_conv(mixer.conv1d, conv_init, g)
+    _init_conv(mixer.conv1d, conv_init, g, (G * P, G * mixer.N))
     mixer.reset_ssm_parameters(mcfg.dt_min, mcfg.dt_max, mcfg.A_init_min, mcfg.A_init_max, generator=g)
     mixer.norm.weight.fill_(1.0)
 
@@ -217,7 +229,7 @@ def init_discrete_from_attention(mixer: DiscreteMamba2Mixer, attn: Attention, g:
     mixer.out_proj.weight.copy_(attn.o_proj.weight)
     mixer.z_bias.zero_()
     mixer.D.fill_(1.0)
-    _init_conv(mixer.conv1d, conv_init, g)
+    _init_conv(mixer.conv1d, conv_init, g, (mixer.d_inner, mixer.H * mixer.N))
 
 
 # --- whole models -----------------------------------------------------------------------------

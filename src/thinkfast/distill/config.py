@@ -200,7 +200,9 @@ class StudentConfig:
     """attention (x <- V, B <- K, C <- Q, out <- O) | random (ablation: projections drawn at random)"""
     conv_init: str = "default"
     """The converted mixers' causal conv: default (PyTorch's init, seeded) | identity (each channel
-    passes its current token: the mixer starts as exactly the linear attention it was read from)."""
+    passes its current token: the mixer starts as exactly the linear attention it was read from) |
+    shifted (the default, with each B channel taking its C channel's filter one token later: a
+    key holds what the query held a step earlier, an induction head's shift)."""
     mamba: dict[str, Any] = field(default_factory=dict)
     """MambaConfig overrides (e.g. chunk_size)."""
     model: Any = None
@@ -209,8 +211,8 @@ class StudentConfig:
     def __post_init__(self) -> None:
         if self.mixer_init not in ("attention", "random"):
             raise ConfigError(f"student.mixer_init must be attention or random, got {self.mixer_init!r}")
-        if self.conv_init not in ("default", "identity"):
-            raise ConfigError(f"student.conv_init must be default or identity, got {self.conv_init!r}")
+        if self.conv_init not in ("default", "identity", "shifted"):
+            raise ConfigError(f"student.conv_init must be default, identity or shifted, got {self.conv_init!r}")
         if self.kind not in ("discrete", "mamba2"):
             raise ConfigError(f"student.kind must be discrete or mamba2, got {self.kind!r}")
 
