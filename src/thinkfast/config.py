@@ -124,6 +124,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, {_got(value)}")
+        if len(args) == 2:
+            return {_convert(k, args[0], f"{where} (key {k!r})"): _convert(v, args[1], f"{where}.{k}")
+                    for k, v in value.items()}
         return value
     # bool is a subclass of int in Python, but `true` for a layer count is a mistake, as is 1 for
     # a switch: neither is accepted as the other.
@@ -169,7 +172,7 @@ def from_dict(cls: type, data: Any, source: str | os.PathLike = "", where: str =
     by its dotted path under ``where`` (e.g. ``model.mamba.kind``). Types follow the annotations:
     bool is not int and int is not bool, a string is never a number, an int is accepted where a
     float is expected (and becomes one), a list where a tuple is, a mapping where a dataclass is;
-    Optional, Union, Literal, list[...], tuple[...] and dict are understood."""
+    Optional, Union, Literal, list[...], tuple[...] and dict[...] (keys and values checked) are understood."""
     try:
         return _build(cls, data, where)
     except ConfigError as e:

@@ -9,6 +9,8 @@ stage may override any training setting. Unknown keys and wrongly typed values a
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -36,6 +38,11 @@ class TrainConfig:
     decay_fraction: float = 0.2
     """wsd: the final fraction of steps over which the rate decays linearly to min_lr_ratio*lr."""
     min_lr_ratio: float = 0.1
+    lr_scale: dict[str, float] = field(default_factory=dict)
+    """Learning-rate multipliers by parameter name: glob patterns over the student's parameter
+    names (``fnmatch``, e.g. ``{"*.conv1d.*": 10}``), each parameter taking the factor of the first
+    pattern it matches (1 if none). The schedule's rate is multiplied by it, step by step. A pattern
+    that matches none of the student's parameters is an error."""
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
@@ -108,6 +115,9 @@ class TrainConfig:
             raise ConfigError(f"train.trim_padding must be >= 0 (0: no cut), got {self.trim_padding}")
         if self.peak_tflops is not None and self.peak_tflops <= 0:
             raise ConfigError("train.peak_tflops must be > 0")
+        bad = {k: v for k, v in self.lr_scale.items() if not (v > 0 and math.isfinite(v))}
+        if bad:
+            raise ConfigError(f"train.lr_scale factors must be finite and > 0, got {bad}")
 
 
 @dataclass

@@ -51,7 +51,7 @@ from ..runtime import UserError
 from . import distributed as D
 from .config import TrainConfig
 from .metrics import TrainClock, peak_tflops, throughput
-from .schedule import lr_factor
+from .schedule import lr_factor, param_groups
 from .stages import StageObjective
 
 VOLATILE_TRAIN_KEYS = ("steps", "micro_batch_size", "log_every", "eval_every", "eval_batches", "save_every",
@@ -211,12 +211,11 @@ class Trainer:
         # positions) is made symbolic after its first recompile, not recompiled at every value.
         self._compiled = torch.compile(self.model, dynamic=None) if self.cfg.compile else None
         params = self.obj.trainable_parameters()  # after wrapping: FSDP2 replaced them by DTensors
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.cfg.lr,
-                                           betas=tuple(self.cfg.betas), eps=self.cfg.eps)
+        groups = param_groups(params, dict(self.obj.student.named_parameters()), self.cfg.weight_decay,
+                              self.cfg.lr_scale)
+        # Kept here, not read back from the groups: a resumed optimizer's groups are the saved ones.
+        self._lr_scales = [g.pop("lr_scale") for g in groups]
+        self.optimizer = torch.optim.AdamW(groups, lr=self.cfg.lr, betas=tuple(self.cfg.betas), eps=self.cfg.eps)
 
     def _ckpt_dir(self, step: int) -> Path:
         return self.out / "checkpoints" / f"step_{step:08d}"
@@ -510,8 +509,8 @@ class Trainer:
                 f"the weights before that step are saved in {path}. Lower train.lr, check the data, or "
                 f"set train.clip_grad")
         lr = c.lr * lr_factor(self.step, c.steps, c.schedule, c.warmup_steps, c.decay_fraction, c.min_lr_ratio)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+        for g, scale in zip(self.optimizer.param_groups, self._lr_scales):
+            g["lr"] = lr * scale
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         D.synchronize(self.env)  # the step's time includes its update (accelerators run async)
