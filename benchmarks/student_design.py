@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--demo", type=Path, default=Path("demo_out"), help="a finished demo run (data, teacher)")
     ap.add_argument("--override", action="append", default=[],
                     help="a recipe override, e.g. stages.kd.train.steps=2000")
+    ap.add_argument("--train-precision", choices=["auto", "bf16", "fp32"], default="auto",
+                    help="the demo's DemoConfig.train_precision (auto: bf16 on a CPU with native bf16)")
     ap.add_argument("--n-test", type=int, default=100, help="problems scored")
     ap.add_argument("--split", choices=["val", "test"], default="val")
     ap.add_argument("--eval-only", type=Path, default=None, metavar="MODEL", help="score MODEL; train nothing")
@@ -90,7 +92,7 @@ def main() -> None:
 
 def train_student(args) -> tuple[Path, dict, float]:
     """Run the demo's recipe for ``args.kind`` with the overrides; (model dir, run result, seconds)."""
-    cfg = DemoConfig()
+    cfg = DemoConfig(train_precision=args.train_precision).resolved()
     teacher, train = args.demo / "teacher" / "model", args.demo / "data" / "train.jsonl"
     if args.kind == "llamba":
         recipe = llamba_recipe(cfg, args.out / "student", teacher, train).to_dict()

@@ -52,6 +52,7 @@ VARIANTS = {
     "compile": {"train": {"compile": True}},
     "compile+chunk0": {"train": {"compile": True}, "loss": {"chunk_size": 0}},
     "long32": {"loss": {"long_window": 32, "long_cap": 10.0}},
+    "bf16": {"train": {"bf16": True}},
 }
 
 
@@ -79,7 +80,7 @@ def build_trainer(stage: str, variant: dict, work: Path, train_path: Path, steps
     from thinkfast.distill.trainer import Trainer
 
     student_kind, stage_name = stage.split("-")
-    cfg = DemoConfig()
+    cfg = DemoConfig(train_precision="fp32")  # the variants choose their own precision
     out = work / f"{stage}-{id(variant)}"
     if student_kind == "llamba":
         recipe = llamba_recipe(cfg, out, SHIPPED_TEACHER, train_path)

@@ -587,3 +587,31 @@ def test_a_run_of_another_shipped_teacher_is_refused(tmp_path):
     demo.check_out_dir(tmp_path, cfg, "shipped", force=False, teacher_weights="aaaa")  # same run: accepted
     with pytest.raises(UserError, match="different configuration"):
         demo.check_out_dir(tmp_path, cfg, "shipped", force=False, teacher_weights="bbbb")
+
+
+def test_training_precision_is_decided_for_the_machine_and_recorded(quick_run, monkeypatch, tmp_path):
+    import yaml
+
+    import thinkfast.runtime as runtime
+
+    here = "bf16" if runtime.native_bf16("cpu") else "fp32"
+    with pytest.raises(ValueError, match="unknown train_precision"):
+        demo.DemoConfig(train_precision="fp16")
+    for native, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(runtime, "native_bf16", lambda device="cpu", native=native: native)
+        assert demo.DemoConfig().resolved().train_precision == want
+        assert demo.DemoConfig(train_precision="fp32").resolved().train_precision == "fp32"  # asked: kept
+    with pytest.raises(ValueError, match="resolved"):  # "auto" is never handed to a recipe
+        recipes.llamba_recipe(demo.DemoConfig(), tmp_path / "s", tmp_path / "t", tmp_path / "d.jsonl")
+    for precision, bf16 in (("bf16", True), ("fp32", False)):
+        cfg = demo.DemoConfig(train_precision=precision)
+        for recipe in (recipes.llamba_recipe(cfg, tmp_path / "s", tmp_path / "t", tmp_path / "d.jsonl"),
+                       recipes.hybrid_recipe(cfg, tmp_path / "s", tmp_path / "t", tmp_path / "d.jsonl")):
+            assert recipe.train.bf16 is bf16
+    # the run records the precision it decided, and its students trained in it
+    recorded = json.loads((quick_run / "demo_config.json").read_text())["demo"]["train_precision"]
+    assert recorded == here
+    assert json.loads((quick_run / "results.json").read_text())["config"]["train_precision"] == recorded
+    for stage in sorted(quick_run.glob("*/[0-9]-*/run_config.yaml")):
+        assert yaml.safe_load(stage.read_text())["train"]["bf16"] is (recorded == "bf16"), stage
+    assert len(list(quick_run.glob("*/[0-9]-*/run_config.yaml"))) == 6  # 4 Llamba + 2 hybrid stages

@@ -35,6 +35,21 @@ def configure_threads(threads: int | None = None) -> int:
     return n
 
 
+def native_bf16(device: Any = "cpu") -> bool:
+    """Whether ``device`` computes bf16 matrix products natively: a CUDA GPU that supports bf16,
+    or a CPU with AVX-512 BF16 or AMX-BF16 instructions. Elsewhere bf16 is emulated through fp32
+    and is slower than fp32 (how the demo decides to train in bf16: ``DemoConfig.train_bf16``)."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if dev.type != "cpu":
+        return False
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
 def seed_everything(seed: int) -> None:
     import numpy as np
     import torch

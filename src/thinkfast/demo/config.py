@@ -8,7 +8,7 @@ docs/llamba-decay-bias.md and docs/layer-selection.md.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,6 +20,8 @@ LOOKUP_PROBLEMS = 100
 """Test problems (the first ones) each greedy stage's look-up probe reads (``demo.lookup``):
 about 300 look-ups, enough to tell a student that has it from one that does not, in a few seconds."""
 VERIFIERS = ("orm", "prm")
+PRECISIONS = ("auto", "bf16", "fp32")
+"""The training precisions ``DemoConfig.train_precision`` may name."""
 """The verifiers ``DemoConfig.verifier`` may name."""
 TASK_FORMAT = {"prompt_template": "Question: {question}\nAnswer:", "response_template": " {answer}\n\n",
                "add_bos": False, "add_eos": False, "pack": False}
@@ -64,6 +66,12 @@ class DemoConfig:
     seq_len: int = 512
     """Row length: a prompt plus the longest chain of the shipped task is ~430 tokens."""
     lr: float = 1e-3
+    train_precision: str = "auto"
+    """The students' training precision: "bf16" (mixed precision, ``train.bf16``: bf16 matrix
+    products, fp32 weights, gradients and optimizer), "fp32", or "auto", which ``resolved`` turns
+    into bf16 on a CPU that computes bf16 natively (AVX-512 BF16 or AMX, ``runtime.native_bf16``)
+    and fp32 elsewhere. There it made the demo's training steps 1.9-2.0x faster than fp32 (docs/
+    performance.md, "bf16 training on CPU"); where bf16 is emulated it is slower than fp32."""
     # sampling
     temperatures: list[float] = field(default_factory=lambda: [0.6, 0.8, 1.0])
     temp_problems: int = 32
@@ -114,6 +122,16 @@ class DemoConfig:
             raise ValueError(f"unknown verifier {self.verifier!r}; choose from {', '.join(VERIFIERS)}")
         if self.prm_aggregate not in ("min", "last"):
             raise ValueError(f"unknown prm_aggregate {self.prm_aggregate!r}; choose from min, last")
+        if self.train_precision not in PRECISIONS:
+            raise ValueError(f"unknown train_precision {self.train_precision!r}; choose from {', '.join(PRECISIONS)}")
+
+    def resolved(self) -> "DemoConfig":
+        """This configuration with ``train_precision`` "auto" decided for this machine."""
+        if self.train_precision != "auto":
+            return self
+        from ..runtime import native_bf16
+
+        return replace(self, train_precision="bf16" if native_bf16("cpu") else "fp32")
 
     @classmethod
     def preset(cls, quick: bool) -> "DemoConfig":

@@ -27,13 +27,16 @@ from .stages import (StageRunner, check_out_dir, in_worker, lock_out_dir, out_di
 
 def run_demo(out: Path, quick: bool = False, force: bool = False, retrain_teacher: bool = False,
              log: Callable[[str], None] = print, jobs: Optional[int] = None,
-             verifier: Optional[str] = None) -> dict[str, Any]:
+             verifier: Optional[str] = None, train_precision: Optional[str] = None) -> dict[str, Any]:
     """Run every stage (reusing finished ones), holding OUT's lock; returns results.json's
     content. ``jobs``: processes for the stages that run side by side (default: ``parallel_workers``);
-    ``verifier``: ``DemoConfig.verifier`` (None: its default)."""
+    ``verifier``, ``train_precision``: ``DemoConfig``'s (None: its default)."""
     cfg = DemoConfig.preset(quick)
     if verifier is not None:
         cfg = dataclasses.replace(cfg, verifier=verifier)
+    if train_precision is not None:
+        cfg = dataclasses.replace(cfg, train_precision=train_precision)
+    cfg = cfg.resolved()  # "auto" decided here, so OUT/demo_config.json records what trains
     task_meta = demo_task_config()
     teacher_tag = "retrained" if retrain_teacher else "shipped"
     if not retrain_teacher:

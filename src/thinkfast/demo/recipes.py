@@ -92,9 +92,15 @@ def _student_recipe(cfg: DemoConfig, out_dir: Path, teacher_dir: Path, train: Pa
                  "eval_fraction": 0.02, "seed": cfg.seed},
         "train": {"batch_size": cfg.batch_size, "lr": cfg.lr, "schedule": "cosine", "warmup_steps": 10,
                   "clip_grad": 1.0, "eval_every": 0, "save_every": 100, "seed": cfg.seed,
-                  "progress": True},
+                  "progress": True, "bf16": _bf16(cfg)},
         "stages": stages,
     })
+
+
+def _bf16(cfg: DemoConfig) -> bool:
+    if cfg.train_precision == "auto":
+        raise ValueError("DemoConfig.train_precision is still 'auto': build recipes from cfg.resolved()")
+    return cfg.train_precision == "bf16"
 
 
 def llamba_recipe(cfg: DemoConfig, out_dir: Path, teacher_dir: Path, train: Path):
