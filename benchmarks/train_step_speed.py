@@ -4,7 +4,8 @@ measured side by side in one process (alternating runs), with the losses compare
     OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE python benchmarks/train_step_speed.py --steps 20
 
 Builds, from the demo's own recipes (``thinkfast.demo.recipes``) and the shipped teacher, the
-trainer of each long stage -- llamba kd, llamba sft, hybrid kd, hybrid sft -- on the demo's rows
+trainer of each long stage -- llamba kd, llamba sft, hybrid kd, hybrid sft, and on request MOHAWK's
+llamba matrix (its own 64-token rows) and llamba hidden -- on the demo's rows
 (batch 4, one problem per row right-padded to seq_len 512, response-only loss), and for each variant runs the same optimizer
 steps from the same start. Variants:
 
@@ -21,6 +22,9 @@ steps from the same start. Variants:
   long32     loss.long_window 32, long_cap 10: long-context token weights (distill.token_weights),
              one more teacher pass over twice the tokens per step; a different loss, so its loss
              column is not a rounding check
+  bf16       train.bf16: bf16 mixed precision (autocast: bf16 matrix products, fp32 weights,
+             gradients and optimizer), what the demo trains in on a CPU with native bf16; its loss
+             column is bf16's rounding, not fp32's
 
 Prints tokens/s per variant, the ratio to eager (each variant's median over alternated rounds
 divided by eager's), and the largest loss difference from eager over the steps. ``--profile``
@@ -31,6 +35,7 @@ instead prints torch.profiler's top ops of one step of each stage and their shar
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -43,7 +48,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-STAGES = ("llamba-kd", "llamba-sft", "hybrid-kd", "hybrid-sft")
+STAGES = ("llamba-kd", "llamba-sft", "hybrid-kd", "hybrid-sft", "llamba-matrix", "llamba-hidden")
 VARIANTS = {
     "reference": {"scan_backend": "torch_reference", "train": {"trim_padding": 0}},
     "untrimmed": {"train": {"trim_padding": 0}},
@@ -96,7 +101,8 @@ def build_trainer(stage: str, variant: dict, work: Path, train_path: Path, steps
     teacher = load_model(SHIPPED_TEACHER)
     tok = load_tokenizer(SHIPPED_TEACHER)
     student = initial_student(recipe, teacher, len(tok))
-    bundle = load_data(recipe.data, tok, student.config.vocab_size)
+    seq_len = recipe.stages[i].seq_len or recipe.data.seq_len  # the matrix stage's own, shorter rows
+    bundle = load_data(dataclasses.replace(recipe.data, seq_len=seq_len), tok, student.config.vocab_size)
     tc = resolve_train(recipe, i)
     obj = build_objective(recipe.stages[i], student, teacher, recipe.student.kind, recipe.student.seed)
     trainer = Trainer(obj, bundle, tc, out, name=stage_name)
@@ -229,7 +235,7 @@ def profile(stages, variant: str, work: Path, row_limit: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    ap.add_argument("--stages", nargs="+", default=list(STAGES[:4]), choices=STAGES)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                     help="the first is the reference (default eager)")
     ap.add_argument("--steps", type=int, default=10, help="steps per timed run")

@@ -199,7 +199,8 @@ def test_adaptive_curve_matches_evaluate_at_the_full_cap(quick_run):
 def test_cost_model_counts_each_stage_by_its_units():
     from dataclasses import replace
 
-    cfg = demo.DemoConfig()
+    # fp32 training at 200 problems: everything in the training group fits beside Llamba (below)
+    cfg = demo.DemoConfig(n_test=200, train_precision="fp32")
     rates = demo.REFERENCE
     n_by = {"teacher": 32, "llamba": 64, "hybrid": 32}
     s = demo.stage_seconds(cfg, rates, n_by)
@@ -299,7 +300,7 @@ def test_eta_counts_a_parallel_group_under_way_from_when_it_began():
     """While the students train, the stages of their group already run count the time they have
     had: with the hybrid done on time, the ETA is what is left of Llamba's stage (and what waits
     for it), not the whole of it."""
-    cfg = demo.DemoConfig()
+    cfg = demo.DemoConfig(n_test=200, train_precision="fp32")  # the rest of the group fits beside Llamba
     now = [0.0]
     eta = demo.Eta(cfg, workers=2, log=lambda msg: None, clock=lambda: now[0])
     exp = eta.expected()
@@ -615,3 +616,29 @@ def test_training_precision_is_decided_for_the_machine_and_recorded(quick_run, m
     for stage in sorted(quick_run.glob("*/[0-9]-*/run_config.yaml")):
         assert yaml.safe_load(stage.read_text())["train"]["bf16"] is (recorded == "bf16"), stage
     assert len(list(quick_run.glob("*/[0-9]-*/run_config.yaml"))) == 6  # 4 Llamba + 2 hybrid stages
+
+
+def test_cost_model_takes_bf16_training_at_its_measured_speedup():
+    from dataclasses import replace
+
+    rates = demo.REFERENCE
+    assert set(rates.bf16_train_speedup) == set(rates.train_s_per_step)
+    assert all(v > 1 for v in rates.bf16_train_speedup.values())
+    fp32, bf16 = (demo.stage_seconds(demo.DemoConfig(train_precision=p)) for p in ("fp32", "bf16"))
+    o = rates.stage_overhead_s
+    for student in ("llamba", "hybrid"):
+        steps = {k: v for k, v in demo_cost.student_steps(demo.DemoConfig()).items() if k.startswith(student + "/")}
+        assert bf16[student] - 2 * o == pytest.approx(sum(
+            n * demo_cost.train_step_seconds(rates, k, tok) / rates.bf16_train_speedup[k]
+            for k, (n, tok) in steps.items()))
+        assert bf16[student] < fp32[student]
+    assert {k: v for k, v in bf16.items() if k not in ("llamba", "hybrid")} == \
+        {k: v for k, v in fp32.items() if k not in ("llamba", "hybrid")}  # only training changes
+    # the ETA measures a bf16 run against bf16's expected step
+    cfg = demo.DemoConfig(train_precision="bf16")
+    eta = demo.Eta(cfg, workers=2, log=lambda s: None)
+    tokens = cfg.batch_size * cfg.seq_len
+    ref = rates.train_s_per_step["llamba/kd"] / rates.bf16_train_speedup["llamba/kd"]
+    eta.training_steps("llamba/kd", 10, 10 * ref, tokens)
+    assert eta.speed == pytest.approx(1.0)
+    assert replace(cfg, train_precision="fp32").resolved().train_precision == "fp32"

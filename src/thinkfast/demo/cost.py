@@ -29,6 +29,9 @@ class Rates:
     ``REF_TOKENS_PER_STEP`` tokens per step (the matrix stage's rows are its own, shorter ones)."""
     decode_tokens_per_s: dict[str, float]
     """Each model's decode tokens per second at the test sampling's rows per engine call."""
+    bf16_train_speedup: dict[str, float] = field(default_factory=dict)
+    """How many times faster each student stage's step is in bf16 mixed precision than in fp32
+    (``DemoConfig.train_precision`` "bf16"; a stage not named: 1)."""
     new_tokens_per_sample: float = 256.0
     """Mean new tokens per sample (capped by ``max_new_tokens``)."""
     greedy_tokens_per_s: float = 6000.0
@@ -60,6 +63,10 @@ REFERENCE = Rates(
     train_s_per_step={"llamba/matrix": 0.05, "llamba/hidden": 0.25 / 1.3, "llamba/kd": 0.294 / 1.53,
                       "llamba/sft": 0.2 / 1.44, "hybrid/kd": 0.3 / 1.43, "hybrid/sft": 0.195 / 1.47},
     decode_tokens_per_s={"teacher": 12218.0, "llamba": 25186.0, "hybrid": 15248.0},
+    # bf16 mixed precision over fp32, one thread, a quiet 2-core AMD EPYC with AVX-512 BF16
+    # (benchmarks/train_step_speed.py --variants eager bf16, docs/performance.md "bf16 training on CPU")
+    bf16_train_speedup={"llamba/matrix": 1.21, "llamba/hidden": 1.41, "llamba/kd": 1.68, "llamba/sft": 1.84,
+                        "hybrid/kd": 1.47, "hybrid/sft": 1.42},
 )
 
 
@@ -72,11 +79,13 @@ def student_steps(cfg: DemoConfig) -> dict[str, tuple[int, int]]:
             "hybrid/kd": (cfg.hybrid_kd_steps, tok), "hybrid/sft": (cfg.hybrid_sft_steps, tok)}
 
 
-def train_step_seconds(rates: Rates, stage: str, tokens_per_step: int) -> float:
+def train_step_seconds(rates: Rates, stage: str, tokens_per_step: int, bf16: bool = False) -> float:
     """Seconds per step of one student stage at ``tokens_per_step`` (the reference's scaled
-    linearly by tokens; the matrix stage's reference is at its own 64-token rows)."""
+    linearly by tokens; the matrix stage's reference is at its own 64-token rows), in fp32 or,
+    with ``bf16``, in bf16 mixed precision."""
     ref_tokens = 4 * 64 if stage.endswith("/matrix") else REF_TOKENS_PER_STEP
-    return rates.train_s_per_step[stage] * tokens_per_step / ref_tokens
+    speedup = rates.bf16_train_speedup.get(stage, 1.0) if bf16 else 1.0
+    return rates.train_s_per_step[stage] * tokens_per_step / ref_tokens / speedup
 
 
 def _decode_s(cfg: DemoConfig, rates: Rates, model: str, samples: int) -> float:
@@ -109,7 +118,7 @@ def stage_seconds(cfg: DemoConfig, rates: Rates = REFERENCE,
                                                    cfg.temp_problems * cfg.temp_samples * len(cfg.temperatures))
         out[f"speed-{name}"] = o + _decode_s(cfg, rates, name, probe_repeats * rows)
         if name in STUDENTS:
-            out[name] = 2 * o + sum(n * train_step_seconds(rates, key, tok)
+            out[name] = 2 * o + sum(n * train_step_seconds(rates, key, tok, cfg.train_precision == "bf16")
                                     for key, (n, tok) in steps.items() if key.startswith(name + "/"))
     orm_train = rates.orm_train_s if cfg.verifier == "orm" else 0.0  # the PRM needs only the ORM's samples
     out["orm"] = o + orm_train + _decode_s(cfg, rates, "teacher", cfg.orm_problems * cfg.orm_samples)
@@ -280,7 +289,7 @@ class Eta:
         stage runs other shapes than KD and SFT), and the ETA is printed."""
         if stage in self.step_speeds or steps <= 0 or train_seconds <= 0:
             return
-        ref = train_step_seconds(self.rates, stage, tokens_per_step)
+        ref = train_step_seconds(self.rates, stage, tokens_per_step, self.cfg.train_precision == "bf16")
         stage_steps = student_steps(self.cfg).get(stage, (steps, tokens_per_step))[0]
         self.step_speeds[stage] = ((train_seconds / steps) / ref, stage_steps * ref)
         weight = sum(w for _, w in self.step_speeds.values())
