@@ -129,12 +129,7 @@ def child(name: str) -> dict:
     tc = resolve_train(cfg, 0)
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(obj, DataBundle(blocks, None), tc, tmp, D.DistEnv(), name=name)
-        # what Trainer._build does, through public methods (fit() would also write checkpoints)
-        obj.hold_teacher(tr.teacher_dtype())
-        if tc.activation_checkpointing:
-            D.checkpoint_activations(obj.checkpoint_units())
-        tr.model = obj
-        tr.optimizer = torch.optim.AdamW(obj.trainable_parameters(), lr=tc.lr)
+        tr.build()  # the model and optimizer fit() would train (fit() would also write checkpoints)
         t0 = time.perf_counter()
         losses = [tr.train_step()["loss"] for _ in range(tc.steps)]
     return {"peak_rss": _peak_rss(), "losses": losses, "wall_s": time.perf_counter() - t0}

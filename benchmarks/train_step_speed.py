@@ -106,7 +106,7 @@ def build_trainer(stage: str, variant: dict, work: Path, train_path: Path, steps
     tc = resolve_train(recipe, i)
     obj = build_objective(recipe.stages[i], student, teacher, recipe.student.kind, recipe.student.seed)
     trainer = Trainer(obj, bundle, tc, out, name=stage_name)
-    trainer._build()
+    trainer.build()
     return trainer
 
 

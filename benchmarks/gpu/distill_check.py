@@ -206,9 +206,7 @@ def train_student(args, name: str, student, teacher, tcfg, device) -> dict[str, 
         torch.cuda.reset_peak_memory_stats(device)
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(obj, DataBundle(blocks, None), tc, tmp, env, name=name)
-        obj.hold_teacher(tr.teacher_dtype())  # what Trainer._build does, through public methods
-        tr.model = obj
-        tr.optimizer = torch.optim.AdamW(obj.trainable_parameters(), lr=tc.lr, betas=tuple(tc.betas), eps=tc.eps)
+        tr.build()  # the model and optimizer fit() would train, without its checkpoints
         losses, times = [], []
         t_start = time.perf_counter()
         stopped_early = False

@@ -45,7 +45,7 @@ def trainer(out: Path, data, env, **train) -> Trainer:
 
 def mixed_precision(data, env, bf16: bool) -> dict:
     t = trainer(Path("unused"), data, env, distributed="fsdp", bf16=bf16)
-    t._build()
+    t.build()
     seen: list[str] = []
     blk = t.obj.student.layers[0]
     handle = blk.register_forward_pre_hook(lambda m, a: seen.append(str(next(m.parameters()).dtype)),

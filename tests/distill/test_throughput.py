@@ -112,7 +112,7 @@ def test_one_host_sync_per_step_whatever_the_accumulation(tmp_path, bundle, monk
     4 micro-batches cost what 1 does (a float(loss) per micro-batch would add 3)."""
     def syncs(micro: int) -> int:
         t = _trainer(tmp_path / f"m{micro}", bundle, micro_batch_size=micro)
-        t._build()
+        t.build()
         t.train_step()  # warm
         count = [0]
         for name in ("item", "tolist", "__float__"):

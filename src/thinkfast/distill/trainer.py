@@ -196,7 +196,7 @@ class Trainer:
             return torch.bfloat16 if c.bf16 and self.env.device.type != "cpu" else torch.float32
         return torch.bfloat16 if c.teacher_dtype == "bf16" else torch.float32
 
-    def _build(self) -> None:
+    def build(self) -> None:
         """(Re)wrap the objective and build a fresh optimizer over its trainable parameters."""
         if self.model is not None and self.env.enabled and self.cfg.distributed == "fsdp":
             # fully_shard cannot be re-applied to a root it already sharded.
@@ -274,7 +274,7 @@ class Trainer:
             self.obj.adopt_student(model)
         elif model is not None:
             self.obj.student.load_state_dict(model.state_dict())
-        self._build()
+        self.build()
         if optim is None:
             try:
                 D.load_sharded(self.model, self.optimizer, ckpt / "state")
@@ -491,7 +491,7 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         c = self.cfg
         if self.obj.on_step(self.step):
-            self._build()
+            self.build()
         self.model.train()
         micro = self.batches.micro_batches(self.step, self.env.rank, self.env.world_size, self.micro)
         sums, keys, denom, tokens = self._forward_sums(self.data.train, micro, train=True)
@@ -558,7 +558,7 @@ class Trainer:
         if ckpt is not None:
             self._resume(ckpt)
         else:
-            self._build()
+            self.build()
         if self.env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(fp_path, json.dumps(self.fingerprint, indent=1) + "\n")
