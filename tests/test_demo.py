@@ -5,6 +5,7 @@ import json
 import operator
 import os
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,9 @@ import thinkfast.demo.cost as demo_cost
 import thinkfast.demo.pipeline as pipeline
 import thinkfast.demo.recipes as recipes
 import thinkfast.demo.report as demo_report
+import thinkfast.demo.sampling as demo_sampling
 from thinkfast.cli import main
+from thinkfast.eval.io import read_jsonl
 from thinkfast.runtime import UserError
 
 RESULT_KEYS = {"config", "task", "teacher", "temperatures", "greedy", "runs", "pareto", "throughput", "claim",
@@ -101,10 +104,10 @@ def test_quick_demo_writes_a_complete_report(quick_run):
     # ... from each model's speed probe at the test sampling's shape: repeated calls, their median
     cfg = results["config"]
     for name, p in results["decode_speed"].items():
-        assert len(p["calls"]) == cfg["speed_repeats"]
+        assert len(p["calls"]) == cfg["speed_repeats"] * p["processes"]
         assert all(c["rows"] == cfg["batch_problems"] * cfg["n_samples"] for c in p["calls"])
         per_sample = sorted(c["decode_s_per_sample"] for c in p["calls"])
-        assert p["decode_s_per_sample"] == per_sample[len(per_sample) // 2]
+        assert p["decode_s_per_sample"] == pytest.approx(statistics.median(per_sample))
         assert p["decode_s_per_sample_range"] == [per_sample[0], per_sample[-1]]
         assert stages[f"speed-{name}"]["result"] == p
     # ... a decision recorded once, with the timings it came from
@@ -239,8 +242,18 @@ def test_cost_model_counts_each_stage_by_its_units():
     assert demo.makespan([3, 2, 2], 2) == 4 and demo.makespan([], 2) == 0
     # the largest n_test that fits a limit fits it, and one step more does not
     n = demo.largest_n_test(cfg, 1800)
-    fits = lambda n: demo.total_seconds(demo.stage_seconds(replace(cfg, n_test=n), rates, n_by), 2) <= 1800
+    fits = lambda n: demo.total_seconds(demo.stage_seconds(replace(cfg, n_test=n), rates, n_by, workers=2), 2) <= 1800
     assert n % 8 == 0 and fits(n) and not fits(n + 8)
+    # two workers: a test sampling stage splits its problems between them, each at the speed of a
+    # process with another beside it, and pays for starting them; a probe runs its calls in each
+    s2w = demo.stage_seconds(cfg, rates, n_by, workers=2)
+    split = 2 * rates.side_by_side_decode
+    assert s2w["sample-llamba"] == pytest.approx(rates.stage_overhead_s + rates.worker_start_s
+                                                 + cfg.n_test * 64 * tokens / rates.decode_tokens_per_s["llamba"] / split)
+    assert s2w["speed-teacher"] - rates.worker_start_s - o == pytest.approx(
+        (s["speed-teacher"] - o) / rates.side_by_side_decode)
+    assert {k: v for k, v in s2w.items() if not k.startswith(("sample-", "speed-"))} == \
+        {k: v for k, v in s.items() if not k.startswith(("sample-", "speed-"))}
 
 
 def test_schedule_hands_a_stage_over_once_what_it_waits_for_has_finished():
@@ -264,7 +277,7 @@ def test_eta_scales_the_stages_left_by_the_measured_speed():
     printed, now = [], [1000.0]
     eta = demo.Eta(cfg, workers=2, log=printed.append, clock=lambda: now[0])
     total = eta.announce()
-    assert total == pytest.approx(demo.total_seconds(demo.stage_seconds(cfg), 2))
+    assert total == pytest.approx(demo.total_seconds(demo.stage_seconds(cfg, workers=2), 2))
     assert printed[-1].startswith("expected duration:")
     # a stage before training prints no ETA (too short to tell the speed)
     eta.stage_finished("data", 50.0, reused=False)
@@ -273,7 +286,7 @@ def test_eta_scales_the_stages_left_by_the_measured_speed():
     tokens = cfg.batch_size * cfg.seq_len
     eta.training_steps("llamba/kd", 10, 20 * demo.REFERENCE.train_s_per_step["llamba/kd"], tokens)
     assert eta.speed == pytest.approx(2.0) and printed[-1].startswith("ETA ")
-    left = demo.stage_seconds(cfg)
+    left = demo.stage_seconds(cfg, workers=2)
     del left["data"]
     assert eta.remaining_seconds() == pytest.approx(2 * demo.total_seconds(left, 2))
     # a stage measured again is ignored; another stage's first steps join, weighted by its expected seconds
@@ -285,12 +298,13 @@ def test_eta_scales_the_stages_left_by_the_measured_speed():
     assert eta.speed == pytest.approx((2 * w_kd + 4 * w_sft) / (w_kd + w_sft))
     assert "hybrid/sft" in printed[-1] and printed[-1].startswith("ETA ")
     eta.speed = 2.0  # as before the second stage, for what follows
-    # the probe's decode speeds replace the model for the sampling stages, which the factor no longer scales
+    # the probe's decode speeds replace the model for the sampling stages, which the factor no longer
+    # scales; measured as the sampling runs (two processes side by side), they need no correction
     n_by = {"teacher": 32, "llamba": 64, "hybrid": 32}
     eta.decode_measured({"teacher": 1000.0, "llamba": 2000.0, "hybrid": 1000.0}, n_by)
     tokens_per_sample = min(cfg.max_new_tokens, demo.REFERENCE.new_tokens_per_sample)
     assert eta.expected()["sample-llamba"] == pytest.approx(
-        demo.REFERENCE.stage_overhead_s + cfg.n_test * 64 * tokens_per_sample / 2000.0)
+        demo.REFERENCE.stage_overhead_s + demo.REFERENCE.worker_start_s + cfg.n_test * 64 * tokens_per_sample / 2000.0 / 2)
     before = eta.remaining_seconds()
     eta.stage_finished("teacher", 1.0, reused=True)  # a reused stage: left out of the speed
     assert eta.speed == pytest.approx(2.0) and eta.remaining_seconds() < before
@@ -466,8 +480,8 @@ def test_a_resumed_run_keeps_the_recorded_samples_per_problem(quick_run, tmp_pat
     scale = {name: 1.0 if recorded["value"][name] > cfg.n_samples else 1e-3 for name in ("llamba", "hybrid")}
     measure = demo.decode_speed
 
-    def remeasured(model_dir, task, examples, name, temperature, cfg, log, repeats):
-        probe = measure(model_dir, task, examples, name, temperature, cfg, log, repeats)
+    def remeasured(model_dir, task, examples, name, temperature, cfg, log, **kw):
+        probe = measure(model_dir, task, examples, name, temperature, cfg, log, **kw)
         return {**probe, "decode_s_per_sample": recorded["from"]["teacher"] * scale[name]}
 
     monkeypatch.setattr(pipeline, "decode_speed", remeasured)
@@ -642,3 +656,35 @@ def test_cost_model_takes_bf16_training_at_its_measured_speedup():
     eta.training_steps("llamba/kd", 10, 10 * ref, tokens)
     assert eta.speed == pytest.approx(1.0)
     assert replace(cfg, train_precision="fp32").resolved().train_precision == "fp32"
+
+
+def test_shards_split_in_order_into_nearly_equal_parts():
+    items = list(range(7))
+    assert demo_sampling.shards(items, 2) == [[0, 1, 2, 3], [4, 5, 6]]
+    assert demo_sampling.shards(items, 3) == [[0, 1, 2], [3, 4], [5, 6]]
+    assert demo_sampling.shards(items, 1) == [items]
+    assert demo_sampling.shards([0, 1], 4) == [[0], [1]]  # never an empty part
+    for k in (1, 2, 3, 5, 7):
+        parts = demo_sampling.shards(items, k)
+        assert [x for p in parts for x in p] == items and max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_sampling_split_between_workers_draws_the_samples_one_process_draws(quick_run, tmp_path):
+    """The test sampling splits its problems between worker processes; the engine keys its
+    randomness on (seed, prompt), so the joined file holds the very samples of one process, in
+    the same order, each call holding the same problems; only the timings (measured with the
+    other part beside) differ."""
+    task = demo.demo_task(demo.demo_task_config())
+    examples = task.load("test", path=str(quick_run / "data" / "test.jsonl"))[:5]
+    cfg = demo.DemoConfig.preset(True)
+    model = quick_run / "teacher" / "model"
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    demo.sample_split(model, task, examples, one, "teacher", 3, 1.0, cfg, print, batch_problems=2, workers=1)
+    rep = demo.sample_split(model, task, examples, two, "teacher", 3, 1.0, cfg, print, batch_problems=2,
+                            workers=2, threads=1)
+    assert rep["processes"] == 2 and rep["written"] == 5 and rep["failed"] == 0
+    timing = {"prefill_s", "decode_s"}
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]
+    a, b = read_jsonl(one), read_jsonl(two)
+    assert len(a) == 5 * 3 and strip(a) == strip(b)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.jsonl", "two.jsonl"]  # the parts are gone

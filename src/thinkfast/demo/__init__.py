@@ -10,16 +10,17 @@ a run holds a lock on OUT, and its worker processes die with it):
   llamba       Llamba student (with a decay bias): MOHAWK stages 1-3 (matrix, hidden, KD), then SFT
   hybrid       MambaInLlama hybrid: attention initialisation, reverse-KL KD, then SFT
                (the students, the ORM and the score stages run side by side in worker
-               processes when there are cores; timed stages always run alone)
+               processes when there are cores; a timed stage runs one model at a time)
   temperature  each model's sampling temperature, chosen on TRAIN problems (majority@n), and its
                decode seconds per sample there
   orm          an outcome reward model trained on graded teacher samples of TRAIN problems
   prm          (``verifier="prm"`` only) a process reward model, its step labels from teacher
                rollouts of the ORM stage's samples; it then scores instead of the ORM
   speed-*      each model's decode speed at the test sampling's shape (rows per call, test prompts,
-               max_new_tokens): the median of ``speed_repeats`` calls, and their range
-  sample-*     samples of every TEST problem for each model, at one number of rows per engine
-               call for all; a student draws more samples in proportion to its probed speed
+               max_new_tokens): the median of ``speed_repeats`` calls in each worker process,
+               side by side, and their range
+  sample-*     samples of every TEST problem for each model, its problems split between the
+               worker processes (``sample_split``), at one number of rows per engine call for all; a student draws more samples in proportion to its probed speed
                (``samples_per_problem``), decided once per OUT (``StageRunner.decide``)
   score        grading and ORM scores
   report       metrics, budgets, the Pareto front, report.md + plots, results.json; each student
@@ -51,7 +52,7 @@ from .recipes import (distil, hybrid_recipe, llamba_recipe, load_shipped_teacher
 from .report import (adaptive_claim, adaptive_curve, budget_ks, claim_verdict, demo_markdown,
                      paired_budget_difference, throughput_table)
 from .sampling import (choose_temperature, decode_speed, demo_prompt_ids, greedy_stage, orm_stage, sample_file,
-                       samples_per_problem, score_stage, train_orm_stage)
+                       sample_split, samples_per_problem, score_stage, train_orm_stage)
 from .stages import (DECISIONS, LOCK_NAME, OWN_DIRS, OWN_FILES, OWN_PLOTS, StageRunner, check_out_dir,
                      in_worker, is_demo_output, lock_out_dir, out_dir_meta, parallel_workers,
                      refuse_unusable_out, remove_demo_outputs)
@@ -65,7 +66,7 @@ __all__ = [
     "shipped_teacher_digest", "shipped_teacher_task", "teacher_recipe", "teacher_stage",
     "adaptive_claim", "adaptive_curve", "budget_ks", "claim_verdict", "demo_markdown", "paired_budget_difference",
     "throughput_table", "choose_temperature", "decode_speed", "demo_prompt_ids", "greedy_stage", "orm_stage", "sample_file",
-    "samples_per_problem", "score_stage", "train_orm_stage",
+    "sample_split", "samples_per_problem", "score_stage", "train_orm_stage",
     "DECISIONS", "LOCK_NAME", "OWN_DIRS", "OWN_FILES", "OWN_PLOTS", "StageRunner", "check_out_dir",
     "in_worker", "is_demo_output", "lock_out_dir", "out_dir_meta", "parallel_workers",
     "refuse_unusable_out", "remove_demo_outputs",

@@ -52,6 +52,13 @@ class Rates:
     """Mean new tokens of a rollout (the rest of a chain)."""
     report_s_per_problem: float = 0.05
     """Metrics, bootstrap intervals, plots and the adaptive simulation, per test problem."""
+    side_by_side_decode: float = 0.92
+    """Each process's decode speed with another sampling process beside it, over its speed alone
+    (the test sampling splits its problems between the workers; 0.92-0.93 for Llamba and the
+    hybrid, one thread each, on the reference machine's kind). ``decode_tokens_per_s`` measured
+    by the speed probe, which runs as the sampling does, needs none: ``Eta.decode_measured`` sets 1."""
+    worker_start_s: float = 4.0
+    """Starting a worker process (a fresh interpreter importing torch), per split stage."""
 
 
 REFERENCE = Rates(
@@ -104,19 +111,23 @@ TRAINING_AFTER = {"prm": ("orm",), "temperature-hybrid": ("hybrid",), "greedy-hy
 
 
 def stage_seconds(cfg: DemoConfig, rates: Rates = REFERENCE,
-                  n_by_model: Optional[dict[str, int]] = None, probe_repeats: int = 3) -> dict[str, float]:
+                  n_by_model: Optional[dict[str, int]] = None, probe_repeats: int = 3,
+                  workers: int = 1) -> dict[str, float]:
     """Expected wall seconds of every stage of ``run_stages``, in the order they run, each as if
     run alone at ``rates`` (a pure function). ``n_by_model``: samples per test problem (default:
-    ``cfg.n_samples`` for every model, as before the speed probe decides)."""
+    ``cfg.n_samples`` for every model, as before the speed probe decides). ``workers``: the
+    processes a test sampling stage splits its problems between (each speed probe runs
+    ``probe_repeats`` calls in each of them, side by side)."""
     n_by_model = n_by_model or dict.fromkeys(MODELS, cfg.n_samples)
     o = rates.stage_overhead_s
+    split = (1.0, 0.0) if workers <= 1 else (workers * rates.side_by_side_decode, rates.worker_start_s)
     rows = cfg.batch_problems * cfg.n_samples
     out = {"data": 1.0 + 1e-4 * (cfg.n_train + cfg.n_test), "teacher": 1.0, "select": o}
     steps = student_steps(cfg)
     for name in MODELS:
         out[f"temperature-{name}"] = o + _decode_s(cfg, rates, name,
                                                    cfg.temp_problems * cfg.temp_samples * len(cfg.temperatures))
-        out[f"speed-{name}"] = o + _decode_s(cfg, rates, name, probe_repeats * rows)
+        out[f"speed-{name}"] = o + split[1] + _decode_s(cfg, rates, name, probe_repeats * rows) * workers / split[0]
         if name in STUDENTS:
             out[name] = 2 * o + sum(n * train_step_seconds(rates, key, tok, cfg.train_precision == "bf16")
                                     for key, (n, tok) in steps.items() if key.startswith(name + "/"))
@@ -128,7 +139,7 @@ def stage_seconds(cfg: DemoConfig, rates: Rates = REFERENCE,
         out["prm"] = o + rates.orm_train_s + rollouts * min(cfg.max_new_tokens, rates.prm_rollout_tokens) \
             / rates.decode_tokens_per_s["teacher"]
     for name in MODELS:
-        out[f"sample-{name}"] = o + _decode_s(cfg, rates, name, cfg.n_test * n_by_model[name])
+        out[f"sample-{name}"] = o + split[1] + _decode_s(cfg, rates, name, cfg.n_test * n_by_model[name]) / split[0]
         out[f"greedy-{name}"] = o + cfg.n_test * min(cfg.max_new_tokens, rates.new_tokens_per_sample) \
             / rates.greedy_tokens_per_s + min(cfg.n_test, LOOKUP_PROBLEMS) * rates.lookup_s_per_problem
     for name in MODELS:
@@ -197,7 +208,8 @@ def largest_n_test(cfg: DemoConfig, limit_s: float, workers: int = 2, rates: Rat
     factors = speedup or {"teacher": 1, "llamba": 2, "hybrid": 1}
     n_by = {m: cfg.n_samples * factors[m] for m in MODELS}
     n = step
-    while total_seconds(stage_seconds(replace(cfg, n_test=n + step), rates, n_by), workers) <= limit_s:
+    while total_seconds(stage_seconds(replace(cfg, n_test=n + step), rates, n_by, workers=workers),
+                        workers) <= limit_s:
         n += step
     return n
 
@@ -239,7 +251,7 @@ class Eta:
         self.started = self.clock()
 
     def expected(self) -> dict[str, float]:
-        return stage_seconds(self.cfg, self.rates, self.n_by_model)
+        return stage_seconds(self.cfg, self.rates, self.n_by_model, workers=self.workers)
 
     def begin_group(self, stages: tuple[str, ...]) -> None:
         """The stages of one of ``PARALLEL_GROUPS`` have begun, side by side, now."""
@@ -299,7 +311,8 @@ class Eta:
 
     def decode_measured(self, tokens_per_s: dict[str, float], n_by_model: dict[str, int]) -> None:
         """The probe's decode speeds and the samples each model will draw."""
-        self.rates = replace(self.rates, decode_tokens_per_s={**self.rates.decode_tokens_per_s, **tokens_per_s})
+        self.rates = replace(self.rates, decode_tokens_per_s={**self.rates.decode_tokens_per_s, **tokens_per_s},
+                             side_by_side_decode=1.0)  # the probe ran as the sampling runs
         self.n_by_model = dict(n_by_model)
         self.measured |= {f"sample-{m}" for m in tokens_per_s}
 

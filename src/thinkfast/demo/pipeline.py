@@ -19,7 +19,7 @@ from .recipes import (distil, hybrid_recipe, llamba_recipe, select_hybrid_layers
                       shipped_teacher_task, teacher_stage)
 from .report import (adaptive_claim, adaptive_curve, budget_ks, claim_verdict, demo_markdown, distillation_check,
                      throughput_table)
-from .sampling import (choose_temperature, decode_speed, greedy_stage, orm_stage, prm_stage, sample_file,
+from .sampling import (choose_temperature, decode_speed, greedy_stage, orm_stage, prm_stage, sample_split,
                        samples_per_problem, score_stage)
 from .stages import (StageRunner, check_out_dir, in_worker, lock_out_dir, out_dir_meta, parallel_workers,
                      refuse_unusable_out)
@@ -137,9 +137,10 @@ def run_stages(out: Path, cfg: DemoConfig, task_meta: dict[str, Any], teacher_ta
     greedy = {name: done[f"greedy-{name}"] for name in MODELS}
     verifier_dir, verifier_kind = out / cfg.verifier / "model", {"orm": "orm", "prm": "thinkfast-prm"}[cfg.verifier]
     # Each model's speed where the test sampling spends it: its calls' rows, prompts and
-    # max_new_tokens (timed: one model at a time, nothing beside it).
+    # max_new_tokens, in as many processes side by side as sample it (timed: one model at a time).
     probes = {name: stages.run(f"speed-{name}", lambda name=name: decode_speed(
-        model_dirs[name], task, test_examples, name, temps[name], cfg, log, repeats=cfg.speed_repeats))
+        model_dirs[name], task, test_examples, name, temps[name], cfg, log, repeats=cfg.speed_repeats,
+        workers=workers, threads=threads))
         for name in MODELS}
     measured = {name: p["decode_s_per_sample"] for name, p in probes.items()}
     # Decided once per run from those timings, and kept by any run that resumes this one
@@ -149,11 +150,13 @@ def run_stages(out: Path, cfg: DemoConfig, task_meta: dict[str, Any], teacher_ta
     eta.decode_measured({name: p["decode_tokens_per_s"] for name, p in probes.items() if p["decode_tokens_per_s"]},
                         n_by_model)
 
-    for name in MODELS:  # timed: one model at a time, nothing beside it (the claim's seconds)
+    # Timed (the claim's seconds): one model at a time, its problems split between the worker
+    # processes, one part each, so every model is timed under the same load as its speed probe.
+    for name in MODELS:
         n = n_by_model[name]  # same rows per call for every model: fewer problems when n is larger
-        stages.run(f"sample-{name}", lambda name=name, n=n: sample_file(
+        stages.run(f"sample-{name}", lambda name=name, n=n: sample_split(
             model_dirs[name], task, test_examples, samples / f"{name}.jsonl", name, n, temps[name], cfg, log,
-            batch_problems=max(1, cfg.batch_problems * cfg.n_samples // n)))
+            batch_problems=max(1, cfg.batch_problems * cfg.n_samples // n), workers=workers, threads=threads))
     scored = {name: samples / f"{name}.scored.jsonl" for name in MODELS}
     eta.begin_group(tuple(f"score-{name}" for name in MODELS))
     stages.run_parallel({f"score-{name}": functools.partial(

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -97,16 +98,55 @@ def choose_temperature(model_dir: Path, task: Any, examples: list, out_dir: Path
             "decode_s_per_sample": scores[str(best)]["decode_s_per_sample"]}
 
 
-def decode_speed(model_dir: Path, task: Any, examples: list, name: str, temperature: float, cfg: DemoConfig,
-                 log: Callable[[str], None], repeats: int = 3) -> dict[str, Any]:
-    """A model's decode speed where the test sampling spends it: ``repeats`` engine calls of
-    ``batch_problems`` test prompts x ``n_samples`` rows (the rows of every test-sampling call),
-    at its temperature and ``max_new_tokens``, each call on the next test prompts (seeded
-    ``cfg.seed + r``). Returns every call's figures, and the median and range of decode seconds
-    per sample (``samples_per_problem`` reads the median) and of decode tokens per second.
-    Nothing of these calls is kept but their timings; they see no answer."""
-    import statistics
+def shards(items: list, count: int) -> list[list]:
+    """``items`` in ``count`` contiguous parts, as equal as can be, in order (none empty unless
+    there are fewer items than parts; then fewer parts)."""
+    count = max(1, min(count, len(items)))
+    size, extra = divmod(len(items), count)
+    out, start = [], 0
+    for i in range(count):
+        end = start + size + (i < extra)
+        out.append(items[start:end])
+        start = end
+    return out
 
+
+def sample_split(model_dir: Path, task: Any, examples: list, out_path: Path, name: str, n: int,
+                 temperature: float, cfg: DemoConfig, log: Callable[[str], None],
+                 batch_problems: Optional[int] = None, workers: int = 1, threads: int = 1) -> dict[str, Any]:
+    """``sample_file`` with ``examples`` split into ``workers`` contiguous parts of whole engine
+    calls (``batch_problems`` problems each), each sampled by its own worker process
+    (``threads`` threads) side by side into ``out_path``'s part file (``NAME.part-I-of-K.jsonl``,
+    each resumable), then joined in order into ``out_path`` (written atomically) and the parts
+    removed. The engine keys its randomness on (seed, prompt) and every call holds the problems
+    it would hold in one process, so the file is the one one process would write but for the
+    timings, each measured with the other parts running beside it. One worker: ``sample_file``."""
+    from ..eval.io import read_jsonl, write_jsonl_atomic
+    from .stages import in_worker, run_in_workers
+
+    bp = max(1, batch_problems or cfg.batch_problems)
+    calls = [examples[i: i + bp] for i in range(0, len(examples), bp)]
+    parts = [[e for call in part for e in call] for part in shards(calls, workers)]
+    if len(parts) <= 1:
+        return sample_file(model_dir, task, examples, out_path, name, n, temperature, cfg, log, batch_problems)
+    paths = [out_path.with_name(f"{out_path.stem}.part-{i}-of-{len(parts)}{out_path.suffix}")
+             for i in range(len(parts))]
+    reports = run_in_workers([functools.partial(in_worker, threads, i, sample_file, model_dir, task, part, path,
+                                                name, n, temperature, cfg, print, batch_problems)
+                              for i, (part, path) in enumerate(zip(parts, paths))], workers)
+    write_jsonl_atomic(out_path, (row for path in paths for row in read_jsonl(path)))
+    for path in paths:
+        path.unlink()
+    out = {k: sum(r[k] for r in reports) for k in ("written", "skipped", "failed")}
+    if out["failed"]:
+        log(f"{name}: {out['failed']} problems could not be sampled")
+    return {**out, "processes": len(parts)}
+
+
+def decode_speed_calls(model_dir: Path, task: Any, examples: list, name: str, temperature: float,
+                       cfg: DemoConfig, repeats: int, first: int = 0) -> list[dict[str, Any]]:
+    """The timings of ``repeats`` engine calls of ``batch_problems`` test prompts x ``n_samples``
+    rows: call r (counting from ``first``) on the next test prompts, seeded ``cfg.seed + r``."""
     from ..eval.sampling import SampleSettings
     from ..inference.backends import open_backend
 
@@ -119,23 +159,48 @@ def decode_speed(model_dir: Path, task: Any, examples: list, name: str, temperat
     prompts = demo_prompt_ids(task, examples, backend.tokenizer)
     bp = cfg.batch_problems
     calls = []
-    for r in range(repeats):
+    for r in range(first, first + repeats):
         batch = [prompts[(r * bp + i) % len(prompts)] for i in range(bp)]
         t = dict(gen(batch, cfg.seed + r)[0].timing)  # timings of the whole call
         rows, toks, dec = t["batch_rows"], t["new_tokens"], t["decode_s"]
         calls.append({"rows": rows, "new_tokens": toks, "prefill_s": t["prefill_s"], "decode_s": dec,
                       "decode_s_per_sample": dec / rows, "decode_tokens_per_s": toks / dec if dec > 0 else None})
+    return calls
+
+
+def decode_speed(model_dir: Path, task: Any, examples: list, name: str, temperature: float, cfg: DemoConfig,
+                 log: Callable[[str], None], repeats: int = 3, workers: int = 1, threads: int = 1) -> dict[str, Any]:
+    """A model's decode speed where the test sampling spends it: ``repeats`` engine calls of
+    ``batch_problems`` test prompts x ``n_samples`` rows (the rows of every test-sampling call),
+    at its temperature and ``max_new_tokens``, in each of ``workers`` processes side by side, as
+    ``sample_split`` samples (so under the load the samples are timed at), each call on the next
+    test prompts (seeded ``cfg.seed + r``). Returns every call's figures, and the median and range
+    of decode seconds per sample (``samples_per_problem`` reads the median) and of decode tokens
+    per second. Nothing of these calls is kept but their timings; they see no answer."""
+    import statistics
+
+    from .stages import in_worker, run_in_workers
+
+    if workers <= 1:
+        calls = decode_speed_calls(model_dir, task, examples, name, temperature, cfg, repeats)
+    else:
+        calls = [c for part in run_in_workers([functools.partial(
+            in_worker, threads, i, decode_speed_calls, model_dir, task, examples, name, temperature, cfg,
+            repeats, i * repeats) for i in range(workers)], workers) for c in part]
     per_sample = [c["decode_s_per_sample"] for c in calls]
     tps = [c["decode_tokens_per_s"] for c in calls if c["decode_tokens_per_s"] is not None]
     out = {"calls": calls, "rows": calls[0]["rows"], "max_new_tokens": cfg.max_new_tokens,
+           "processes": max(1, workers),
            "decode_s_per_sample": statistics.median(per_sample),
            "decode_s_per_sample_range": [min(per_sample), max(per_sample)],
            "decode_tokens_per_s": statistics.median(tps) if tps else None,
            "decode_tokens_per_s_range": [min(tps), max(tps)] if tps else None,
            "new_tokens_per_sample": sum(c["new_tokens"] for c in calls) / sum(c["rows"] for c in calls)}
     if tps:
-        log(f"{name}: decode {out['decode_tokens_per_s']:.0f} tokens/s (median of {repeats} calls of "
-            f"{out['rows']} rows, range {min(tps):.0f}-{max(tps):.0f}), {out['decode_s_per_sample']:.4f} s/sample")
+        where = f", {workers} processes side by side" if workers > 1 else ""
+        log(f"{name}: decode {out['decode_tokens_per_s']:.0f} tokens/s (median of {len(calls)} calls of "
+            f"{out['rows']} rows{where}, range {min(tps):.0f}-{max(tps):.0f}), "
+            f"{out['decode_s_per_sample']:.4f} s/sample")
     return out
 
 

@@ -203,6 +203,26 @@ def in_worker(threads: int, position: int, fn: Callable[..., Any], *args: Any) -
     return fn(*args)
 
 
+def _call(fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+def run_in_workers(calls: list[Callable[[], Any]], workers: int) -> list[Any]:
+    """Each of ``calls`` in a spawned worker process, at most ``workers`` at once, side by side;
+    their results in order (the first error is raised). With ``workers`` <= 1 or one call, here,
+    one after another. ``calls`` must pickle (``functools.partial`` of module-level functions);
+    the workers die with this process, as ``StageRunner.run_parallel``'s do."""
+    if workers <= 1 or len(calls) <= 1:
+        return [fn() for fn in calls]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(calls)), mp_context=ctx,
+                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+        return list(pool.map(_call, calls))
+
+
 def parallel_workers(threads: int, jobs: Optional[int]) -> int:
     """Processes for the stages that run side by side: ``jobs`` if given, else as many as there are
     cores for ``threads`` threads each, at most 2 (the students are the long ones)."""
