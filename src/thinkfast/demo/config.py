@@ -40,10 +40,10 @@ class DemoConfig:
     n_train: int = 20000
     """Training problems written for distillation and SFT."""
     n_test: int = 300
-    """Test problems evaluated: enough to resolve about 3.3 points of coverage at the large budgets
-    (docs/demo-study.md, "How many test problems"), and what keeps the run under 25 minutes on the
-    reference 2-core machine when it trains in bf16 (24.0 expected; ``cost.largest_n_test``
-    gives 320 there, 232 in fp32)."""
+    """Test problems evaluated: enough to resolve about 3.2 points of coverage at the large budgets
+    (docs/demo-study.md, "How many test problems"), in a run expected to take 20.3 minutes on the
+    reference 2-core machine when it trains in bf16 (24.0 in fp32; ``cost.largest_n_test`` gives
+    448 within 25 minutes there, 328 in fp32), so that a machine 0.8x as fast stays near 25."""
     # students
     mohawk_steps: list[int] = field(default_factory=lambda: [200, 150, 1600])
     """Steps of MOHAWK's matrix, hidden and KD stages (Llamba)."""
