@@ -20,7 +20,8 @@ a run holds a lock on OUT, and its worker processes die with it):
                max_new_tokens): the median of ``speed_repeats`` calls in each worker process,
                side by side, and their range
   sample-*     samples of every TEST problem for each model, its problems split between the
-               worker processes (``sample_split``), at one number of rows per engine call for all; a student draws more samples in proportion to its probed speed
+               worker processes (``sample_split``), at one number of rows per engine call for
+               all; a student draws more samples in proportion to its probed speed
                (``samples_per_problem``), decided once per OUT (``StageRunner.decide``)
   score        grading and ORM scores
   report       metrics, budgets, the Pareto front, report.md + plots, results.json; each student

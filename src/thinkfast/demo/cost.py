@@ -120,14 +120,15 @@ def stage_seconds(cfg: DemoConfig, rates: Rates = REFERENCE,
     ``probe_repeats`` calls in each of them, side by side)."""
     n_by_model = n_by_model or dict.fromkeys(MODELS, cfg.n_samples)
     o = rates.stage_overhead_s
-    split = (1.0, 0.0) if workers <= 1 else (workers * rates.side_by_side_decode, rates.worker_start_s)
+    # a split stage decodes `parallel` times as fast as one process alone, after starting its workers
+    parallel, start = (1.0, 0.0) if workers <= 1 else (workers * rates.side_by_side_decode, rates.worker_start_s)
     rows = cfg.batch_problems * cfg.n_samples
     out = {"data": 1.0 + 1e-4 * (cfg.n_train + cfg.n_test), "teacher": 1.0, "select": o}
     steps = student_steps(cfg)
     for name in MODELS:
         out[f"temperature-{name}"] = o + _decode_s(cfg, rates, name,
                                                    cfg.temp_problems * cfg.temp_samples * len(cfg.temperatures))
-        out[f"speed-{name}"] = o + split[1] + _decode_s(cfg, rates, name, probe_repeats * rows) * workers / split[0]
+        out[f"speed-{name}"] = o + start + _decode_s(cfg, rates, name, probe_repeats * rows) * workers / parallel
         if name in STUDENTS:
             out[name] = 2 * o + sum(n * train_step_seconds(rates, key, tok, cfg.train_precision == "bf16")
                                     for key, (n, tok) in steps.items() if key.startswith(name + "/"))
@@ -139,7 +140,7 @@ def stage_seconds(cfg: DemoConfig, rates: Rates = REFERENCE,
         out["prm"] = o + rates.orm_train_s + rollouts * min(cfg.max_new_tokens, rates.prm_rollout_tokens) \
             / rates.decode_tokens_per_s["teacher"]
     for name in MODELS:
-        out[f"sample-{name}"] = o + split[1] + _decode_s(cfg, rates, name, cfg.n_test * n_by_model[name]) / split[0]
+        out[f"sample-{name}"] = o + start + _decode_s(cfg, rates, name, cfg.n_test * n_by_model[name]) / parallel
         out[f"greedy-{name}"] = o + cfg.n_test * min(cfg.max_new_tokens, rates.new_tokens_per_sample) \
             / rates.greedy_tokens_per_s + min(cfg.n_test, LOOKUP_PROBLEMS) * rates.lookup_s_per_problem
     for name in MODELS:
