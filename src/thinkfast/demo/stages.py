@@ -102,16 +102,11 @@ class StageRunner:
         for name in jobs:
             if name not in todo:
                 self.run(name, jobs[name])  # reused: logged and reported
-        import multiprocessing
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from concurrent.futures import FIRST_COMPLETED, wait
 
         self.log(f"[{', '.join(todo)}] ... (in parallel, {min(workers, len(todo))} processes)")
         errors: dict[str, BaseException] = {}
-        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked OpenMP or torch state
-        # Each worker dies with this process, even on kill -9: a worker left running would keep
-        # writing into OUT beside a rerun.
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
-                                 initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+        with worker_pool(min(workers, len(todo))) as pool:
             waiting, futures = list(todo), {}
 
             def hand_over() -> set:
@@ -214,13 +209,19 @@ def run_in_workers(calls: list[Callable[[], Any]], workers: int) -> list[Any]:
     the workers die with this process, as ``StageRunner.run_parallel``'s do."""
     if workers <= 1 or len(calls) <= 1:
         return [fn() for fn in calls]
+    with worker_pool(min(workers, len(calls))) as pool:
+        return list(pool.map(_call, calls))
+
+
+def worker_pool(workers: int) -> Any:
+    """A pool of ``workers`` spawned processes (a fresh interpreter each: no forked OpenMP or torch
+    state), each of which dies with this process, even on kill -9: a worker left running would
+    keep writing into OUT beside a rerun. Use it as a context manager."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(calls)), mp_context=ctx,
-                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-        return list(pool.map(_call, calls))
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=die_with_parent, initargs=(os.getpid(),))
 
 
 def parallel_workers(threads: int, jobs: Optional[int]) -> int:
