@@ -93,10 +93,11 @@ def test_quick_demo_writes_a_complete_report(quick_run):
     assert chosen["layers"] == sorted(ranked[: n // 2])
     hybrid = json.loads((quick_run / "hybrid" / "model" / "config.json").read_text())["model"]["layer_pattern"]
     assert [i for i, c in enumerate(hybrid) if c == "A"] == chosen["layers"]
-    # the Llamba student is pure discrete Mamba with the configured decay bias
+    # the Llamba student is pure discrete Mamba with the configured decay bias and conv span
     llamba = json.loads((quick_run / "llamba" / "model" / "config.json").read_text())["model"]
     assert set(llamba["layer_pattern"]) == {"M"} and llamba["mamba"]["kind"] == "discrete"
     assert llamba["mamba"]["decay_bias"] == results["config"]["llamba_decay_bias"] is not None
+    assert llamba["mamba"]["conv_kernel"] == results["config"]["llamba_conv_kernel"] == 8
     # each model sampled the n the budget rule gave it, at the same rows per engine call
     n_by = results["samples_per_problem"]
     probed = {name: p["decode_s_per_sample"] for name, p in results["decode_speed"].items()}

@@ -53,6 +53,10 @@ class DemoConfig:
     llamba_decay_bias: Optional[list[float]] = field(default_factory=lambda: [4.0, 1024.0])
     """The Llamba student's ``mamba.decay_bias`` (heads' initial memory, in tokens); None = none,
     as in Llamba's release, where every head starts with a one-token memory (docs/llamba-decay-bias.md)."""
+    llamba_conv_kernel: int = 8
+    """The Llamba student's causal-conv span (``mamba.conv_kernel``): 8 taps, not Mamba's 4, give
+    its keys room to hold a number's first digit and the sentence around it, the copy the
+    4-tap student learns in few seeds (docs/demo-study.md, "A longer conv")."""
     hybrid_keep: float = 0.5
     """Share of the teacher's layers the hybrid keeps as attention, chosen by leave-one-out KL."""
     select_rows: int = 64

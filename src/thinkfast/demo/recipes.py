@@ -111,7 +111,8 @@ def llamba_recipe(cfg: DemoConfig, out_dir: Path, teacher_dir: Path, train: Path
         {"name": "kd", "objective": "kd", "loss": {"kind": "forward"},
          "train": {"steps": k, "lr": cfg.llamba_kd_lr}},
         {"name": "sft", "objective": "lm", "train": {"steps": cfg.llamba_sft_steps, "lr": cfg.lr / 3}},
-    ], mamba={"decay_bias": cfg.llamba_decay_bias} if cfg.llamba_decay_bias else None)
+    ], mamba={"conv_kernel": cfg.llamba_conv_kernel,
+              **({"decay_bias": cfg.llamba_decay_bias} if cfg.llamba_decay_bias else {})})
 
 
 def select_hybrid_layers(cfg: DemoConfig, teacher_dir: Path, train: Path, out_path: Path,
